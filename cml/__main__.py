@@ -1,0 +1,5 @@
+import sys
+
+from cml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""Reading model files without loading their weights: family detection, LoRA vs checkpoint, identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cml.errors import InputError
+
+# Keys that only one family's single-file checkpoints have.
+SDXL_KEYS = ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.label_emb.0.0.weight")
+SD2_KEYS = ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "cond_stage_model.model.ln_final.weight")
+SD1_KEYS = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "cond_stage_model.transformer.embeddings.token_embedding.weight")
+UNET_PREFIX = "model.diffusion_model."
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    kind: str  # "checkpoint" | "diffusers" | "ckpt"
+    family: str | None  # sd1 | sd2 | sdxl; None when it cannot be read without unpickling
+    v_parameterization: bool | None  # None: not recorded in the file
+    size: int
+    dtype: str | None = None  # safetensors dtype of the U-Net weights, e.g. "F16"
+
+
+def read_safetensors_header(path: Path) -> tuple[list[str], dict[str, str], str | None]:
+    """Keys, metadata and U-Net dtype of a .safetensors file; damaged files become InputError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = list(f.keys())
+            unet = next((k for k in keys if k.startswith(UNET_PREFIX) and k.endswith(".weight")), None)
+            dtype = f.get_slice(unet).get_dtype() if unet else None
+            return keys, dict(f.metadata() or {}), dtype
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"not a readable safetensors file ({e})", str(path), "re-download the file; it may be truncated") from None
+
+
+def _family_from_keys(keys: list[str]) -> str | None:
+    ks = set(keys)
+    if any(k in ks for k in SDXL_KEYS):
+        return "sdxl"
+    if any(k in ks for k in SD2_KEYS):
+        return "sd2"
+    if any(k in ks for k in SD1_KEYS):
+        return "sd1"
+    return None
+
+
+def _vpred_from_metadata(meta: dict[str, str], keys: list[str]) -> bool | None:
+    pt = meta.get("modelspec.prediction_type")
+    if pt:
+        return pt.lower() in ("v", "v_prediction", "v-prediction")
+    if "v_pred" in keys:  # ComfyUI-saved checkpoints mark v-prediction with this key
+        return True
+    return None
+
+
+def is_lora_keys(keys: list[str]) -> bool:
+    return any(k.startswith(("lora_unet_", "lora_te", "lora_down", "lycoris_")) or ".lora_down." in k for k in keys)
+
+
+def inspect_model(path: Path, allow_pickle: bool = False) -> ModelInfo:
+    where = f"base_model {path}"
+    if not path.exists():
+        raise InputError("model not found", where, "set base_model to an SD checkpoint (.safetensors)")
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise InputError("folder is not a diffusers model (no model_index.json)", where, "name a .safetensors checkpoint or a diffusers folder")
+        try:
+            unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"diffusers folder has no readable unet/config.json ({e})", where, "re-download the model") from None
+        cad = unet_cfg.get("cross_attention_dim")
+        family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cad)
+        vpred = None
+        try:
+            sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+            vpred = sched.get("prediction_type") == "v_prediction"
+        except (OSError, json.JSONDecodeError):
+            pass
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return ModelInfo(path, "diffusers", family, vpred, size)
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError("model file is empty", where, "re-download the model")
+    suffix = path.suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        if not allow_pickle:
+            raise InputError(
+                f"{suffix} files are Python pickles: loading one can run code hidden in it",
+                where,
+                "convert it to .safetensors, or set allow_pickle = true if you trust its source",
+            )
+        return ModelInfo(path, "ckpt", None, None, size)
+    if suffix != ".safetensors":
+        raise InputError(f"unsupported model file type {suffix or '(none)'}", where, "use a .safetensors (or trusted .ckpt) checkpoint")
+    keys, meta, dtype = read_safetensors_header(path)
+    if is_lora_keys(keys):
+        raise InputError("this is a LoRA, not a checkpoint", where, "set base_model to the SD checkpoint the LoRA was trained on")
+    family = _family_from_keys(keys)
+    if family is None:
+        raise InputError("not a Stable Diffusion checkpoint cml knows (no SD1/SD2/SDXL keys)", where, "use an SD1.x, SD2.x or SDXL single-file checkpoint")
+    if not any(k.startswith(UNET_PREFIX) for k in keys):
+        raise InputError("checkpoint holds no U-Net weights", where, "use a full SD checkpoint")
+    return ModelInfo(path, "checkpoint", family, _vpred_from_metadata(meta, keys), size, dtype)
+
+
+def resolve_family(info: ModelInfo, declared: str) -> str:
+    if declared == "auto":
+        if info.family is None:
+            raise InputError("family cannot be detected from a .ckpt without unpickling it", f"base_model {info.path}", "set family = \"sd1\", \"sd2\" or \"sdxl\"")
+        return info.family
+    if info.family is not None and info.family != declared:
+        raise InputError(
+            f"family is declared {FAMILY_NAMES[declared]} but the checkpoint is {FAMILY_NAMES[info.family]}",
+            f"family (base_model {info.path})",
+            f"set family = \"{info.family}\" or \"auto\"",
+        )
+    return declared
+
+
+_HASH_CACHE = Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "sha256.json"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime): base models are gigabytes."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        cache = json.loads(_HASH_CACHE.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    cache[key] = h.hexdigest()
+    try:
+        _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _HASH_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(_HASH_CACHE)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return cache[key]
+
+
+def model_identity(info: ModelInfo) -> str:
+    """What a stage fingerprint needs to know about the base model."""
+    if info.kind == "diffusers":
+        h = hashlib.sha256()
+        for f in sorted(info.path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(info.path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return "diffusers:" + h.hexdigest()
+    return "sha256:" + file_sha256(info.path)

@@ -1,0 +1,391 @@
+"""The preset: Pydantic models, loading, ``--set`` overrides and error formatting.
+
+Defaults are the article's recipe (dim 16, alpha 16, 500 steps, U-Net only,
+AdamW8bit, cosine, no warm-up, lr 1e-3, 512 px, batch 1, empty captions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from cml.errors import ConfigErrors, InputError
+
+Family = Literal["auto", "sd1", "sd2", "sdxl"]
+MergeMode = Literal["checkpoint", "in_memory"]
+Transform = Literal["grayscale", "sepia", "invert", "blur"]
+Precision = Literal["auto", "fp16", "bf16", "fp32"]
+Scalar = str | int | float | bool
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    """Relative paths resolve against the preset file's folder."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return p
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+
+
+class TrainSettings(Base):
+    """Training settings shared by the copy and diff stages."""
+
+    dim: int = Field(16, gt=0, le=1024)
+    """LoRA rank (network_dim). The article: 16 is enough for one 512 px image."""
+    alpha: float = Field(16.0, gt=0)
+    """network_alpha. Equal to dim so the learning rate is not scaled down."""
+    steps: int = Field(500, gt=0)
+    """max_train_steps."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """U-Net learning rate."""
+    optimizer: str = "AdamW8bit"
+    """sd-scripts optimizer_type. 8-bit optimizers fall back to their 32-bit twin without CUDA."""
+    scheduler: Literal[
+        "cosine", "constant", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"
+    ] = "cosine"
+    """lr_scheduler."""
+    warmup_steps: int = Field(0, ge=0)
+    """lr_warmup_steps."""
+    resolution: int = Field(512, ge=64, le=4096, multiple_of=8)
+    """Training resolution in pixels (square bucket area)."""
+    batch_size: int = Field(1, gt=0)
+    """train_batch_size."""
+    caption: str = ""
+    """Caption for every image; the article uses none."""
+    seed: int = Field(42, ge=0)
+    """Training seed."""
+    precision: Precision = "auto"
+    """Mixed precision: auto = fp16 on CUDA, full precision on CPU."""
+    extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    """Further train_network.py options, written into the training TOML as they are."""
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name an optimizer, e.g. 'AdamW8bit'")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainSettings":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
+
+
+# Per-stage and per-target overrides: the same fields, all optional.
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Base,
+    **{
+        name: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation], Field(None, description=f.description))
+        for name, f in TrainSettings.model_fields.items()
+    },
+)
+
+
+def apply_overrides(settings: TrainSettings, *overrides: BaseModel) -> TrainSettings:
+    data = settings.model_dump()
+    for o in overrides:
+        data.update(o.model_dump(exclude_none=True))
+    return TrainSettings.model_validate(data)
+
+
+class Target(Base):
+    """One diff LoRA: B images paired with the source images, or a built-in transform of them."""
+
+    images: list[Path] = Field(default_factory=list)
+    """B images, one per source image, in the same order."""
+    transform: Optional[Transform] = None
+    """Make B from A with a built-in transform instead of images."""
+    train: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
+    """Training settings for this target's diff stage only."""
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("images", mode="after")
+    @classmethod
+    def _resolve_images(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve(p, info) for p in v]
+
+    @model_validator(mode="after")
+    def _images_or_transform(self) -> "Target":
+        if bool(self.images) == bool(self.transform):
+            raise ValueError("give either 'images' (B files) or 'transform' (one of grayscale, sepia, invert, blur), not both or neither")
+        return self
+
+
+class CheckSettings(Base):
+    """`cml check`: copy check, weight sweep and metrics (sd-scripts' gen_img.py)."""
+
+    enabled: bool = False
+    """Run the check after the diff stages."""
+    weights: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])
+    """Diff LoRA weights of the sweep."""
+    seeds: list[int] = Field(default_factory=lambda: [1, 2])
+    """Seeds of the copy check and the sweep."""
+    prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"])
+    """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
+    models: list[Path] = Field(default_factory=list)
+    """Models of the sweep; empty means the base model."""
+    sampling_steps: int = Field(20, gt=0)
+    """Sampler steps."""
+    resolution: Optional[int] = Field(None, ge=64, multiple_of=8)
+    """Image size; empty means the training resolution."""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_not_empty(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("list at least one weight, e.g. [-1, 0, 1]")
+        return v
+
+    @field_validator("seeds", "prompts")
+    @classmethod
+    def _not_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _resolve_models(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve(p, info) for p in v]
+
+
+class Preset(Base):
+    """A whole copy-machine run: one copy stage, one merge, one diff stage per target."""
+
+    name: str = "copy-machine"
+    """Run name: the run folder is output_dir/name."""
+    base_model: Path
+    """SD checkpoint (.safetensors, .ckpt) or diffusers folder."""
+    family: Family = "auto"
+    """Model family; auto detects it from the checkpoint's keys."""
+    v_parameterization: Optional[bool] = None
+    """v-prediction model (SD2 768-v); empty means detect from metadata, else no."""
+    source: list[Path]
+    """Image A, or several images (a copy machine of a small set)."""
+    targets: dict[str, Target]
+    """Named targets; one copy machine serves them all."""
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    """Settings shared by all training stages."""
+    copy_stage: TrainOverrides = Field(default_factory=TrainOverrides, alias="copy")  # type: ignore[valid-type]
+    """Overrides for the copy stage."""
+    diff: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
+    """Overrides for every diff stage."""
+    merge: MergeMode = "checkpoint"
+    """checkpoint: merge_lora.py writes the copy machine model (faithful). in_memory: --base_weights."""
+    merge_precision: Literal["auto", "float", "fp16", "bf16"] = "auto"
+    """merge_lora.py --precision; auto = float, fp16 for SDXL (float does not fit 24 GiB)."""
+    output_dir: Path = Path("runs")
+    """Folder that holds run folders."""
+    allow_resize: bool = False
+    """Let B images of another size than A be resized to A's size."""
+    resize_to: Optional[int] = Field(None, gt=0)
+    """Also write each diff LoRA shrunk to this rank (networks/resize_lora.py)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Where to train; auto = CUDA when available."""
+    tokenizer_cache_dir: Optional[Path] = None
+    """sd-scripts --tokenizer_cache_dir; empty means cml's user cache (offline after the first run)."""
+    allow_pickle: bool = False
+    """Allow a .ckpt base model: sd-scripts unpickles it, which can run code. Prefer .safetensors."""
+    baseline: bool = False
+    """Also measure the diff stage's early loss against the plain base model (method check)."""
+    baseline_steps: int = Field(10, gt=0)
+    """Steps of the baseline and of the early-loss window."""
+    check: CheckSettings = Field(default_factory=CheckSettings)
+    """Copy check, sweep grid and metrics."""
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _source_given(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        if not v:
+            raise ValueError("give at least one source image (image A)")
+        return [_resolve(p, info) for p in v]
+
+    @field_validator("base_model", "output_dir", "tokenizer_cache_dir", mode="after")
+    @classmethod
+    def _resolve_path(cls, v: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+        return _resolve(v, info)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not SAFE_NAME.match(v):
+            raise ValueError(f"{v!r} is not a safe folder name: use letters, digits, '_', '-', '.' (not first)")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: dict[str, Target]) -> dict[str, Target]:
+        if not v:
+            raise ValueError("add at least one target, e.g. [targets.grayscale] transform = \"grayscale\"")
+        seen: dict[str, str] = {}
+        for name in v:
+            if not SAFE_NAME.match(name):
+                raise ValueError(f"target name {name!r} is not a safe file name: use letters, digits, '_', '-', '.' (not first)")
+            if name.lower() in seen:
+                raise ValueError(f"target names {seen[name.lower()]!r} and {name!r} collide on case-insensitive file systems")
+            seen[name.lower()] = name
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "Preset":
+        for name, t in self.targets.items():
+            if t.images and len(t.images) != len(self.source):
+                raise ValueError(
+                    f"targets.{name}.images has {len(t.images)} image(s) but source has {len(self.source)}: "
+                    "give one B image per source image, in the same order"
+                )
+        # Overrides stack (train < copy/diff < target): check each stage's result now, not mid-run.
+        stages = [("copy", self.copy_settings)] + [(f"targets.{n}.train", lambda n=n: self.diff_settings(n)) for n in self.targets]
+        for where, resolve in stages:
+            try:
+                resolve()
+            except ValidationError as e:
+                raise ValueError(f"{where}: " + "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())) from None
+        return self
+
+    # Resolved settings per stage: one place that says how overrides stack.
+    def copy_settings(self) -> TrainSettings:
+        return apply_overrides(self.train, self.copy_stage)
+
+    def diff_settings(self, target: str) -> TrainSettings:
+        return apply_overrides(self.train, self.diff, self.targets[target].train)
+
+    def to_toml_dict(self) -> dict:
+        """The fully resolved preset, itself a valid preset."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return data
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
+    """``KEY=VALUE`` pairs; VALUE is parsed as TOML, or taken as a string when it is not TOML."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set train.steps=100")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.append(([k.strip() for k in key.split(".")], value))
+    return out
+
+
+def apply_set(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    for path, value in overrides:
+        node = data
+        for k in path[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise InputError(f"--set {'.'.join(path)}: {k!r} is not a table in the preset")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        keys.append(f.alias or name)
+    return keys
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc`` (for "did you mean")."""
+    model: Any = Preset
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        if part in fields:
+            ann = fields[part].annotation
+            args = getattr(ann, "__args__", ())
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+            elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+                model = args[-1]  # dict[str, Target] / Optional[X]
+            else:
+                return None
+        # a dict key (target name) keeps the model chosen by the dict's field
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_errors(err: ValidationError, where: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            hint = ""
+            if model is not None:
+                close = difflib.get_close_matches(str(loc[-1]), _known_keys(model), n=1)
+                if close:
+                    hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (close[0],))!r}?"
+            msg = f"unknown key{hint}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{where}: {key}: {msg}")
+    return lines
+
+
+def load_preset(path: Path | str, sets: list[str] | None = None) -> tuple[Preset, str]:
+    """Load, override and validate a preset. Returns the preset and the sha256 of its effective text."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("preset not found" if not path.exists() else "preset is not a file", str(path), "give the path of a .toml preset, e.g. presets/grayscale.toml")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError("preset is not UTF-8 text", str(path), "save it as UTF-8 TOML") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"not valid TOML: {e}", str(path), "fix the syntax (strings need quotes; see presets/grayscale.toml)") from None
+    if sets:
+        data = apply_set(data, parse_set(sets))
+    try:
+        preset = Preset.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as e:
+        raise ConfigErrors(format_errors(e, str(path))) from None
+    import tomli_w
+
+    digest = hashlib.sha256(tomli_w.dumps(preset.to_toml_dict()).encode()).hexdigest()
+    return preset, digest

@@ -1,0 +1,128 @@
+"""A randomly initialised SD1.5-architecture checkpoint and an offline tokenizer, for demos and tests.
+
+No real weights can be downloaded here, and sd-scripts' SD1 U-Net has fixed channel sizes, so the
+demo model is full size (~2.1 GB fp16) with random weights. The copy machine method still shows on
+it: the diff stage's loss on B is far lower against the copy machine model than against the base.
+Everything is cached outside the repository (``CML_CACHE_DIR``, default ``~/.cache/cml``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+DEMO_VERSION = "1"  # bump when the demo assets change
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "demo"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable character.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges: enough for sd-scripts offline."""
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (dest / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (dest / "tokenizer_config.json").write_text(
+        json.dumps({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token, "do_lower_case": True,
+        }),
+        encoding="utf-8",
+    )
+    (dest / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}),
+        encoding="utf-8",
+    )
+
+
+def tokenizer_dir() -> Path:
+    """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for."""
+    root = cache_dir() / f"tokenizers-v{DEMO_VERSION}"
+    sd = root / "openai_clip-vit-large-patch14"
+    if not (sd / "vocab.json").exists():
+        write_tokenizer(sd)
+        write_tokenizer(root / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", pad_token="!")
+    return root
+
+
+def demo_image(size: int = 256) -> Image.Image:
+    """A colourful, deterministic image A: gradients and shapes, so grayscale visibly changes it."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    rgb = np.stack([x, y, 1.0 - 0.5 * (x + y)], axis=-1) * 255
+    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    s = size
+    d.ellipse([s * 0.15, s * 0.15, s * 0.55, s * 0.55], fill=(230, 40, 40))
+    d.rectangle([s * 0.5, s * 0.55, s * 0.9, s * 0.85], fill=(30, 200, 60))
+    d.polygon([(s * 0.2, s * 0.9), (s * 0.45, s * 0.6), (s * 0.6, s * 0.95)], fill=(250, 220, 0))
+    return img
+
+
+def random_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
+    """Build (once) a randomly initialised SD1.5-architecture single-file checkpoint, fp16."""
+    out = cache_dir() / f"random-sd15-v{DEMO_VERSION}.safetensors"
+    if out.exists():
+        return out
+    log(f"building a random SD1.5-architecture checkpoint (once, ~35 s, 2.1 GB): {out}")
+    sys.path.insert(0, str(sd_scripts))
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from library import model_util
+    from library.original_unet import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+    te = CLIPTextModel._from_config(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.safetensors")
+    model_util.save_stable_diffusion_checkpoint(False, str(tmp), te, unet, None, 0, 0, {"cml_demo": "random weights"}, torch.float16, vae)
+    tmp.replace(out)
+    return out
+
+
+def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
+    """The demo preset and the --set values that point it at the cached random model and tokenizer."""
+    from cml.sdscripts import locate
+
+    sd = locate(sd_option)
+    model = random_sd15_checkpoint(sd.path)
+    tok = tokenizer_dir()
+    a = cache_dir() / "demo-a.png"
+    if not a.exists():
+        demo_image().save(a)
+    preset = Path(__file__).resolve().parent.parent / "presets" / "demo.toml"
+    q = lambda p: json.dumps(str(p))  # noqa: E731  a JSON string is a TOML basic string
+    return preset, [f"base_model={q(model)}", f"source={q(a)}", f"tokenizer_cache_dir={q(tok)}"]

@@ -1,0 +1,136 @@
+"""Open and validate images, convert them to RGB, and the built-in transforms that make B from A."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from cml.errors import InputError
+
+MIN_SIDE = 64  # sd-scripts' smallest bucket; smaller images cannot be trained on
+MAX_SIDE = 8192  # larger images are refused: decoding them would take gigabytes
+ACCEPTED = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
+
+
+@dataclass
+class LoadedImage:
+    path: Path
+    image: Image.Image  # RGB
+    sha256: str  # of the file's bytes: provenance
+    notes: list[str] = field(default_factory=list)
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        notes.append(f"{mode} (16-bit) converted to 8-bit RGB")
+        return img.convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "P"
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels become white, as the kohya GUI's image tools do.
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        notes.append(f"{mode} with transparency composited on white")
+        return bg
+    notes.append(f"{mode} converted to RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: Path, role: str) -> LoadedImage:
+    """Open, verify and convert one image. ``role`` names it in errors (e.g. "source[0]")."""
+    where = f"{role} {path}"
+    if not path.exists():
+        raise InputError("image not found", where, "check the path (relative paths start at the preset's folder)")
+    if path.is_dir():
+        raise InputError("is a folder, not an image", where, "name an image file (PNG, JPEG, WebP)")
+    data = path.read_bytes()
+    if not data:
+        raise InputError("image file is empty", where, "re-export the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+            fmt, size = probe.format, probe.size
+            probe.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise InputError("not an image PIL can read", where, "give a PNG, JPEG or WebP file") from None
+        raise InputError(f"image is too large (limit {MAX_SIDE} px a side)", where, f"downscale it to at most {MAX_SIDE} px") from None
+    except Exception as e:  # truncated or corrupt data fails verify() in many ways
+        raise InputError(f"image is damaged or truncated ({type(e).__name__}: {e})", where, "re-export the image") from None
+    if fmt not in ACCEPTED:
+        raise InputError(f"image format {fmt} is not supported", where, "convert it to PNG")
+    w, h = size
+    if max(w, h) > MAX_SIDE:
+        raise InputError(f"image is {w}x{h}, over the limit of {MAX_SIDE} px a side", where, f"downscale it to at most {MAX_SIDE} px")
+    if min(w, h) < MIN_SIDE:
+        raise InputError(f"image is {w}x{h}, too small to train on (at least {MIN_SIDE} px a side)", where, "use a larger image")
+    notes: list[str] = []
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:
+        raise InputError(f"image is damaged or truncated ({e})", where, "re-export the image") from None
+    rotated = ImageOps.exif_transpose(img)
+    if rotated.size != img.size or rotated.tobytes() != img.tobytes():
+        notes.append("EXIF orientation applied")
+    img = _to_rgb(rotated, notes)
+    return LoadedImage(path=path, image=img, sha256=hashlib.sha256(data).hexdigest(), notes=notes)
+
+
+# ------------------------------------------------------------- transforms
+
+
+def grayscale(img: Image.Image) -> Image.Image:
+    return img.convert("L").convert("RGB")
+
+
+def sepia(img: Image.Image) -> Image.Image:
+    a = np.asarray(img, dtype=np.float32)
+    m = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
+    return Image.fromarray(np.clip(a @ m.T, 0, 255).astype(np.uint8), "RGB")
+
+
+def invert(img: Image.Image) -> Image.Image:
+    return ImageOps.invert(img)
+
+
+def blur(img: Image.Image) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(radius=max(1.0, min(img.size) / 128)))
+
+
+TRANSFORMS = {"grayscale": grayscale, "sepia": sepia, "invert": invert, "blur": blur}
+
+
+def pixel_sha256(img: Image.Image) -> str:
+    h = hashlib.sha256(f"{img.mode}{img.size}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def save_png(img: Image.Image, path: Path) -> None:
+    """Write a PNG only when its pixels changed, so re-planning keeps files (and mtimes) stable."""
+    if path.exists():
+        try:
+            with Image.open(path) as old:
+                if old.mode == img.mode and old.size == img.size and old.tobytes() == img.tobytes():
+                    return
+        except Exception:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)

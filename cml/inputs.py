@@ -1,0 +1,91 @@
+"""Everything a plan is made from, checked before anything runs: images, base model, device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from cml.checkpoint import ModelInfo, inspect_model, resolve_family
+from cml.config import Preset
+from cml.errors import InputError
+from cml.images import TRANSFORMS, LoadedImage, load_image
+
+
+@dataclass
+class TargetInputs:
+    name: str
+    images: list[Image.Image]  # B, paired with Inputs.source by index
+    sha256: list[str]  # of the B files, or "transform:<name>"
+
+
+@dataclass
+class Inputs:
+    source: list[LoadedImage]
+    targets: dict[str, TargetInputs]
+    model: ModelInfo
+    family: str
+    v_parameterization: bool
+    device: str  # "cuda" | "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bitsandbytes_usable(device: str) -> bool:
+    if device != "cuda":
+        return False
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def load_inputs(preset: Preset) -> Inputs:
+    """Open and check every input; all problems found become one InputError each (first one raised)."""
+    notes: list[str] = []
+    source = [load_image(p, f"source[{i}]") for i, p in enumerate(preset.source)]
+    for s in source:
+        notes += [f"{s.path.name}: {n}" for n in s.notes]
+    targets: dict[str, TargetInputs] = {}
+    for name, t in preset.targets.items():
+        if t.transform:
+            fn = TRANSFORMS[t.transform]
+            targets[name] = TargetInputs(name, [fn(s.image) for s in source], [f"transform:{t.transform}"] * len(source))
+            continue
+        imgs, hashes = [], []
+        for i, (p, a) in enumerate(zip(t.images, source)):
+            b = load_image(p, f"targets.{name}.images[{i}]")
+            notes += [f"{b.path.name}: {n}" for n in b.notes]
+            img = b.image
+            if img.size != a.image.size:
+                if not preset.allow_resize:
+                    raise InputError(
+                        f"B is {img.size[0]}x{img.size[1]} but its A ({a.path.name}) is {a.image.size[0]}x{a.image.size[1]}",
+                        f"targets.{name}.images[{i}] {p}",
+                        "edit B from A without cropping, or set allow_resize = true to resize B to A's size",
+                    )
+                notes.append(f"{b.path.name}: resized from {img.size[0]}x{img.size[1]} to A's {a.image.size[0]}x{a.image.size[1]}")
+                img = img.resize(a.image.size, Image.Resampling.LANCZOS)
+            imgs.append(img)
+            hashes.append(b.sha256)
+        targets[name] = TargetInputs(name, imgs, hashes)
+    info = inspect_model(preset.base_model, preset.allow_pickle)
+    family = resolve_family(info, preset.family)
+    vpred = preset.v_parameterization
+    if vpred is None:
+        vpred = bool(info.v_parameterization)
+        if family == "sd2" and info.v_parameterization is None:
+            notes.append("SD2 checkpoint without a prediction type in its metadata: assuming epsilon; set v_parameterization = true for 768-v models")
+    device = detect_device(preset.device)
+    return Inputs(source, targets, info, family, vpred, device, notes)

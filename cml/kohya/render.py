@@ -1,0 +1,273 @@
+"""The files kohya's tools read, per stage: dataset TOML, training TOML, GUI JSON, argv, commands.sh.
+
+Everything here is data built from a Plan; nothing runs. TOML is written by tomli-w
+(sd-scripts reads it back with ``toml`` 0.10.2, so arrays never mix ints and floats).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from cml.errors import InputError
+from cml.images import save_png
+from cml.plan import Plan, Stage, merge_precision
+
+SCRIPTS = {
+    "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sd2": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sdxl": {"train": "sdxl_train_network.py", "merge": "networks/sdxl_merge_lora.py", "gen": "sdxl_gen_img.py"},
+}
+RESIZE_SCRIPT = "networks/resize_lora.py"
+NETWORK_MODULE = "networks.lora"
+# networks.lora with the --base_weights module-list fix (see cml/kohya/lora_fixed.py).
+FIXED_NETWORK_MODULE = "cml.kohya.lora_fixed"
+# Keys cml sets itself; train.extra may not change them or the stage's files would go elsewhere.
+MANAGED_KEYS = {
+    "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "logging_dir", "log_with",
+    "network_module", "network_dim", "network_alpha", "base_weights", "network_train_unet_only", "max_train_steps",
+    "learning_rate", "unet_lr", "optimizer_type", "lr_scheduler", "lr_warmup_steps", "seed", "mixed_precision",
+    "save_model_as", "config_file", "sdxl", "v2", "v_parameterization",
+}
+
+
+def default_tokenizer_cache() -> Path:
+    return Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "tokenizers"
+
+
+def mixed_precision(plan: Plan, stage: Stage) -> str:
+    p = stage.settings.precision
+    if p == "auto":
+        return "fp16" if plan.inputs.device == "cuda" else "no"
+    return {"fp32": "no"}.get(p, p)
+
+
+def dataset_toml(stage: Stage) -> dict:
+    s = stage.settings
+    return {
+        "general": {
+            "resolution": s.resolution,
+            "batch_size": s.batch_size,
+            "enable_bucket": True,
+            "bucket_no_upscale": True,
+            "min_bucket_reso": min(256, s.resolution),
+            "max_bucket_reso": max(1024, s.resolution),
+            "bucket_reso_steps": 64,
+            "caption_extension": ".txt",
+            "shuffle_caption": False,
+        },
+        "datasets": [{"subsets": [{"image_dir": str(stage.images_dir), "num_repeats": 1}]}],
+    }
+
+
+def training_toml(plan: Plan, stage: Stage) -> dict:
+    s = stage.settings
+    fam = plan.inputs.family
+    cfg: dict = {
+        "pretrained_model_name_or_path": str(stage.model),
+        "dataset_config": str(stage.dir / "dataset.toml"),
+        "output_dir": str(stage.work_dir),
+        "output_name": stage.output.stem,
+        "save_model_as": "safetensors",
+        "save_precision": "fp16",
+        "network_module": FIXED_NETWORK_MODULE if stage.base_weights else NETWORK_MODULE,
+        "network_dim": s.dim,
+        "network_alpha": float(s.alpha),
+        "network_train_unet_only": True,
+        "optimizer_type": s.optimizer,
+        "learning_rate": float(s.learning_rate),
+        "unet_lr": float(s.learning_rate),
+        "lr_scheduler": s.scheduler,
+        "lr_warmup_steps": s.warmup_steps,
+        "max_train_steps": s.steps,
+        "seed": s.seed,
+        "mixed_precision": mixed_precision(plan, stage),
+        "cache_latents": True,
+        "sdpa": True,
+        "max_data_loader_n_workers": 0,
+        "logging_dir": str(stage.dir / "logs"),
+        "log_with": "tensorboard",
+        "tokenizer_cache_dir": str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
+    }
+    if fam == "sd2":
+        cfg["v2"] = True
+    if plan.inputs.v_parameterization:
+        cfg["v_parameterization"] = True
+    if fam == "sdxl":
+        cfg["cache_text_encoder_outputs"] = True  # U-Net only: the text encoders never change
+    if stage.base_weights:
+        cfg["base_weights"] = [str(p) for p in stage.base_weights]
+        cfg["base_weights_multiplier"] = [1.0] * len(stage.base_weights)
+    clash = sorted(set(s.extra) & MANAGED_KEYS)
+    if clash:
+        raise InputError(f"train.extra sets {', '.join(clash)}, which cml manages", f"{stage.name} settings", "use the preset's own keys (train.steps, train.dim, ...) instead")
+    cfg.update(s.extra)
+    return cfg
+
+
+def save_precision(plan: Plan) -> str:
+    """The copy machine model keeps the base's precision: an fp16 base gives an fp16 model of the same size."""
+    return {"F16": "fp16", "BF16": "bf16"}.get(plan.inputs.model.dtype or "", "float")
+
+
+def python() -> str:
+    return sys.executable
+
+
+def stage_argv(plan: Plan, stage: Stage) -> list[str]:
+    """The exact argv of a stage, run with sd-scripts' folder as working directory."""
+    fam = plan.inputs.family
+    if stage.kind == "train":
+        return [python(), SCRIPTS[fam]["train"], "--config_file", str(stage.dir / "train.toml")]
+    if stage.kind == "merge":
+        copy = plan.stage("copy")
+        prec = merge_precision(plan.preset, plan.inputs)
+        argv = [python(), SCRIPTS[fam]["merge"]]
+        if fam == "sd2":
+            argv.append("--v2")
+        argv += [
+            "--sd_model", str(stage.model), "--models", str(copy.output), "--ratios", "1.0",
+            "--save_to", str(stage.work_dir / stage.output.name), "--precision", prec, "--save_precision", save_precision(plan),
+        ]
+        return argv
+    if stage.kind == "resize":
+        return [
+            python(), RESIZE_SCRIPT, "--model", str(stage.model), "--new_rank", str(plan.preset.resize_to),
+            "--save_to", str(stage.work_dir / stage.output.name), "--save_precision", "fp16",
+            "--device", "cuda" if plan.inputs.device == "cuda" else "cpu",
+        ]
+    raise ValueError(stage.kind)
+
+
+def gui_json(plan: Plan, stage: Stage) -> dict:
+    """kohya_ss GUI LoRA config: keys as the GUI's shipped presets/lora/*.json use them."""
+    s = stage.settings
+    fam = plan.inputs.family
+    extra = []
+    if stage.base_weights:
+        extra += ["--base_weights", *(str(p) for p in stage.base_weights)]
+    return {
+        "LoRA_type": "Standard",
+        "pretrained_model_name_or_path": str(stage.model),
+        "v2": fam == "sd2",
+        "v_parameterization": bool(plan.inputs.v_parameterization),
+        "sdxl": fam == "sdxl",
+        "dataset_config": str(stage.dir / "dataset.toml"),
+        "output_dir": str(stage.work_dir),
+        "output_name": stage.output.stem,
+        "save_model_as": "safetensors",
+        "save_precision": "fp16",
+        "network_dim": s.dim,
+        "network_alpha": int(s.alpha) if float(s.alpha).is_integer() else s.alpha,
+        "learning_rate": s.learning_rate,
+        "unet_lr": s.learning_rate,
+        "text_encoder_lr": 0,  # the GUI's way of saying U-Net only (network_train_unet_only)
+        "optimizer": s.optimizer,
+        "lr_scheduler": s.scheduler,
+        "lr_warmup": round(100 * s.warmup_steps / s.steps),  # the GUI takes warm-up in percent
+        "max_train_steps": s.steps,
+        "max_train_epochs": 0,
+        "epoch": 1,
+        "train_batch_size": s.batch_size,
+        "seed": s.seed,
+        "mixed_precision": "fp16" if s.precision == "auto" else {"fp32": "no"}.get(s.precision, s.precision),
+        "cache_latents": True,
+        "caption_extension": ".txt",
+        "enable_bucket": True,
+        "max_resolution": f"{s.resolution},{s.resolution}",
+        "sdxl_cache_text_encoder_outputs": fam == "sdxl",
+        "additional_parameters": shlex.join(extra),
+    }
+
+
+def commands_sh(plan: Plan, sd_path: Path) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        "# The sd-scripts commands of this run, as cml runs them. Run from anywhere with sd-scripts' Python active.",
+        f"# cml writes each output under its stage's work/ folder, checks it, then moves it to its final name.",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(sd_path))}",
+        'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # networks/*.py import library/',
+        "",
+    ]
+    for st in plan.stages:
+        argv = stage_argv(plan, st)
+        lines.append(f"# {st.name}: {st.what}")
+        lines.append(shlex.join(["python", *argv[1:]]))
+        lines.append(shlex.join(["mv", str(st.work_dir / st.output.name), str(st.output)]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+RUN_README = """# {name}: files of this run
+
+| stage | what | output |
+|---|---|---|
+{rows}
+
+Per training stage folder:
+- `dataset.toml`: kohya dataset config (`--dataset_config`, or the kohya_ss GUI's "Dataset config" field).
+- `train.toml`: every other option, for `train_network.py --config_file train.toml`.
+- `gui.json`: the same stage for the kohya_ss GUI: LoRA tab -> "Load config".
+- `images/`: the staged images (RGB PNG); a caption `.txt` beside each only when the caption is not empty.
+- `log.txt`, `logs/`: the trainer's output and TensorBoard logs; `record.json`: what the output was made from.
+
+`commands.sh` holds the exact commands; `preset.toml` the fully resolved preset (itself a valid preset).
+{gui_note}"""
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write only when the content changed (keeps mtimes stable for resumed runs)."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def stage_images(stage: Stage) -> None:
+    for i, img in enumerate(stage.images):
+        save_png(img, stage.images_dir / f"{i:03d}.png")
+        cap = stage.images_dir / f"{i:03d}.txt"
+        if stage.settings.caption:
+            write_file(cap, stage.settings.caption)
+        elif cap.exists():
+            cap.unlink()  # sd-scripts refuses empty caption files; no file means an empty caption
+
+
+def render(plan: Plan, sd_path: Path) -> list[Path]:
+    """Write every kohya file of the plan into the run folder. Returns the files written."""
+    written = []
+    for st in plan.stages:
+        st.dir.mkdir(parents=True, exist_ok=True)
+        if st.kind == "train":
+            stage_images(st)
+            for name, text in (
+                ("dataset.toml", tomli_w.dumps(dataset_toml(st))),
+                ("train.toml", tomli_w.dumps(training_toml(plan, st))),
+                ("gui.json", json.dumps(gui_json(plan, st), indent=2, ensure_ascii=False) + "\n"),
+            ):
+                write_file(st.dir / name, text)
+                written.append(st.dir / name)
+        else:
+            write_file(st.dir / "command.json", json.dumps({"cwd": str(sd_path), "argv": stage_argv(plan, st)}, indent=2, ensure_ascii=False) + "\n")
+            written.append(st.dir / "command.json")
+    write_file(plan.run_dir / "commands.sh", commands_sh(plan, sd_path))
+    write_file(plan.run_dir / "preset.toml", tomli_w.dumps(plan.preset.to_toml_dict()))
+    rows = "\n".join(f"| `{s.name}/` | {s.what} | `{s.output.relative_to(plan.run_dir)}` |" for s in plan.stages)
+    gui_note = ""
+    if plan.preset.merge == "in_memory":
+        gui_note = (
+            "\nIn-memory merge in the GUI: `gui.json` passes `--base_weights` in additional parameters. Plain sd-scripts "
+            "then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's own runs use "
+            f"`{FIXED_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer `merge = \"checkpoint\"` for GUI use.\n"
+        )
+    write_file(plan.run_dir / "README.md", RUN_README.format(name=plan.preset.name, rows=rows, gui_note=gui_note))
+    written += [plan.run_dir / "commands.sh", plan.run_dir / "preset.toml", plan.run_dir / "README.md"]
+    return written

@@ -1,0 +1,286 @@
+"""Executing a plan: skip what is up to date, run the rest, check every output, record what it was made from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cml import PINNED_SD_SCRIPTS_COMMIT, __version__
+from cml.checkpoint import model_identity
+from cml.checks import CheckFailed, add_metadata, check_lora, check_merged
+from cml.config import load_preset
+from cml.errors import InputError, StageFailed
+from cml.inputs import load_inputs
+from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, render, stage_argv
+from cml.losses import early_loss, read_losses
+from cml.plan import Plan, Stage, build_plan
+from cml.runner import Progress, RunLock, fmt_seconds, run_logged
+from cml.sdscripts import SdScripts, commit_warning, locate, python_env
+
+
+def say(msg: str) -> None:
+    print(f"cml: {msg}", file=sys.stderr, flush=True)
+
+
+def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None) -> tuple[Plan, SdScripts]:
+    """Config -> inputs -> plan. Every input check happens here, before anything runs."""
+    preset, digest = load_preset(preset_path, sets)
+    sd = locate(sd_option)
+    w = commit_warning(sd)
+    if w:
+        say(w)
+    inputs = load_inputs(preset)
+    for n in inputs.notes:
+        say(f"note: {n}")
+    plan = build_plan(preset, digest, inputs, sd.commit)
+    for st in plan.stages:
+        for n in st.notes:
+            say(f"note: {st.name}: {n}")
+    return plan, sd
+
+
+def check_writable(run_dir: Path) -> None:
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError("output folder is not writable", str(probe), "set output_dir to a folder you can write to")
+
+
+# ----------------------------------------------------------------- records
+
+
+def read_record(stage: Stage) -> dict | None:
+    try:
+        return json.loads(stage.record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def output_still_good(stage: Stage, plan: Plan) -> bool:
+    rec = read_record(stage)
+    if not rec or rec.get("fingerprint") != stage.fingerprint or not stage.output.is_file():
+        return False
+    st = stage.output.stat()
+    if rec.get("output_size") != st.st_size or rec.get("output_mtime_ns") != st.st_mtime_ns:
+        return False
+    if stage.kind == "merge":
+        return True  # gigabytes: size and mtime as recorded suffice
+    try:
+        dim, alpha = expected_rank(plan, stage)
+        check_lora(stage.output, dim, alpha)
+    except CheckFailed:
+        return False
+    return True
+
+
+def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float]:
+    if stage.kind == "resize":
+        s = plan.preset.diff_settings(stage.target)
+        r = plan.preset.resize_to
+        return r, s.alpha / s.dim * r  # resize_lora.py keeps alpha/dim
+    return stage.settings.dim, stage.settings.alpha
+
+
+def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
+    meta = {
+        "cml_version": __version__,
+        "cml_stage": stage.name,
+        "cml_merge_mode": plan.preset.merge,
+        "cml_preset_sha256": plan.preset_sha256,
+        "cml_fingerprint": stage.fingerprint,
+        "cml_base_model": plan.inputs.model.path.name,
+        "cml_base_model_hash": model_identity(plan.inputs.model),
+        "cml_images_sha256": json.dumps(stage.inputs_sha256, sort_keys=True),
+        "cml_sd_scripts_commit": plan.sd_scripts_commit or "unknown",
+        "cml_trained_against": "copy machine model" if stage.name.startswith("diff-") else "base model",
+    }
+    if stage.target:
+        meta["cml_target"] = stage.target
+    return meta
+
+
+def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
+    """Check the produced file, add provenance, move it to its final name. Returns facts for the record."""
+    facts: dict = {}
+    try:
+        if stage.kind == "merge":
+            facts["merge_check"] = check_merged(produced, stage.model)
+            produced.replace(stage.output)
+            return facts
+        dim, alpha = expected_rank(plan, stage)
+        summary = check_lora(produced, dim, alpha)
+    except CheckFailed as e:
+        raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
+    facts["lora_modules"] = summary.modules
+    meta = provenance(plan, stage)
+    from cml.checks import read_metadata
+
+    if read_metadata(produced).get("ss_network_module") == FIXED_NETWORK_MODULE:
+        # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
+        meta["ss_network_module"] = NETWORK_MODULE
+        meta["cml_network_module"] = FIXED_NETWORK_MODULE
+    tmp = stage.output.with_name(stage.output.name + ".tmp")
+    add_metadata(produced, tmp, meta)
+    tmp.replace(stage.output)
+    produced.unlink()
+    return facts
+
+
+def write_record(stage: Stage, facts: dict) -> None:
+    st = stage.output.stat()
+    rec = {
+        "stage": stage.name,
+        "fingerprint": stage.fingerprint,
+        "output": str(stage.output),
+        "output_size": st.st_size,
+        "output_mtime_ns": st.st_mtime_ns,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **facts,
+    }
+    tmp = stage.record_path.with_name("record.json.tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    tmp.replace(stage.record_path)
+
+
+# ------------------------------------------------------------------- run
+
+
+@dataclass
+class RunOptions:
+    mode: str = "normal"  # quiet | normal | verbose
+    force: bool = False
+    from_stage: str | None = None
+
+
+def stages_to_run(plan: Plan, opts: RunOptions) -> list[bool]:
+    names = [s.name for s in plan.stages]
+    if opts.from_stage is not None and opts.from_stage not in names:
+        raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
+    forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
+    todo = []
+    for i, st in enumerate(plan.stages):
+        todo.append(i >= forced_from or not output_still_good(st, plan))
+    # A stage whose input stage re-runs must re-run too (fingerprints chain, but --from does not change them).
+    for i, st in enumerate(plan.stages):
+        if any(todo[names.index(d)] for d in st.depends if d in names):
+            todo[i] = True
+    # Finished diff LoRAs are what users keep: never replace one made from other settings without --force.
+    if not opts.force:
+        for i, st in enumerate(plan.stages):
+            if todo[i] and i < forced_from and st.kind in ("train", "resize") and st.name.startswith(("diff-", "resize-")) and st.output.exists():
+                raise InputError(
+                    f"{st.output.name} exists and was made from other settings or inputs",
+                    str(st.output),
+                    "re-run with --force to replace it, or set another name / output_dir",
+                )
+    return todo
+
+
+def disk_check(plan: Plan, stage: Stage) -> None:
+    need = int(plan.inputs.model.size * 1.1)
+    free = shutil.disk_usage(stage.dir).free
+    if free < need:
+        raise InputError(
+            f"not enough disk space for the copy machine model: {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free",
+            str(stage.dir),
+            "free space, set output_dir elsewhere, or use merge = \"in_memory\" (no merged file)",
+        )
+
+
+def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict:
+    if stage.kind == "merge":
+        disk_check(plan, stage)
+    shutil.rmtree(stage.work_dir, ignore_errors=True)
+    stage.work_dir.mkdir(parents=True)
+    if stage.record_path.exists():
+        stage.record_path.unlink()  # the stage is being redone; its old record no longer describes a finished output
+    if stage.log_path.exists():
+        stage.log_path.replace(stage.log_path.with_name("log.prev.txt"))
+    shutil.rmtree(stage.dir / "logs", ignore_errors=True)
+    argv = stage_argv(plan, stage)
+    last_report = [0.0]
+
+    def on_progress(p: Progress) -> None:
+        if opts.mode != "quiet":
+            return
+        now = time.monotonic()
+        if p.step == p.total or now - last_report[0] > 15:
+            last_report[0] = now
+            loss = f"  loss {p.loss:.4f}" if p.loss is not None else ""
+            say(f"  {stage.name}: step {p.step}/{p.total}{loss}  ETA {fmt_seconds(p.eta())}")
+
+    res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress)
+    produced = stage.work_dir / stage.output.name
+    if res.returncode != 0:
+        tail = "\n".join(f"    {ln}" for ln in res.tail[-15:])
+        raise StageFailed(
+            f"stage {stage.name} failed: {Path(argv[1]).name} exited with code {res.returncode}\n  last log lines:\n{tail}\n  full log: {stage.log_path}",
+            fix="fix the cause and re-run the same command: finished stages are kept",
+        )
+    if not produced.exists():
+        raise StageFailed(f"stage {stage.name}: {Path(argv[1]).name} exited 0 but wrote no {produced.name}", fix=f"see {stage.log_path}")
+    facts = finish_output(plan, stage, produced)
+    facts["seconds"] = round(res.seconds, 1)
+    facts["argv"] = argv
+    if stage.kind == "train":
+        losses = read_losses(stage.dir / "logs")
+        facts["losses"] = [v for _, v in losses]
+        facts["early_loss"] = early_loss(losses, plan.preset.baseline_steps)
+    shutil.rmtree(stage.work_dir, ignore_errors=True)
+    write_record(stage, facts)
+    return facts
+
+
+def method_check(plan: Plan) -> dict:
+    """Early diff-stage loss against the copy machine model (and the plain base, with baseline)."""
+    out = {}
+    for st in plan.stages:
+        if not st.name.startswith("diff-"):
+            continue
+        rec = read_record(st) or {}
+        entry = {"against_copy_machine": rec.get("early_loss")}
+        if plan.preset.baseline:
+            entry["against_base"] = (read_record(plan.stage(f"baseline-{st.target}")) or {}).get("early_loss")
+        out[st.target] = entry
+    return out
+
+
+def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
+    check_writable(plan.run_dir)
+    if plan.inputs.device == "cpu":
+        big = max(s.settings.resolution * s.settings.steps for s in plan.stages if s.settings)
+        if big >= 512 * 100:
+            say("warning: training on the CPU; real runs (512 px, 500 steps) take hours here. A CUDA GPU takes minutes.")
+    with RunLock(plan.run_dir):
+        render(plan, sd.path)
+        todo = stages_to_run(plan, opts)
+        n = len(plan.stages)
+        if plan.preset.merge == "in_memory":
+            say("merge: in memory (sd-scripts --base_weights); no copy machine model file is written")
+        t0 = time.monotonic()
+        for i, (st, go) in enumerate(zip(plan.stages, todo), 1):
+            if not go:
+                say(f"[{i}/{n}] {st.name}: up to date, skipped ({st.output})")
+                continue
+            say(f"[{i}/{n}] {st.name}: {st.what}")
+            say(f"        log: {st.log_path}")
+            facts = run_stage(plan, sd, st, opts)
+            el = f", early loss {facts['early_loss']:.4f}" if facts.get("early_loss") is not None else ""
+            say(f"[{i}/{n}] {st.name}: done in {fmt_seconds(facts['seconds'])}{el} -> {st.output}")
+        summary = {
+            "run_dir": str(plan.run_dir),
+            "seconds": round(time.monotonic() - t0, 1),
+            "stages_run": [s.name for s, go in zip(plan.stages, todo) if go],
+            "stages_skipped": [s.name for s, go in zip(plan.stages, todo) if not go],
+            "outputs": {s.name: str(s.output) for s in plan.stages},
+            "method_check": method_check(plan),
+            "sd_scripts": {"path": str(sd.path), "commit": sd.commit, "pinned": sd.commit == PINNED_SD_SCRIPTS_COMMIT},
+        }
+        (plan.run_dir / "run.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,144 @@
+"""The ordered stages of a run, each with its inputs, outputs and a fingerprint of what it is made from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cml.checkpoint import model_identity
+from cml.config import Preset, TrainSettings
+from cml.images import pixel_sha256
+from cml.inputs import Inputs, bitsandbytes_usable
+
+COPY_MACHINE = "copy_machine.safetensors"
+
+
+@dataclass
+class Stage:
+    name: str  # folder name and --from value: copy, merge, diff-<t>, baseline-<t>, resize-<t>
+    kind: str  # train | merge | resize
+    what: str  # one line for people
+    dir: Path
+    output: Path  # the final file; written only by renaming a checked temporary file
+    model: Path  # the model trained against / merged into
+    fingerprint: str = ""
+    settings: TrainSettings | None = None
+    images: list = field(default_factory=list)  # PIL images staged for a train stage
+    base_weights: list[Path] = field(default_factory=list)  # in_memory merge: LoRAs merged before training
+    target: str | None = None
+    inputs_sha256: dict[str, list[str]] = field(default_factory=dict)  # provenance: A/B file hashes
+    depends: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where sd-scripts writes; the final output is renamed out of here once checked."""
+        return self.dir / "work"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.dir / "images"
+
+    @property
+    def record_path(self) -> Path:
+        return self.dir / "record.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.txt"
+
+
+@dataclass
+class Plan:
+    preset: Preset
+    preset_sha256: str
+    inputs: Inputs
+    run_dir: Path
+    stages: list[Stage]
+    sd_scripts_commit: str | None
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def effective_settings(s: TrainSettings, device: str) -> tuple[TrainSettings, list[str]]:
+    """Settings as they will run on this device (8-bit optimizers need CUDA)."""
+    notes = []
+    opt = s.optimizer
+    if ("8bit" in opt.lower() or opt.lower().startswith("paged")) and not bitsandbytes_usable(device):
+        fallback = opt.replace("Paged", "").replace("8bit", "").replace("32bit", "") or "AdamW"
+        if fallback.lower() not in ("adamw", "lion", "sgdnesterov"):
+            fallback = "AdamW"
+        notes.append(f"{opt} needs bitsandbytes on CUDA ({device} here): using {fallback} instead")
+        s = s.model_copy(update={"optimizer": fallback})
+    return s, notes
+
+
+def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_commit: str | None) -> Plan:
+    run_dir = preset.output_dir / preset.name
+    base_id = model_identity(inputs.model)
+    common = {"family": inputs.family, "v": inputs.v_parameterization, "device": inputs.device, "sd_scripts": sd_scripts_commit}
+    a_pixels = [pixel_sha256(s.image) for s in inputs.source]
+    a_files = [s.sha256 for s in inputs.source]
+    stages: list[Stage] = []
+
+    copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs.device)
+    copy = Stage(
+        "copy", "train", "copy LoRA: overfit image A on the base model", run_dir / "copy",
+        run_dir / "copy" / "copy.safetensors", preset.base_model, settings=copy_s,
+        images=[s.image for s in inputs.source], inputs_sha256={"A": a_files}, notes=copy_notes,
+    )
+    copy.fingerprint = fingerprint({"stage": "copy", "settings": copy_s.model_dump(), "A": a_pixels, "base": base_id, **common})
+    stages.append(copy)
+
+    if preset.merge == "checkpoint":
+        merge = Stage(
+            "merge", "merge", "merge the copy LoRA into the base: the copy machine model", run_dir / "merge",
+            run_dir / "merge" / COPY_MACHINE, preset.base_model, depends=["copy"],
+        )
+        merge.fingerprint = fingerprint({"stage": "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common})
+        stages.append(merge)
+        machine, machine_fp, base_weights = merge.output, merge.fingerprint, []
+    else:
+        machine, machine_fp, base_weights = preset.base_model, copy.fingerprint, [copy.output]
+
+    for name, t in inputs.targets.items():
+        s, notes = effective_settings(preset.diff_settings(name), inputs.device)
+        b_pixels = [pixel_sha256(i) for i in t.images]
+        diff = Stage(
+            f"diff-{name}", "train", f"diff LoRA '{name}': image B on the copy machine model", run_dir / f"diff-{name}",
+            run_dir / f"diff-{name}" / f"{name}.safetensors", machine, settings=s, images=t.images, base_weights=base_weights,
+            target=name, inputs_sha256={"A": a_files, "B": t.sha256}, depends=["merge" if preset.merge == "checkpoint" else "copy"], notes=notes,
+        )
+        diff.fingerprint = fingerprint({"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common})
+        stages.append(diff)
+        if preset.baseline:
+            bs = s.model_copy(update={"steps": preset.baseline_steps, "warmup_steps": 0})
+            base = Stage(
+                f"baseline-{name}", "train", f"baseline for '{name}': image B on the plain base (method check)", run_dir / f"baseline-{name}",
+                run_dir / f"baseline-{name}" / f"{name}_baseline.safetensors", preset.base_model, settings=bs, images=t.images,
+                target=name, inputs_sha256={"B": t.sha256},
+            )
+            base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
+            stages.append(base)
+        if preset.resize_to:
+            rs = Stage(
+                f"resize-{name}", "resize", f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)", run_dir / f"resize-{name}",
+                run_dir / f"resize-{name}" / f"{name}_r{preset.resize_to}.safetensors", diff.output, target=name, depends=[diff.name],
+                inputs_sha256=diff.inputs_sha256,
+            )
+            rs.fingerprint = fingerprint({"stage": "resize", "diff": diff.fingerprint, "rank": preset.resize_to})
+            stages.append(rs)
+    return Plan(preset, preset_sha256, inputs, run_dir, stages, sd_scripts_commit)
+
+
+def merge_precision(preset: Preset, inputs: Inputs) -> str:
+    if preset.merge_precision != "auto":
+        return preset.merge_precision
+    return "fp16" if inputs.family == "sdxl" else "float"
