@@ -30,6 +30,7 @@ class ConfigErrors(InputError):
 
     def __init__(self, lines: list[str]):
         self.lines = lines
+        self.what, self.where, self.fix = lines[0] if lines else "", None, None
         Exception.__init__(self, "\n".join(lines))
 
     def line(self) -> str:

@@ -1,0 +1,129 @@
+"""Shared fixtures: hand-made checkpoints and images, presets, the fake and the real sd-scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_SD = Path(__file__).resolve().parent / "fake_sd_scripts"
+
+SD1_TE = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+SD2_TE = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+SDXL_TE = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/sdscripts/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.sdscripts)
+
+
+def make_checkpoint(path: Path, family: str = "sd1", metadata: dict | None = None) -> Path:
+    """A tiny safetensors file with the keys family detection reads."""
+    te = {"sd1": SD1_TE, "sd2": SD2_TE, "sdxl": SDXL_TE}[family]
+    sd = {
+        te: torch.zeros(4, 4, dtype=torch.float16),
+        "model.diffusion_model.input_blocks.0.0.weight": torch.randn(4, 4).half(),
+        "model.diffusion_model.out.2.weight": torch.randn(4, 4).half(),
+        "first_stage_model.decoder.conv_in.weight": torch.ones(2, 2).half(),
+    }
+    save_file(sd, str(path), metadata)
+    return path
+
+
+def colourful(size=(96, 96)) -> Image.Image:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([x / w, y / h, 1 - x / w * 0.5], -1) * 255
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    return make_checkpoint(tmp_path / "base.safetensors")
+
+
+@pytest.fixture
+def image_a(tmp_path) -> Path:
+    p = tmp_path / "a.png"
+    colourful().save(p)
+    return p
+
+
+@pytest.fixture
+def write_preset(tmp_path, ckpt, image_a):
+    """Write a preset (defaults: the tiny checkpoint, image A, one grayscale target) and return its path."""
+
+    def write(extra: dict | None = None, filename: str = "preset.toml", **top) -> Path:
+        data = {
+            "name": "t",
+            "base_model": str(ckpt),
+            "source": str(image_a),
+            "output_dir": str(tmp_path / "runs"),
+            "device": "cpu",
+            "targets": {"grayscale": {"transform": "grayscale"}},
+            "train": {"steps": 3, "resolution": 64},
+        }
+        data.update(top)
+        for k, v in (extra or {}).items():
+            data[k] = v
+        p = tmp_path / filename
+        p.write_text(tomli_w.dumps(data))
+        return p
+
+    return write
+
+
+def run_cml(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m cml ...` as a user runs it; captured output."""
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "cml", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def fake_sd():
+    return str(FAKE_SD)
+
+
+# --------------------------------------------------------------- real sd-scripts
+
+
+@pytest.fixture(scope="session")
+def sd_scripts():
+    from cml.errors import InputError
+    from cml.sdscripts import check_imports, locate
+
+    try:
+        sd = locate()
+    except InputError as e:
+        pytest.skip(f"sd-scripts not available ({e.what}); run `make setup SD_SCRIPTS_SOURCE=...` to run these tests")
+    err = check_imports(sd)
+    if err:
+        pytest.skip(f"sd-scripts at {sd.path} does not import ({err}); run `make setup`")
+    return sd
+
+
+@pytest.fixture(scope="session")
+def demo_assets(sd_scripts):
+    from cml.demo import cache_dir, demo_image, random_sd15_checkpoint, tokenizer_dir
+
+    model = random_sd15_checkpoint(sd_scripts.path)
+    a = cache_dir() / "demo-a.png"
+    if not a.exists():
+        demo_image().save(a)
+    return {"model": model, "tokenizer": tokenizer_dir(), "a": a}
+
+
+def read_json(p: Path) -> dict:
+    return json.loads(Path(p).read_text())

@@ -1,0 +1,78 @@
+"""A stand-in for sd-scripts' entry scripts, for orchestration tests: same argv, same outputs, scripted faults.
+
+FAKE_MODE (environment): ok | fail | nofile | nan | zero | hang | kill_at:<stage-name>
+FAKE_CALLS: a file each call appends its script name and output to (to see what ran).
+"""
+
+import os
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+MODULES = ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "lora_unet_mid_block_attentions_0_proj_in"]
+
+
+def lora(dim: int, alpha: float, value: float) -> dict:
+    sd = {}
+    for m in MODULES:
+        sd[f"{m}.lora_down.weight"] = np.full((dim, 8), 0.01, dtype=np.float16)
+        sd[f"{m}.lora_up.weight"] = np.full((8, dim), value, dtype=np.float16)
+        sd[f"{m}.alpha"] = np.array(alpha, dtype=np.float16)
+    return sd
+
+
+def arg(name: str) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+
+
+def main(script: str) -> int:
+    mode = os.environ.get("FAKE_MODE", "ok")
+    if script.endswith("train_network.py"):
+        cfg = tomllib.loads(Path(arg("--config_file")).read_text())
+        out = Path(cfg["output_dir"]) / f"{cfg['output_name']}.safetensors"
+        steps = cfg["max_train_steps"]
+    else:
+        out = Path(arg("--save_to"))
+        steps = 3
+    stage = out.parent.parent.name
+    calls = os.environ.get("FAKE_CALLS")
+    if calls:
+        with open(calls, "a") as f:
+            f.write(f"{script} {stage}\n")
+    print(f"fake {script}: loading model", flush=True)
+    for i in range(1, steps + 1):
+        sys.stderr.write(f"\rsteps: {100 * i // steps}%|###| {i}/{steps} [00:01<00:00,  1.0it/s, avr_loss=0.{9 - min(i, 8)}]")
+        sys.stderr.flush()
+        if mode == f"kill_at:{stage}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "hang":
+            time.sleep(60)
+    sys.stderr.write("\n")
+    if mode == "fail":
+        print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory (fake)", flush=True)
+        return 1
+    if mode == "nofile":
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if script.endswith("train_network.py"):
+        value = {"nan": float("nan"), "zero": 0.0}.get(mode, 0.02)
+        save_file(lora(cfg["network_dim"], cfg["network_alpha"], value), str(out), {"ss_network_module": cfg["network_module"], "ss_network_dim": str(cfg["network_dim"])})
+    elif script.endswith("merge_lora.py"):
+        from safetensors import safe_open
+
+        with safe_open(arg("--sd_model"), "numpy") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+        for k in sd:
+            if k.startswith("model.diffusion_model."):
+                sd[k] = sd[k] + 1
+        save_file(sd, str(out))
+    else:  # resize_lora.py
+        rank = int(arg("--new_rank"))
+        save_file(lora(rank, float(rank), 0.02), str(out))
+    print(f"fake {script}: saved {out}", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+# fake networks.lora: only its existence is checked

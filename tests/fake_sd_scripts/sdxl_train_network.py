@@ -1,0 +1,5 @@
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "."))
+from fake_trainer import main
+
+sys.exit(main("sdxl_train_network.py"))

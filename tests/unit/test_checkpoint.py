@@ -1,0 +1,87 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cml.checkpoint import inspect_model, resolve_family
+from cml.errors import InputError
+from tests.conftest import make_checkpoint
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_family_is_detected_from_keys(tmp_path, family):
+    info = inspect_model(make_checkpoint(tmp_path / "m.safetensors", family))
+    assert info.family == family and info.kind == "checkpoint" and info.dtype == "F16"
+    assert resolve_family(info, "auto") == family
+
+
+def test_v_prediction_from_modelspec_metadata(tmp_path):
+    info = inspect_model(make_checkpoint(tmp_path / "m.safetensors", "sd2", {"modelspec.prediction_type": "v"}))
+    assert info.v_parameterization is True
+
+
+def test_declared_family_mismatch_names_both(tmp_path):
+    info = inspect_model(make_checkpoint(tmp_path / "m.safetensors", "sd1"))
+    with pytest.raises(InputError, match="declared SDXL but the checkpoint is SD1.x"):
+        resolve_family(info, "sdxl")
+
+
+def test_lora_instead_of_checkpoint(tmp_path):
+    p = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(p))
+    with pytest.raises(InputError, match="this is a LoRA, not a checkpoint"):
+        inspect_model(p)
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    good = make_checkpoint(tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-20])
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        inspect_model(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        inspect_model(junk)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(InputError, match="not a Stable Diffusion checkpoint"):
+        inspect_model(other)
+    txt = tmp_path / "model.txt"
+    txt.write_text("x")
+    with pytest.raises(InputError, match="unsupported model file type"):
+        inspect_model(txt)
+    with pytest.raises(InputError, match="model not found"):
+        inspect_model(tmp_path / "missing.safetensors")
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        inspect_model(empty)
+
+
+def test_ckpt_is_never_unpickled_without_opt_in(tmp_path):
+    p = tmp_path / "m.ckpt"
+    # A pickle that would run code if loaded: cml must refuse before touching it.
+    p.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    with pytest.raises(InputError, match="can run code"):
+        inspect_model(p)
+    assert not (tmp_path / "pwned").exists()
+    info = inspect_model(p, allow_pickle=True)  # opt-in: sd-scripts will load it; cml still does not
+    assert info.family is None and not (tmp_path / "pwned").exists()
+    with pytest.raises(InputError, match="set family"):
+        resolve_family(info, "auto")
+    assert resolve_family(info, "sd1") == "sd1"
+
+
+def test_diffusers_folder(tmp_path):
+    import json
+
+    d = tmp_path / "model"
+    (d / "unet").mkdir(parents=True)
+    (d / "scheduler").mkdir()
+    (d / "model_index.json").write_text("{}")
+    (d / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 1024}))
+    (d / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction"}))
+    info = inspect_model(d)
+    assert (info.kind, info.family, info.v_parameterization) == ("diffusers", "sd2", True)
+    with pytest.raises(InputError, match="not a diffusers model"):
+        inspect_model(tmp_path)

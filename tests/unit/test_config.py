@@ -1,0 +1,123 @@
+import tomllib
+
+import pytest
+import tomli_w
+
+from cml.config import Preset, TrainSettings, load_preset, parse_set
+from cml.errors import ConfigErrors, InputError
+from tests.conftest import run_cml
+
+
+def test_defaults_are_the_articles_recipe():
+    s = TrainSettings()
+    assert (s.dim, s.alpha, s.steps, s.learning_rate) == (16, 16.0, 500, 1e-3)
+    assert (s.optimizer, s.scheduler, s.warmup_steps, s.resolution, s.batch_size, s.caption) == ("AdamW8bit", "cosine", 0, 512, 1, "")
+
+
+def test_overrides_stack_train_then_stage_then_target(write_preset):
+    p = write_preset(
+        train={"steps": 10, "dim": 8, "resolution": 64},
+        copy={"steps": 20},
+        diff={"dim": 4},
+        targets={"g": {"transform": "grayscale", "train": {"steps": 7}}, "h": {"transform": "invert"}},
+    )
+    preset, _ = load_preset(p)
+    assert (preset.copy_settings().steps, preset.copy_settings().dim) == (20, 8)
+    assert (preset.diff_settings("g").steps, preset.diff_settings("g").dim) == (7, 4)
+    assert preset.diff_settings("h").steps == 10
+
+
+def test_relative_paths_resolve_against_the_preset_folder(tmp_path):
+    p = tmp_path / "sub" / "p.toml"
+    p.parent.mkdir()
+    p.write_text('base_model = "m.safetensors"\nsource = "imgs/a.png"\n[targets.g]\ntransform = "grayscale"\n')
+    preset, _ = load_preset(p)
+    assert preset.base_model == p.parent / "m.safetensors"
+    assert preset.source == [p.parent / "imgs" / "a.png"]
+
+
+def test_all_errors_at_once_with_key_paths_and_did_you_mean(write_preset):
+    p = write_preset(trian={"steps": 1}, copy={"dim": 0, "lerning_rate": 1})
+    with pytest.raises(ConfigErrors) as e:
+        load_preset(p)
+    lines = e.value.lines
+    assert any("trian: unknown key; did you mean 'train'?" in ln for ln in lines)
+    assert any("copy.dim: Input should be greater than 0" in ln for ln in lines)
+    assert any("copy.lerning_rate: unknown key; did you mean 'copy.learning_rate'?" in ln for ln in lines)
+    assert all(ln.startswith(str(p)) for ln in lines)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"train": {"steps": -5}}, "train.steps"),
+        ({"train": {"dim": 0}}, "train.dim"),
+        ({"train": {"learning_rate": 0}}, "train.learning_rate"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"targets": {}}, "targets"),
+        ({"targets": {"../x": {"transform": "grayscale"}}}, "targets"),
+        ({"targets": {"a/b": {"transform": "grayscale"}}}, "targets"),
+        ({"targets": {"": {"transform": "grayscale"}}}, "targets"),
+        ({"targets": {"G": {"transform": "grayscale"}, "g": {"transform": "invert"}}}, "targets"),
+        ({"targets": {"g": {"transform": "posterize"}}}, "targets.g.transform"),
+        ({"targets": {"g": {}}}, "targets.g"),
+        ({"family": "sd3"}, "family"),
+        ({"check": {"weights": []}}, "check.weights"),
+        ({"name": "../up"}, "name"),
+        ({"merge": "supermerger"}, "merge"),
+    ],
+)
+def test_invalid_values_name_their_key(write_preset, change, key):
+    with pytest.raises(ConfigErrors) as e:
+        load_preset(write_preset(**change))
+    assert any(f": {key}" in ln for ln in e.value.lines), e.value.lines
+
+
+def test_pair_counts_must_match(write_preset, image_a):
+    with pytest.raises(ConfigErrors, match="one B image per source image"):
+        load_preset(write_preset(targets={"e": {"images": [str(image_a), str(image_a)]}}))
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = grayscale\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_preset(bad)
+    with pytest.raises(InputError, match="preset not found"):
+        load_preset(tmp_path / "nope.toml")
+
+
+def test_set_values_are_toml_or_strings(write_preset):
+    assert parse_set(["train.steps=100", "name=foo", "train.learning_rate=2e-4", "check.weights=[-1.0, 1.0]"]) == [
+        (["train", "steps"], 100), (["name"], "foo"), (["train", "learning_rate"], 2e-4), (["check", "weights"], [-1.0, 1.0])
+    ]
+    preset, _ = load_preset(write_preset(), ["train.steps=9", "targets.sepia={transform='sepia'}"])
+    assert preset.train.steps == 9 and set(preset.targets) == {"grayscale", "sepia"}
+    with pytest.raises(InputError, match="not KEY=VALUE"):
+        parse_set(["steps"])
+
+
+def test_show_config_output_is_itself_a_valid_preset(write_preset, tmp_path):
+    p = write_preset(copy={"steps": 5})
+    r = run_cml("show-config", str(p))
+    assert r.returncode == 0, r.stderr
+    data = tomllib.loads(r.stdout)
+    assert data["train"]["dim"] == 16 and data["copy"] == {"steps": 5}
+    again = tmp_path / "again.toml"
+    again.write_text(r.stdout)
+    a, _ = load_preset(p)
+    b, _ = load_preset(again)
+    assert a.model_dump() == b.model_dump()
+
+
+def test_bad_preset_is_one_clear_error_exit_2_no_traceback(write_preset):
+    r = run_cml("plan", str(write_preset(train={"stepz": 3})))
+    assert r.returncode == 2
+    assert "train.stepz: unknown key; did you mean 'train.steps'?" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_preset_hash_changes_with_settings(write_preset):
+    _, h1 = load_preset(write_preset())
+    _, h2 = load_preset(write_preset(), ["train.steps=4"])
+    assert h1 != h2

@@ -1,0 +1,211 @@
+"""Orchestration with a fake sd-scripts (tests/fake_sd_scripts): resume, faults, locks, provenance.
+
+The same behaviour on the real sd-scripts is covered in tests/sdscripts/test_e2e.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cml.checks import read_metadata
+from cml.runner import RunLock
+from tests.conftest import ROOT, run_cml
+
+
+@pytest.fixture
+def fake(tmp_path, fake_sd):
+    calls = tmp_path / "calls.txt"
+
+    def run(preset: Path, *args: str, mode: str = "ok"):
+        calls.write_text("")
+        r = run_cml("run", str(preset), "--sd-scripts", fake_sd, *args, env={"FAKE_MODE": mode, "FAKE_CALLS": str(calls)})
+        r.calls = [ln.split()[1] for ln in calls.read_text().splitlines()]
+        return r
+
+    return run
+
+
+def two_targets(write_preset, **kw):
+    return write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert"}}, **kw)
+
+
+def test_full_run_then_nothing_to_redo(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    r = fake(p)
+    assert r.returncode == 0, r.stderr
+    assert r.calls == ["copy", "merge", "diff-g", "diff-i"]  # one copy machine serves both targets
+    run = tmp_path / "runs" / "t"
+    for name in ("g", "i"):
+        lora = run / f"diff-{name}" / f"{name}.safetensors"
+        meta = read_metadata(lora)
+        assert meta["cml_target"] == name and meta["cml_stage"] == f"diff-{name}" and meta["cml_merge_mode"] == "checkpoint"
+        assert json.loads(meta["cml_images_sha256"])["B"] == [f"transform:{'grayscale' if name == 'g' else 'invert'}"]
+        assert meta["ss_network_module"] == "networks.lora"  # sd-scripts' own keys are kept
+        assert not (run / f"diff-{name}" / "work").exists()
+    assert "[4/4] diff-i: done" in r.stderr
+    again = fake(p)
+    assert again.returncode == 0 and again.calls == []
+    assert again.stderr.count("up to date, skipped") == 4
+    assert json.loads((run / "run.json").read_text())["stages_skipped"] == ["copy", "merge", "diff-g", "diff-i"]
+
+
+def test_changing_one_target_retrains_only_it_and_needs_force_to_replace(fake, write_preset):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    changed = write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert", "train": {"steps": 2}}})
+    refused = fake(changed)
+    assert refused.returncode == 2 and refused.calls == []
+    assert "i.safetensors exists and was made from other settings" in refused.stderr and "--force" in refused.stderr
+    forced = fake(changed, "--force")
+    assert forced.returncode == 0 and forced.calls == ["diff-i"]
+
+
+def test_from_reruns_that_stage_and_everything_after(fake, write_preset):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    assert fake(p, "--from", "merge").calls == ["merge", "diff-g", "diff-i"]
+    bad = fake(p, "--from", "nope")
+    assert bad.returncode == 2 and "use one of: copy, merge, diff-g, diff-i" in bad.stderr
+
+
+def test_trainer_failure_shows_stage_exit_code_and_log_tail_then_resumes(fake, write_preset, tmp_path):
+    p = write_preset()
+    assert fake(p, "--from", "copy").returncode == 0
+    r = fake(write_preset(train={"steps": 4, "resolution": 64}), "--force", mode="fail")
+    assert r.returncode == 1
+    assert "stage copy failed: train_network.py exited with code 1" in r.stderr
+    assert "CUDA out of memory (fake)" in r.stderr and "full log:" in r.stderr
+    assert "Traceback (most recent call last)" in r.stderr  # the trainer's own last lines, not ours
+    assert (tmp_path / "runs" / "t" / "diff-grayscale" / "grayscale.safetensors").exists()  # earlier output kept
+    ok = fake(write_preset(train={"steps": 4, "resolution": 64}), "--force")
+    assert ok.returncode == 0 and ok.calls == ["copy", "merge", "diff-grayscale"]
+
+
+def test_killed_trainer_mid_stage_then_resume(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    r = fake(p, mode="kill_at:diff-i")
+    assert r.returncode == 1 and "stage diff-i failed" in r.stderr and "code -9" in r.stderr
+    assert r.calls == ["copy", "merge", "diff-g", "diff-i"]
+    assert not (tmp_path / "runs" / "t" / "diff-i" / "i.safetensors").exists()
+    again = fake(p)
+    assert again.returncode == 0 and again.calls == ["diff-i"]
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [("nofile", "exited 0 but wrote no copy.safetensors"), ("nan", "holds NaN or Inf"), ("zero", "all lora_up weights are zero")],
+)
+def test_bad_outputs_fail_the_stage_and_never_become_final(fake, write_preset, tmp_path, mode, message):
+    r = fake(write_preset(), mode=mode)
+    assert r.returncode == 1 and message in r.stderr
+    copy = tmp_path / "runs" / "t" / "copy"
+    assert not (copy / "copy.safetensors").exists() and not (copy / "record.json").exists()
+
+
+def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_preset, fake_sd, tmp_path, fake):
+    p = write_preset()
+    env = dict(os.environ, FAKE_MODE="hang")
+    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "runs" / "t" / "copy" / "log.txt"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and "steps:" in log.read_text()):
+        time.sleep(0.2)
+    assert log.exists(), "the copy stage never started"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "t" / "copy" / "copy.safetensors").exists()
+    ps = subprocess.run(["pgrep", "-f", f"{fake_sd}/train_network.py"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "the trainer outlived cml"
+    again = fake(p)
+    assert again.returncode == 0 and again.calls == ["copy", "merge", "diff-grayscale"]
+
+
+def test_sigterm_is_handled_like_ctrl_c(write_preset, fake_sd, tmp_path):
+    p = write_preset()
+    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd], cwd=ROOT,
+                            env=dict(os.environ, FAKE_MODE="hang"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "runs" / "t" / "copy" / "log.txt"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and "steps:" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert "[cml] stopped: interrupted" in log.read_text()
+
+
+def test_second_run_on_the_same_folder_is_refused(fake, write_preset, tmp_path):
+    p = write_preset()
+    with RunLock(tmp_path / "runs" / "t"):
+        r = fake(p)
+    assert r.returncode == 2 and "another cml run is using this run folder" in r.stderr and r.calls == []
+
+
+def test_output_folder_not_writable(fake, write_preset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = fake(write_preset(output_dir=str(blocker / "runs")))
+    assert r.returncode == 2 and "output folder is not writable" in r.stderr
+
+
+def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch, tmp_path):
+    import shutil
+
+    from cml import pipeline
+    from cml.errors import InputError
+    from tests.unit.test_render import plan_for
+
+    plan = plan_for(write_preset())
+    merge = plan.stage("merge")
+    merge.dir.mkdir(parents=True)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
+    with pytest.raises(InputError, match="not enough disk space for the copy machine model") as e:
+        pipeline.disk_check(plan, merge)
+    assert "GiB needed" in e.value.line() and "in_memory" in e.value.line()
+
+
+def test_in_memory_mode_runs_no_merge_and_records_the_module(fake, write_preset, tmp_path):
+    r = fake(write_preset(merge="in_memory", resize_to=4))
+    assert r.returncode == 0, r.stderr
+    assert r.calls == ["copy", "diff-grayscale", "resize-grayscale"]
+    diff = tmp_path / "runs" / "t" / "diff-grayscale" / "grayscale.safetensors"
+    meta = read_metadata(diff)
+    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora_fixed"
+    assert (tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors").exists()
+
+
+def test_quiet_mode_prints_progress_lines_not_trainer_output(fake, write_preset):
+    r = fake(write_preset(train={"steps": 3, "resolution": 64}), "--quiet")
+    assert r.returncode == 0
+    assert "fake train_network.py: loading model" not in r.stdout + r.stderr
+    assert "copy: step 3/3  loss 0.6000" in r.stderr
+    loud = fake(write_preset(train={"steps": 3, "resolution": 64}), "--from", "copy")
+    assert "fake train_network.py: loading model" in loud.stdout
+
+
+def test_missing_sd_scripts_is_a_clear_error(write_preset, tmp_path):
+    r = run_cml("run", str(write_preset()), "--sd-scripts", str(tmp_path))
+    assert r.returncode == 2 and "is not an sd-scripts checkout" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unpinned_sd_scripts_warns(fake, write_preset):
+    r = fake(write_preset())
+    assert "not the pinned 48d368fa55" in r.stderr
+
+
+def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path, monkeypatch):
+    p = write_preset()
+    r = run_cml("plan", str(p), "-o", str(tmp_path / "planned"), env={"CML_SD_SCRIPTS": "", "XDG_DATA_HOME": str(tmp_path / "none")})
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "planned" / "t"
+    assert (run / "copy" / "train.toml").exists() and (run / "commands.sh").exists() and (run / "README.md").exists()
+    assert not list(run.rglob("*.safetensors"))

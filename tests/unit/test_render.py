@@ -1,0 +1,159 @@
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import toml  # the reader sd-scripts uses (0.10.2)
+
+from cml.config import load_preset
+from cml.errors import InputError
+from cml.inputs import load_inputs
+from cml.kohya.render import FIXED_NETWORK_MODULE, dataset_toml, gui_json, render, stage_argv, training_toml
+from cml.plan import build_plan
+
+GUI_KEYS = {ln.strip() for ln in (Path(__file__).parent.parent / "data" / "kohya_ss_lora_preset_keys.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+
+
+def plan_for(preset_path, sets=None):
+    preset, digest = load_preset(preset_path, sets)
+    return build_plan(preset, digest, load_inputs(preset), "c0ffee")
+
+
+def test_stages_of_both_merge_modes(write_preset):
+    p = plan_for(write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert"}}))
+    assert [s.name for s in p.stages] == ["copy", "merge", "diff-g", "diff-i"]
+    assert p.stage("diff-g").model == p.stage("merge").output
+    m = plan_for(write_preset(merge="in_memory", baseline=True, resize_to=4))
+    assert [s.name for s in m.stages] == ["copy", "diff-grayscale", "baseline-grayscale", "resize-grayscale"]
+    diff = m.stage("diff-grayscale")
+    assert diff.model == m.preset.base_model and diff.base_weights == [m.stage("copy").output]
+    assert m.stage("baseline-grayscale").settings.steps == m.preset.baseline_steps
+
+
+def test_fingerprints_change_only_downstream(write_preset):
+    targets = {"g": {"transform": "grayscale"}, "i": {"transform": "invert"}}
+    a = plan_for(write_preset(targets=targets))
+    b = plan_for(write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert", "train": {"steps": 9}}}))
+    fp = lambda p: {s.name: s.fingerprint for s in p.stages}  # noqa: E731
+    assert {k for k in fp(a) if fp(a)[k] != fp(b)[k]} == {"diff-i"}
+    c = plan_for(write_preset(targets=targets, copy={"steps": 5}))
+    assert all(fp(a)[k] != fp(c)[k] for k in fp(a))
+
+
+def test_cpu_falls_back_from_8bit_optimizers_and_says_so(write_preset):
+    p = plan_for(write_preset())
+    copy = p.stage("copy")
+    assert copy.settings.optimizer == "AdamW"
+    assert any("AdamW8bit needs bitsandbytes" in n for n in copy.notes)
+
+
+def test_dataset_toml(write_preset):
+    p = plan_for(write_preset())
+    d = dataset_toml(p.stage("copy"))
+    assert d["general"]["resolution"] == 64 and d["general"]["batch_size"] == 1
+    assert d["datasets"][0]["subsets"] == [{"image_dir": str(p.stage("copy").images_dir), "num_repeats": 1}]
+
+
+def test_training_toml_has_the_articles_settings_with_correct_types(write_preset):
+    p = plan_for(write_preset(train={}))
+    t = training_toml(p, p.stage("copy"))
+    assert t["network_dim"] == 16 and isinstance(t["network_dim"], int)
+    assert t["network_alpha"] == 16.0 and isinstance(t["network_alpha"], float)
+    assert t["learning_rate"] == 1e-3 and isinstance(t["learning_rate"], float)
+    assert (t["max_train_steps"], t["lr_scheduler"], t["lr_warmup_steps"]) == (500, "cosine", 0)
+    assert t["network_train_unet_only"] is True and t["network_module"] == "networks.lora"
+    assert t["mixed_precision"] == "no"  # CPU
+    assert t["pretrained_model_name_or_path"] == str(p.preset.base_model)
+
+
+def test_extra_options_pass_through_but_not_managed_ones(write_preset):
+    p = plan_for(write_preset(train={"resolution": 64, "extra": {"noise_offset": 0.05, "gradient_checkpointing": True}}))
+    t = training_toml(p, p.stage("copy"))
+    assert t["noise_offset"] == 0.05 and t["gradient_checkpointing"] is True
+    p = plan_for(write_preset(train={"resolution": 64, "extra": {"output_dir": "/elsewhere"}}))
+    with pytest.raises(InputError, match="output_dir, which cml manages"):
+        training_toml(p, p.stage("copy"))
+
+
+def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
+    p = plan_for(write_preset(merge="in_memory"))
+    t = training_toml(p, p.stage("diff-grayscale"))
+    assert t["base_weights"] == [str(p.stage("copy").output)] and t["base_weights_multiplier"] == [1.0]
+    assert t["network_module"] == FIXED_NETWORK_MODULE
+    assert training_toml(p, p.stage("copy"))["network_module"] == "networks.lora"
+    g = gui_json(p, p.stage("diff-grayscale"))
+    assert g["additional_parameters"] == f"--base_weights {p.stage('copy').output}"
+
+
+def test_exact_argv(write_preset):
+    p = plan_for(write_preset(resize_to=4))
+    copy, merge = p.stage("copy"), p.stage("merge")
+    assert stage_argv(p, copy) == [sys.executable, "train_network.py", "--config_file", str(copy.dir / "train.toml")]
+    assert stage_argv(p, merge) == [
+        sys.executable, "networks/merge_lora.py", "--sd_model", str(p.preset.base_model), "--models", str(copy.output),
+        "--ratios", "1.0", "--save_to", str(merge.work_dir / "copy_machine.safetensors"), "--precision", "float", "--save_precision", "fp16",
+    ]
+    rs = p.stage("resize-grayscale")
+    assert stage_argv(p, rs) == [
+        sys.executable, "networks/resize_lora.py", "--model", str(p.stage("diff-grayscale").output), "--new_rank", "4",
+        "--save_to", str(rs.work_dir / "grayscale_r4.safetensors"), "--save_precision", "fp16", "--device", "cpu",
+    ]
+
+
+def test_sdxl_and_sd2_scripts(tmp_path, write_preset):
+    from tests.conftest import make_checkpoint
+
+    x = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "xl.safetensors", "sdxl"))))
+    assert stage_argv(x, x.stage("copy"))[1] == "sdxl_train_network.py"
+    assert stage_argv(x, x.stage("merge"))[1:6] == ["networks/sdxl_merge_lora.py", "--sd_model", str(tmp_path / "xl.safetensors"), "--models", str(x.stage("copy").output)]
+    assert "--precision" in stage_argv(x, x.stage("merge")) and stage_argv(x, x.stage("merge"))[-3] == "fp16"  # float does not fit 24 GiB
+    assert training_toml(x, x.stage("copy"))["cache_text_encoder_outputs"] is True
+    v = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "v.safetensors", "sd2", {"modelspec.prediction_type": "v"}))))
+    t = training_toml(v, v.stage("copy"))
+    assert t["v2"] is True and t["v_parameterization"] is True
+    assert "--v2" in stage_argv(v, v.stage("merge"))
+
+
+def test_gui_json_uses_only_the_guis_own_keys(write_preset):
+    for merge in ("checkpoint", "in_memory"):
+        p = plan_for(write_preset(merge=merge))
+        for st in p.stages:
+            if st.kind == "train":
+                g = gui_json(p, st)
+                assert set(g) <= GUI_KEYS, set(g) - GUI_KEYS
+                assert g["text_encoder_lr"] == 0 and g["unet_lr"] > 0  # U-Net only, the GUI's way
+                assert g["dataset_config"] == str(st.dir / "dataset.toml")
+
+
+def test_render_writes_every_file_and_toml_reads_back(write_preset):
+    p = plan_for(write_preset())
+    files = render(p, Path("/opt/sd-scripts"))
+    for st in p.stages:
+        if st.kind == "train":
+            for name in ("dataset.toml", "train.toml", "gui.json"):
+                assert (st.dir / name) in files
+            assert (st.images_dir / "000.png").exists()
+            assert not (st.images_dir / "000.txt").exists()  # empty caption: no file (sd-scripts rejects empty ones)
+            assert toml.load(st.dir / "train.toml") == training_toml(p, st)
+            json.loads((st.dir / "gui.json").read_text())
+        else:
+            assert json.loads((st.dir / "command.json").read_text())["argv"] == stage_argv(p, st)
+    sh = (p.run_dir / "commands.sh").read_text()
+    assert "cd /opt/sd-scripts" in sh and "python train_network.py --config_file" in sh
+    assert tomllib.loads((p.run_dir / "preset.toml").read_text())["name"] == "t"
+
+
+@pytest.mark.parametrize("name", ["with space", "quote'and\"double", "back\\slash", "ünïcødé-日本", "C:\\Users\\me\\new"])
+def test_paths_survive_sd_scripts_toml_reader(tmp_path, write_preset, name, ckpt):
+    folder = tmp_path / name
+    folder.mkdir()
+    model = folder / "model.safetensors"
+    model.write_bytes(ckpt.read_bytes())
+    p = plan_for(write_preset(base_model=str(model), output_dir=str(folder / "runs")))
+    render(p, Path("/opt/sd-scripts"))
+    copy = p.stage("copy")
+    t = toml.load(copy.dir / "train.toml")
+    assert t["pretrained_model_name_or_path"] == str(model)
+    assert t["output_dir"] == str(copy.work_dir)
+    assert toml.load(copy.dir / "dataset.toml")["datasets"][0]["subsets"][0]["image_dir"] == str(copy.images_dir)
