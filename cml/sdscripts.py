@@ -144,10 +144,12 @@ def checkout_pinned(repo: Path, fetch_from: str | None = None) -> list[str]:
 
 def setup(source: str | None = None, log=print) -> SdScripts:
     """Get sd-scripts at the pinned commit. Idempotent: an existing pinned checkout is kept."""
-    for path, how in candidates():
+    # With --source the user asks for cml's own copy; without, any pinned checkout will do.
+    places = [(data_dir(), "cml setup's data directory")] if source else candidates()
+    for path, how in places:
         if is_checkout(path) and read_commit(path) == PINNED_SD_SCRIPTS_COMMIT:
             log(f"sd-scripts already set up at the pinned commit: {path} ({how}); nothing to do")
-            return locate()
+            return SdScripts(path.resolve(), PINNED_SD_SCRIPTS_COMMIT, how)
     if source is None and (REPO_ROOT / ".gitmodules").is_file() and (REPO_ROOT / ".git").exists():
         log(f"initialising the sd-scripts submodule from {UPSTREAM} ...")
         try:
@@ -182,7 +184,7 @@ def setup(source: str | None = None, log=print) -> SdScripts:
         shutil.rmtree(dest)
     part.rename(dest)
     log(f"sd-scripts {PINNED_SD_SCRIPTS_COMMIT[:10]} checked out at {dest}; left out (not needed for SD1/SD2/SDXL LoRA): {', '.join(left_out)}")
-    return locate()
+    return SdScripts(dest.resolve(), read_commit(dest), "cml setup's data directory")
 
 
 def python_env(sd: SdScripts) -> dict[str, str]:

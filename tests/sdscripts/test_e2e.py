@@ -1,0 +1,150 @@
+"""End to end on the real sd-scripts: the random SD1.5-architecture checkpoint at 64 px on the CPU.
+
+Each run costs minutes, so runs are module fixtures shared by the tests that read them.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors import safe_open
+
+from cml.checks import check_lora, read_metadata
+from tests.conftest import ROOT, read_json, run_cml
+
+
+def preset(tmp: Path, assets: dict, **top) -> Path:
+    data = {
+        "name": "e2e",
+        "base_model": str(assets["model"]),
+        "source": str(assets["a"]),
+        "tokenizer_cache_dir": str(assets["tokenizer"]),
+        "output_dir": str(tmp / "runs"),
+        "targets": {"grayscale": {"transform": "grayscale"}},
+        "train": {"resolution": 64, "steps": 4},
+    }
+    data.update(top)
+    p = tmp / "preset.toml"
+    p.write_text(tomli_w.dumps(data))
+    return p
+
+
+def run_ok(p: Path, *args: str) -> subprocess.CompletedProcess:
+    r = run_cml("run", str(p), "--quiet", *args, timeout=1800)
+    assert r.returncode == 0, f"cml run failed:\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(demo_assets, tmp_path_factory):
+    """Checkpoint merge, two targets on one copy machine, 100 copy steps, baseline on."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    p = preset(
+        tmp, demo_assets, baseline=True, baseline_steps=8,
+        copy={"steps": 100}, diff={"steps": 8},
+        targets={"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"}},
+    )
+    r = run_ok(p)
+    return {"dir": tmp / "runs" / "e2e", "result": r, "preset": p}
+
+
+@pytest.fixture(scope="module")
+def in_memory_run(demo_assets, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mem")
+    p = preset(tmp, demo_assets, merge="in_memory")
+    r = run_ok(p)
+    return {"dir": tmp / "runs" / "e2e", "result": r, "preset": p}
+
+
+def test_two_targets_share_one_copy_machine(checkpoint_run):
+    run = read_json(checkpoint_run["dir"] / "run.json")
+    assert run["stages_run"] == ["copy", "merge", "diff-grayscale", "baseline-grayscale", "diff-invert", "baseline-invert"]
+    merged = checkpoint_run["dir"] / "merge" / "copy_machine.safetensors"
+    rec = read_json(checkpoint_run["dir"] / "merge" / "record.json")
+    assert merged.is_file() and rec["merge_check"]["unet_tensors_changed"] > 0
+    for t in ("grayscale", "invert"):
+        assert read_json(checkpoint_run["dir"] / f"diff-{t}" / "record.json")["fingerprint"]
+        toml_text = (checkpoint_run["dir"] / f"diff-{t}" / "train.toml").read_text()
+        assert str(merged) in toml_text  # trained against the copy machine model
+
+
+@pytest.mark.parametrize("target", ["grayscale", "invert"])
+def test_final_loras_pass_checks_and_carry_provenance(checkpoint_run, target):
+    lora = checkpoint_run["dir"] / f"diff-{target}" / f"{target}.safetensors"
+    summary = check_lora(lora, 16, 16.0)
+    assert summary.modules == 192 and all(k.startswith("lora_unet_") for k in summary.keys)  # U-Net only, SD1.5 attention
+    meta = read_metadata(lora)
+    assert meta["ss_network_dim"] == "16" and meta["ss_network_alpha"] in ("16.0", "16")
+    assert meta["cml_target"] == target and meta["cml_merge_mode"] == "checkpoint"
+    assert meta["cml_base_model_hash"].startswith("sha256:") and len(json.loads(meta["cml_images_sha256"])["A"][0]) == 64
+    assert meta["cml_sd_scripts_commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
+
+
+def test_the_copy_machine_is_really_used(checkpoint_run):
+    """The method's claim: against the copy machine model, B is already almost there (measured ~0.15 vs ~0.95)."""
+    check = read_json(checkpoint_run["dir"] / "run.json")["method_check"]
+    for target in ("grayscale", "invert"):
+        cm, base = check[target]["against_copy_machine"], check[target]["against_base"]
+        assert cm is not None and base is not None
+        assert cm < 0.5 * base, f"{target}: early loss {cm:.3f} against the copy machine vs {base:.3f} against the base"
+    copy_losses = read_json(checkpoint_run["dir"] / "copy" / "record.json")["losses"]
+    assert sum(copy_losses[-10:]) / 10 < sum(copy_losses[:10]) / 10  # the copy stage learned A
+
+
+def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_memory_run, checkpoint_run):
+    d = in_memory_run["dir"]
+    assert not (d / "merge").exists()
+    lora = d / "diff-grayscale" / "grayscale.safetensors"
+    check_lora(lora, 16, 16.0)
+    with safe_open(str(lora), "numpy") as f:
+        mem_keys = set(f.keys())
+    with safe_open(str(checkpoint_run["dir"] / "diff-grayscale" / "grayscale.safetensors"), "numpy") as f:
+        ckpt_keys = set(f.keys())
+    assert mem_keys == ckpt_keys and len(mem_keys) == 576
+    meta = read_metadata(lora)
+    assert meta["cml_merge_mode"] == "in_memory" and meta["ss_network_module"] == "networks.lora"
+
+
+def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memory_run, sd_scripts, tmp_path):
+    """The defect cml works around: the same diff stage with plain networks.lora trains time_emb_proj too."""
+    import toml
+    import tomli_w as w
+
+    cfg = toml.load(in_memory_run["dir"] / "diff-grayscale" / "train.toml")
+    cfg.update(network_module="networks.lora", output_dir=str(tmp_path), logging_dir=str(tmp_path / "logs"), max_train_steps=1)
+    (tmp_path / "train.toml").write_text(w.dumps(cfg))
+    env = dict(os.environ, PYTHONPATH=str(sd_scripts.path))
+    r = subprocess.run([sys.executable, "train_network.py", "--config_file", str(tmp_path / "train.toml")], cwd=sd_scripts.path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with safe_open(str(tmp_path / "grayscale.safetensors"), "numpy") as f:
+        keys = set(f.keys())
+    assert len(keys) == 684 and any("time_emb_proj" in k for k in keys)
+
+
+def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
+    p = preset(tmp_path, demo_assets, diff={"steps": 60})
+    run = tmp_path / "runs" / "e2e"
+    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = run / "diff-grayscale" / "log.txt"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not (log.exists() and "steps:" in log.read_text(errors="replace")):
+        time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert not (run / "diff-grayscale" / "grayscale.safetensors").exists()
+    copy_rec, merge_rec = read_json(run / "copy" / "record.json"), read_json(run / "merge" / "record.json")
+
+    again = run_ok(p)
+    assert "[1/3] copy: up to date, skipped" in again.stderr and "[2/3] merge: up to date, skipped" in again.stderr
+    assert read_json(run / "copy" / "record.json") == copy_rec and read_json(run / "merge" / "record.json") == merge_rec
+    assert read_json(run / "run.json")["stages_run"] == ["diff-grayscale"]
+    check_lora(run / "diff-grayscale" / "grayscale.safetensors", 16, 16.0)

@@ -1,0 +1,118 @@
+"""Rendered files against sd-scripts' own readers and validators (no training)."""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from cml.kohya.render import render
+from tests.conftest import make_checkpoint
+from tests.unit.test_render import plan_for
+
+
+@pytest.fixture(scope="module")
+def sd(sd_scripts):
+    if str(sd_scripts.path) not in sys.path:
+        sys.path.insert(0, str(sd_scripts.path))
+    return sd_scripts
+
+
+def _parser(script: str) -> argparse.ArgumentParser:
+    return importlib.import_module(script).setup_parser()
+
+
+def _check_value(action: argparse.Action, key: str, value):
+    """Would sd-scripts' parser accept this value for this option?"""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        assert isinstance(value, bool), f"{key}: {value!r} must be a boolean"
+        return
+    values = value if action.nargs in ("*", "+") else [value]
+    if action.nargs in ("*", "+"):
+        assert isinstance(value, list), f"{key}: {value!r} must be a list"
+    for v in values:
+        assert not isinstance(v, (list, dict)), f"{key}: nested value {v!r}"
+        # Config values bypass argparse's type conversion: the value must already be what it would produce.
+        converted = action.type(str(v)) if action.type and not isinstance(v, bool) else v
+        if isinstance(converted, Path):
+            assert isinstance(v, str), f"{key}: {v!r} must be a path string"  # sd-scripts opens str and Path alike
+            continue
+        if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+            assert isinstance(v, (int, float)) and converted == v, f"{key}: {v!r} should be the number {converted!r}"
+            continue
+        assert type(converted) is type(v) or action.type is None, f"{key}: {v!r} should be {type(converted).__name__}"
+        if action.type is None:
+            assert isinstance(v, str), f"{key}: {v!r} must be a string (sd-scripts does not convert config values)"
+        elif action.type in (int, float):
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{key}: {v!r} must be a number, not {type(v).__name__}"
+            assert converted == v
+        if action.choices is not None:
+            assert converted in action.choices, f"{key}: {v!r} not in {action.choices}"
+
+
+@pytest.mark.parametrize("family, script", [("sd1", "train_network"), ("sd2", "train_network"), ("sdxl", "sdxl_train_network")])
+@pytest.mark.parametrize("merge", ["checkpoint", "in_memory"])
+def test_every_training_toml_key_is_an_option_with_an_acceptable_value(sd, tmp_path, write_preset, family, script, merge, monkeypatch):
+    from library import train_util
+
+    model = make_checkpoint(tmp_path / f"{family}.safetensors", family)
+    plan = plan_for(write_preset(base_model=str(model), merge=merge, baseline=True, train={"resolution": 64, "extra": {"noise_offset": 0.05}}))
+    render(plan, sd.path)
+    parser = _parser(script)
+    actions = {a.dest: a for a in parser._actions}
+    for st in plan.stages:
+        if st.kind != "train":
+            continue
+        path = st.dir / "train.toml"
+        import toml
+
+        cfg = toml.load(path)
+        unknown = sorted(set(cfg) - set(actions))
+        assert not unknown, f"{st.name}: options {script}.py does not know: {unknown}"
+        for key, value in cfg.items():
+            _check_value(actions[key], key, value)
+        # And sd-scripts' own loading path reads it back unchanged (it re-parses sys.argv).
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--config_file", str(path)])
+        args = parser.parse_args(["--config_file", str(path)])
+        args = train_util.read_config_from_file(args, parser)
+        assert args.pretrained_model_name_or_path == str(st.model)
+        assert args.network_dim == st.settings.dim and args.max_train_steps == st.settings.steps
+        assert args.dataset_config == str(st.dir / "dataset.toml")
+
+
+def test_every_dataset_toml_passes_config_sanitizer(sd, write_preset, tmp_path):
+    from library.config_util import BlueprintGenerator, ConfigSanitizer, load_user_config
+
+    plan = plan_for(write_preset(targets={"g": {"transform": "grayscale"}, "s": {"transform": "sepia"}}, train={"resolution": 64, "caption": "a photo"}))
+    render(plan, sd.path)
+    sanitizer = ConfigSanitizer(True, True, False, True)  # as train_network.py builds it
+    for st in plan.stages:
+        if st.kind == "train":
+            user = load_user_config(str(st.dir / "dataset.toml"))
+            sanitized = sanitizer.sanitize_user_config(user)
+            assert sanitized["datasets"][0]["subsets"][0]["image_dir"] == str(st.images_dir)
+            ns = argparse.Namespace(**{k: None for k in ("train_data_dir", "reg_data_dir", "in_json")})
+            # The blueprint step fills defaults from argparse; a parsed default namespace stands in for the CLI.
+            args = importlib.import_module("train_network").setup_parser().parse_args([])
+            vars(ns).update(vars(args))
+            BlueprintGenerator(sanitizer).generate(user, ns, tokenizer=None)
+            assert (st.images_dir / "000.txt").read_text() == "a photo"
+
+
+@pytest.mark.parametrize("name", ["with space", "quote'and\"double", "back\\slash", "ünïcødé-日本"])
+def test_paths_round_trip_through_read_config_from_file(sd, tmp_path, write_preset, ckpt, name, monkeypatch):
+    from library import train_util
+
+    folder = tmp_path / name
+    folder.mkdir()
+    model = folder / "base.safetensors"
+    model.write_bytes(ckpt.read_bytes())
+    plan = plan_for(write_preset(base_model=str(model), output_dir=str(folder / "runs")))
+    render(plan, sd.path)
+    parser = _parser("train_network")
+    copy = plan.stage("copy")
+    monkeypatch.setattr(sys, "argv", ["train_network.py", "--config_file", str(copy.dir / "train.toml")])
+    args = train_util.read_config_from_file(parser.parse_args(["--config_file", str(copy.dir / "train.toml")]), parser)
+    assert args.pretrained_model_name_or_path == str(model)
+    assert args.output_dir == str(copy.work_dir) and Path(args.logging_dir) == copy.dir / "logs"
