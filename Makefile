@@ -14,7 +14,7 @@ CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
 TORCH_STAMP := $(VENV)/.torch-$(subst $(eval) ,_,$(subst ==,-,$(TORCH)))
 
-.PHONY: setup setup-env sd-scripts demo test grayscale bench doctor clean
+.PHONY: setup setup-env sd-scripts demo test test-slow grayscale bench doctor clean
 
 ## the Python environment: venv, torch, cml (editable) with its test tools; quick when done
 setup-env: $(TORCH_STAMP) $(VENV)/.cml-installed
@@ -42,6 +42,9 @@ demo: setup
 test: setup-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"
 	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
 
 grayscale: setup
 	@test -n "$(A)" || { echo "usage: make grayscale A=a.png [B=b.png] MODEL=model.safetensors [OUT=runs]"; exit 2; }

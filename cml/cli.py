@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("-o", "--output-dir", type=Path, help="put the run folder under this folder (overrides output_dir)")
 
+    p = sub.add_parser("check", help="copy check, weight sweep grids, metrics and report.md for a finished run")
+    p.add_argument("run_dir", type=Path, help="a run folder (holds preset.toml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="e.g. check.weights=[-1,0,1]")
+    _common(p)
+    p.add_argument("-q", "--quiet", action="store_true")
+
     p = sub.add_parser("grayscale", help="the article's recipe on your images: A (and B, else A in grayscale)")
     p.add_argument("a", type=Path, help="image A")
     p.add_argument("b", type=Path, nargs="?", help="image B (default: A converted to grayscale)")
@@ -119,7 +125,22 @@ def _cmd_run(args, preset: Path, sets: list[str]) -> int:
     from cml import pipeline
 
     plan, sd = pipeline.prepare(preset, sets, args.sd_scripts)
-    return _finish(pipeline.run(plan, sd, _opts(args)))
+    rc = _finish(pipeline.run(plan, sd, _opts(args)))
+    if plan.preset.check.enabled:
+        _check(plan, sd, "quiet" if args.quiet else "normal")
+    return rc
+
+
+def _check(plan, sd, mode: str) -> None:
+    from cml.pipeline import say
+    from cml.report.check import print_table, run_check
+
+    say("check: copy check, weight sweeps and metrics with sd-scripts' generator ...")
+    result = run_check(plan, sd, mode)
+    print_table(result)
+    for g in result["grids"]:
+        say(f"  grid: {g}")
+    say(f"  report: {plan.run_dir / 'report.md'}")
 
 
 def dispatch(args) -> int:
@@ -162,6 +183,15 @@ def dispatch(args) -> int:
         return 0
     if args.cmd == "run":
         return _cmd_run(args, args.preset, _with_output(args))
+    if args.cmd == "check":
+        from cml import pipeline
+
+        preset = args.run_dir / "preset.toml"
+        if not preset.is_file():
+            raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
+        plan, sd = pipeline.prepare(preset, args.sets, args.sd_scripts)
+        _check(plan, sd, "quiet" if args.quiet else "normal")
+        return 0
     if args.cmd == "grayscale":
         sets = _with_output(args) + [f"base_model={_toml_str(args.model)}", f"source={_toml_str(args.a)}"]
         if args.b is not None:

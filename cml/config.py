@@ -173,6 +173,14 @@ class CheckSettings(Base):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("prompts")
+    @classmethod
+    def _no_options(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if " --" in p or "\n" in p:
+                raise ValueError(f"prompt {p!r} contains ' --' or a line break, which gen_img.py reads as options")
+        return v
+
     @field_validator("models", mode="after")
     @classmethod
     def _resolve_models(cls, v: list[Path], info: ValidationInfo) -> list[Path]:

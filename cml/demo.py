@@ -126,3 +126,40 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
     preset = Path(__file__).resolve().parent.parent / "presets" / "demo.toml"
     q = lambda p: json.dumps(str(p))  # noqa: E731  a JSON string is a TOML basic string
     return preset, [f"base_model={q(model)}", f"source={q(a)}", f"tokenizer_cache_dir={q(tok)}"]
+
+
+def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
+    """Build (once) a randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~15 GB peak RAM).
+
+    Each module is cast to fp16 as soon as it is built: building all in fp32 first does not fit 24 GiB.
+    """
+    out = cache_dir() / f"random-sdxl-v{DEMO_VERSION}.safetensors"
+    if out.exists():
+        return out
+    log(f"building a random SDXL-architecture checkpoint (once, ~1 min, 6.9 GB, ~15 GB RAM): {out}")
+    sys.path.insert(0, str(sd_scripts))
+    import math
+
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from library import model_util, sdxl_model_util, sdxl_original_unet
+
+    torch.manual_seed(0)
+    unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
+    te1 = CLIPTextModel._from_config(
+        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+    ).half()
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                       max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+    ).half()
+    vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.safetensors")
+    logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)
+    sdxl_model_util.save_stable_diffusion_checkpoint(str(tmp), te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,1 @@
+"""Seeing the result: copy check, weight sweep grids, metrics, loss curves, report.md (`cml check`)."""

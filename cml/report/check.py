@@ -1,0 +1,198 @@
+"""`cml check`: see and measure the result with sd-scripts' own generator (gen_img.py / sdxl_gen_img.py).
+
+- copy check: base model + copy LoRA, empty prompt, several seeds: does it give back A?
+- sweep: each diff LoRA at several weights on one or more models, several seeds and prompts;
+- metrics: an effect measure per transform and a content measure (luminance SSIM against weight 0);
+- loss curves of every training stage; report.md linking it all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from cml.errors import StageFailed
+from cml.kohya.render import NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, python
+from cml.plan import Plan
+from cml.report.figures import grid, loss_plot
+from cml.report.metrics import EFFECTS, luminance_ssim, rgb_ssim
+from cml.runner import run_logged
+from cml.sdscripts import SdScripts, python_env
+
+# gen_img.py strips a prompt line before splitting off its " --" options, so an empty prompt followed by
+# options would swallow the first option as prompt text. "()" is an empty emphasis group: sd-scripts'
+# prompt parser turns it into exactly the empty prompt.
+EMPTY_PROMPT = "()"
+
+
+@dataclass
+class Job:
+    prompt: str
+    seed: int
+    weight: float
+
+
+def prompt_line(job: Job) -> str:
+    return f"{job.prompt.strip() or EMPTY_PROMPT} --d {job.seed} --am {job.weight}"
+
+
+def gen_argv(plan: Plan, model: Path, lora: Path, prompt_file: Path, outdir: Path) -> list[str]:
+    c = plan.preset.check
+    size = c.resolution or plan.preset.train.resolution
+    fam = plan.inputs.family
+    argv = [
+        python(), SCRIPTS[fam]["gen"], "--ckpt", str(model), "--outdir", str(outdir), "--from_file", str(prompt_file),
+        "--W", str(size), "--H", str(size), "--steps", str(c.sampling_steps), "--batch_size", "1", "--images_per_prompt", "1",
+        "--sequential_file_name", "--sdpa", "--network_module", NETWORK_MODULE, "--network_weights", str(lora), "--network_mul", "1.0",
+        "--tokenizer_cache_dir", str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
+    ]
+    if fam == "sd2":
+        argv.append("--v2")
+    if plan.inputs.v_parameterization and fam != "sdxl":
+        argv.append("--v_parameterization")
+    if plan.inputs.device == "cuda":
+        argv.append("--fp16")
+    return argv
+
+
+def generate(plan: Plan, sd: SdScripts, name: str, model: Path, lora: Path, jobs: list[Job], mode: str) -> list[Image.Image]:
+    """One gen_img run for a list of jobs (one model load); images in job order."""
+    work = plan.run_dir / "check" / "gen" / name
+    if work.exists():
+        for old in work.glob("im_*.png"):
+            old.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = work / "prompts.txt"
+    prompts.write_text("\n".join(prompt_line(j) for j in jobs) + "\n", encoding="utf-8")
+    res = run_logged(gen_argv(plan, model, lora, prompts, work), sd.path, python_env(sd), work / "log.txt", mode)
+    if res.returncode != 0:
+        tail = "\n".join(f"    {ln}" for ln in res.tail[-12:])
+        raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
+    files = sorted(work.glob("im_*.png"))
+    if len(files) != len(jobs):
+        raise StageFailed(f"check: expected {len(jobs)} images from the generator, found {len(files)}", fix=f"see {work / 'log.txt'}")
+    return [Image.open(f).convert("RGB") for f in files]
+
+
+def copy_check(plan: Plan, sd: SdScripts, mode: str) -> dict:
+    seeds = plan.preset.check.seeds
+    copy = plan.stage("copy")
+    jobs = [Job("", s, w) for s in seeds for w in (0.0, 1.0)]
+    imgs = generate(plan, sd, "copy", plan.preset.base_model, copy.output, jobs, mode)
+    a = plan.inputs.source[0].image
+    rows, scores = [], []
+    for i, s in enumerate(seeds):
+        base_img, copy_img = imgs[2 * i], imgs[2 * i + 1]
+        sc = {"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, a), "ssim_base": rgb_ssim(base_img, a)}
+        scores.append(sc)
+        rows.append([a.resize(copy_img.size, Image.Resampling.LANCZOS), base_img, copy_img])
+    labels = [f"seed {s['seed']}\nSSIM to A\nbase {s['ssim_base']:.3f}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
+    path = plan.run_dir / "check" / "copy_check.png"
+    grid(rows, labels, ["A", "base", "+ copy LoRA"], "copy check").save(path)
+    return {"image": str(path), "seeds": scores}
+
+
+def sweep(plan: Plan, sd: SdScripts, target: str, model: Path, mode: str) -> tuple[Path, dict]:
+    c = plan.preset.check
+    diff = plan.stage(f"diff-{target}")
+    rows_def = [(p, s) for p in c.prompts for s in c.seeds]
+    jobs = [Job(p, s, w) for p, s in rows_def for w in c.weights]
+    imgs = generate(plan, sd, f"sweep-{target}-{model.stem}", model, diff.output, jobs, mode)
+    n = len(c.weights)
+    cells = [imgs[r * n : (r + 1) * n] for r in range(len(rows_def))]
+    labels = [f"{p or '(empty prompt)'}\nseed {s}" for p, s in rows_def]
+    path = plan.run_dir / "check" / f"sweep-{target}-{model.stem}.png"
+    grid(cells, labels, [f"w={w:+g}" for w in c.weights], target).save(path)
+    transform = plan.preset.targets[target].transform
+    effect_name, effect = EFFECTS[transform]
+    zero = c.weights.index(0.0) if 0.0 in c.weights else None
+    per_weight = {}
+    for col, w in enumerate(c.weights):
+        eff, ssim = [], []
+        for row in cells:
+            ref = row[zero] if zero is not None else row[col]
+            eff.append(effect(row[col], ref))
+            ssim.append(luminance_ssim(row[col], ref))
+        per_weight[f"{w:g}"] = {effect_name: sum(eff) / len(eff), "luminance_ssim_vs_0": sum(ssim) / len(ssim)}
+    return path, per_weight
+
+
+def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> dict:
+    out = plan.run_dir / "check"
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [s.output for s in plan.stages if s.name == "copy" or s.name.startswith("diff-") if not s.output.exists()]
+    if missing:
+        raise StageFailed(f"check: run the pipeline first; missing {missing[0]}", fix=f"cml run {plan.run_dir / 'preset.toml'}")
+    models = plan.preset.check.models or [plan.preset.base_model]
+    result = {"settings": plan.preset.check.model_dump(mode="json"), "copy_check": copy_check(plan, sd, mode), "targets": {}, "grids": []}
+    for t in plan.preset.targets:
+        result["targets"][t] = {}
+        for m in models:
+            path, per_weight = sweep(plan, sd, t, m, mode)
+            result["targets"][t][m.stem] = per_weight
+            result["grids"].append(str(path))
+    curves = {}
+    for st in plan.stages:
+        rec = st.record_path
+        if st.kind == "train" and rec.exists():
+            curves[st.name] = json.loads(rec.read_text()).get("losses", [])
+    result["loss_plot"] = str(out / "losses.png")
+    loss_plot(curves, out / "losses.png")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_report(plan, result)
+    return result
+
+
+def write_report(plan: Plan, r: dict) -> Path:
+    rel = lambda p: Path(p).relative_to(plan.run_dir).as_posix()  # noqa: E731
+    c = r["settings"]
+    lines = [f"# {plan.preset.name}: check", ""]
+    run_json = plan.run_dir / "run.json"
+    mc = json.loads(run_json.read_text()).get("method_check", {}) if run_json.exists() else {}
+    if mc:
+        lines += ["## Method check (early diff-stage loss)", "", "| target | against the copy machine model | against the plain base |", "|---|---|---|"]
+        for t, m in mc.items():
+            fmt = lambda v: f"{v:.4f}" if v is not None else "not measured (set baseline = true)"  # noqa: E731
+            lines.append(f"| {t} | {fmt(m.get('against_copy_machine'))} | {fmt(m.get('against_base'))} |")
+        lines.append("")
+    lines += ["## Copy check", "", "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed.", "",
+              f"![copy check]({rel(r['copy_check']['image'])})", "", "| seed | SSIM to A, base | SSIM to A, base + copy LoRA |", "|---|---|---|"]
+    for s in r["copy_check"]["seeds"]:
+        lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
+    lines += ["", "## Weight sweeps", ""]
+    for g in r["grids"]:
+        lines += [f"![{Path(g).stem}]({rel(g)})", ""]
+    lines += ["## Metrics", ""]
+    for t, per_model in r["targets"].items():
+        for m, per_weight in per_model.items():
+            keys = list(next(iter(per_weight.values())))
+            lines += [f"### {t} on {m}", "", "| weight | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            for w, vals in per_weight.items():
+                lines.append(f"| {w} | " + " | ".join(f"{vals[k]:.4f}" for k in keys) + " |")
+            lines.append("")
+    lines += ["## Training loss", "", f"![loss curves]({rel(r['loss_plot'])})", "", "## Settings", "",
+              f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps, prompts {c['prompts']}. "
+              "Same seeds and settings give the same images.", ""]
+    path = plan.run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    for t, per_model in result["targets"].items():
+        for m, per_weight in per_model.items():
+            keys = list(next(iter(per_weight.values())))
+            table = Table(title=f"{t} on {m}")
+            table.add_column("weight")
+            for k in keys:
+                table.add_column(k)
+            for w, vals in per_weight.items():
+                table.add_row(w, *(f"{vals[k]:.4f}" for k in keys))
+            console.print(table)

@@ -1,0 +1,32 @@
+"""SDXL end to end on a random SDXL-architecture checkpoint at 64 px. Needs ~23 GB of RAM: run alone (make test-slow)."""
+
+import json
+
+import pytest
+import tomli_w
+
+from cml.checks import check_lora, read_metadata
+from tests.conftest import run_cml
+
+pytestmark = pytest.mark.slow
+
+
+def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
+    from cml.demo import random_sdxl_checkpoint
+
+    model = random_sdxl_checkpoint(sd_scripts.path)
+    p = tmp_path / "sdxl.toml"
+    p.write_text(tomli_w.dumps({
+        "name": "sdxl", "base_model": str(model), "source": str(demo_assets["a"]), "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
+        "output_dir": str(tmp_path / "runs"), "targets": {"grayscale": {"transform": "grayscale"}}, "train": {"resolution": 64, "steps": 3},
+    }))
+    r = run_cml("run", str(p), "--quiet", timeout=3600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = tmp_path / "runs" / "sdxl"
+    argv = json.loads((run / "merge" / "record.json").read_text())["argv"]
+    assert argv[1] == "networks/sdxl_merge_lora.py" and argv[argv.index("--precision") + 1] == "fp16"
+    assert json.loads((run / "copy" / "record.json").read_text())["argv"][1] == "sdxl_train_network.py"
+    lora = run / "diff-grayscale" / "grayscale.safetensors"
+    s = check_lora(lora, 16, 16.0)
+    assert all(k.startswith("lora_unet_") for k in s.keys)
+    assert read_metadata(lora)["cml_target"] == "grayscale"

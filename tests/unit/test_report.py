@@ -1,0 +1,85 @@
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cml.report.check import EMPTY_PROMPT, Job, prompt_line
+from cml.report.figures import HEADER_H, LABEL_W, cell_scale, grid
+from cml.report.metrics import luminance_ssim, mean_pixel_change, mean_saturation, rgb_ssim
+from tests.conftest import colourful, run_cml
+
+
+def photo_like() -> Image.Image:
+    """A colourful image with texture (not a flat gradient), as a real photo would be."""
+    rng = np.random.default_rng(0)
+    base = np.asarray(colourful((128, 128)), dtype=np.float32)
+    noise = rng.normal(0, 18, base.shape)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_grayscale_effect_measure_orders_colour_partial_and_gray():
+    a = photo_like()
+    gray = a.convert("L").convert("RGB")
+    half = Image.blend(a, gray, 0.5)
+    assert mean_saturation(a) > mean_saturation(half) > mean_saturation(gray)
+    assert mean_saturation(gray) < 0.01
+    # Content stays: luminance SSIM of the grayscale against A is high, against an unrelated image low.
+    other = Image.fromarray(np.roll(np.asarray(a), 40, axis=1))
+    assert luminance_ssim(gray, a) > 0.95 > 0.5 > luminance_ssim(other, a)
+    assert rgb_ssim(a, a) > 0.999 and rgb_ssim(gray, a) < rgb_ssim(a, a)
+    assert mean_pixel_change(a, a) == 0 < mean_pixel_change(gray, a)
+
+
+def test_empty_prompt_is_written_so_gen_img_keeps_the_options():
+    line = prompt_line(Job("", 3, -0.5))
+    assert line == f"{EMPTY_PROMPT} --d 3 --am -0.5"
+    # gen_img.py: strip, then split on " --": the prompt part must not swallow an option.
+    assert line.strip().split(" --")[0] == EMPTY_PROMPT
+    assert prompt_line(Job("a red car", 1, 1.0)) == "a red car --d 1 --am 1.0"
+
+
+def test_grid_size_is_rows_by_columns_by_image_size():
+    cells = [[Image.new("RGB", (64, 64), (i * 40, j * 40, 0)) for j in range(5)] for i in range(4)]
+    g = grid(cells, [f"r{i}" for i in range(4)], [f"c{j}" for j in range(5)])
+    k = cell_scale(64)
+    assert k == 2 and g.size == (LABEL_W + 5 * 64 * k, HEADER_H + 4 * 64 * k)
+    big = grid([[Image.new("RGB", (512, 512))]], ["r"], ["c"])
+    assert big.size == (LABEL_W + 512, HEADER_H + 512)
+
+
+def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_preset, fake_sd, tmp_path):
+    p = write_preset(
+        targets={"grayscale": {"transform": "grayscale"}, "inv": {"transform": "invert"}},
+        check={"weights": [-1.0, 0.0, 1.0], "seeds": [1, 2], "prompts": ["", "a red car"], "sampling_steps": 2},
+    )
+    r = run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "t"
+    c = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet")
+    assert c.returncode == 0, c.stderr
+    metrics = json.loads((run / "check" / "metrics.json").read_text())
+    assert set(metrics["targets"]) == {"grayscale", "inv"}
+    for t, per_model in metrics["targets"].items():
+        per_weight = per_model["base"]
+        assert list(per_weight) == ["-1", "0", "1"]
+    sat = {w: v["mean_saturation"] for w, v in metrics["targets"]["grayscale"]["base"].items()}
+    assert sat["-1"] > sat["0"] > sat["1"]  # the fake generator desaturates with weight
+    assert "mean_pixel_change" in metrics["targets"]["inv"]["base"]["1"]
+    for g in metrics["grids"]:
+        img = Image.open(g)
+        k = cell_scale(64)
+        assert img.size == (LABEL_W + 3 * 64 * k, HEADER_H + 4 * 64 * k)  # 2 prompts x 2 seeds rows, 3 weights
+    assert len(metrics["copy_check"]["seeds"]) == 2
+    report = (run / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert len(links) == 4 and all((run / link).is_file() for link in links)  # copy check, 2 grids, losses
+    prompts = (run / "check" / "gen" / "copy" / "prompts.txt").read_text().splitlines()
+    assert prompts == ["() --d 1 --am 0.0", "() --d 1 --am 1.0", "() --d 2 --am 0.0", "() --d 2 --am 1.0"]
+    assert "grayscale on base" in c.stderr  # the terminal table
+
+
+def test_check_on_a_folder_that_is_not_a_run(tmp_path):
+    r = run_cml("check", str(tmp_path))
+    assert r.returncode == 2 and "not a cml run folder" in r.stderr
