@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import mmap
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -75,41 +79,85 @@ def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> Lo
     return LoraSummary(len(modules), keys, dim, alpha)
 
 
+_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.uint16}
+# Exponent bits all set = Inf or NaN; tested on the integer bits (float16 arithmetic is slow in numpy).
+_EXP = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000), "F64": (np.uint64, 0x7FF0000000000000)}
+
+
+def _layout(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table and where its data starts (8-byte length + JSON header, per the format)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _bytes(mm: mmap.mmap, info: dict, base: int) -> np.ndarray:
+    s, e = info["data_offsets"]
+    return np.frombuffer(mm, np.uint8, e - s, base + s)
+
+
+def _finite(raw: np.ndarray, dtype: str) -> bool:
+    if dtype not in _EXP:
+        return True
+    t, mask = _EXP[dtype]
+    return not np.any((raw.view(t) & t(mask)) == t(mask))
+
+
+def _as_float(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":  # bfloat16 is the top half of a float32
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return raw.view(_NP.get(dtype, np.uint8)).astype(np.float32)
+
+
+def _compare(k: str, im: dict, ib: dict, mm: mmap.mmap, om: int, mb: mmap.mmap, ob: int) -> tuple[str | None, bool]:
+    """(problem, differs) for one tensor of the merged model against the base."""
+    if im["shape"] != ib["shape"]:
+        return f"{k}: shape {im['shape']} differs from the base's {ib['shape']}", True
+    a, b = _bytes(mm, im, om), _bytes(mb, ib, ob)
+    if im["dtype"] == ib["dtype"]:
+        differs = not np.array_equal(a, b)  # byte-exact: the usual case (an fp16 base saved as fp16)
+    else:  # a dtype round trip (e.g. fp32 base saved as fp16) is not a change
+        a32, b32 = _as_float(a, im["dtype"]), _as_float(b, ib["dtype"])
+        differs = bool(np.any(np.abs(a32 - b32) > 1e-3 * (1 + np.abs(b32))))
+    if differs and not _finite(a, im["dtype"]):
+        return f"{k} holds NaN or Inf after merging", True
+    return None, differs
+
+
 def check_merged(merged: Path, base: Path) -> dict:
-    """The copy machine model: loads, same U-Net keys as the base, differs from it in U-Net weights only."""
+    """The copy machine model: loads, same U-Net keys as the base, differs from it in U-Net weights only.
+
+    Tensors are compared in place through memory maps (two checkpoints of gigabytes, no copies).
+    """
     if not merged.is_file():
         raise CheckFailed(f"no merged checkpoint was written ({merged})")
     try:
-        fm = safe_open(str(merged), framework="pt")
-        fb = safe_open(str(base), framework="pt")
+        hm, om = _layout(merged)
+        hb, ob = _layout(base)
     except Exception as e:
         raise CheckFailed(f"merged checkpoint does not load: {e}") from None
-    with fm, fb:
-        mk, bk = set(fm.keys()), set(fb.keys())
-        unet_b = {k for k in bk if k.startswith(UNET_PREFIX)}
-        missing = unet_b - mk
-        if missing:
-            raise CheckFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
-        changed_unet = changed_other = 0
-        for k in sorted(mk & bk):
-            a, b = fm.get_tensor(k), fb.get_tensor(k)
-            if a.shape != b.shape:
-                raise CheckFailed(f"{k}: shape {a.shape} differs from the base's {b.shape}")
-            if a.dtype == b.dtype:
-                differs = not torch.equal(a, b)  # exact and fast: the usual case (an fp16 base saved as fp16)
-            else:  # a dtype round trip (e.g. fp32 base saved as fp16) is not a change
-                a32, b32 = a.float(), b.float()
-                differs = bool(torch.any((a32 - b32).abs() > 1e-3 * (1 + b32.abs())))
-            if differs and a.is_floating_point() and not torch.isfinite(a).all():
-                raise CheckFailed(f"{k} holds NaN or Inf after merging")
-            if k.startswith(UNET_PREFIX):
-                changed_unet += differs
-            else:
-                changed_other += differs
-                if differs:
-                    raise CheckFailed(f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net")
-        if changed_unet == 0:
-            raise CheckFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
+    mk, bk = set(hm), set(hb)
+    missing = {k for k in bk if k.startswith(UNET_PREFIX)} - mk
+    if missing:
+        raise CheckFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
+    changed_unet, problem = 0, None
+    with open(merged, "rb") as fm, open(base, "rb") as fb:
+        with mmap.mmap(fm.fileno(), 0, access=mmap.ACCESS_READ) as mm, mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb:
+            for k in sorted(mk & bk):
+                problem, differs = _compare(k, hm[k], hb[k], mm, om, mb, ob)
+                if problem:
+                    break  # raised below: no array view may outlive the maps
+                if k.startswith(UNET_PREFIX):
+                    changed_unet += differs
+                elif differs:
+                    problem = f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net"
+                    break
+    if problem:
+        raise CheckFailed(problem)
+    if changed_unet == 0:
+        raise CheckFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}
 
 

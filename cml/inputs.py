@@ -82,6 +82,12 @@ def load_inputs(preset: Preset) -> Inputs:
         targets[name] = TargetInputs(name, imgs, hashes)
     info = inspect_model(preset.base_model, preset.allow_pickle)
     family = resolve_family(info, preset.family)
+    if info.kind == "diffusers" and preset.merge == "checkpoint":
+        raise InputError(
+            "merge_lora.py merges into single-file checkpoints only, not diffusers folders",
+            f"merge (base_model {preset.base_model})",
+            "set merge = \"in_memory\", or convert the model to one .safetensors file",
+        )
     vpred = preset.v_parameterization
     if vpred is None:
         vpred = bool(info.v_parameterization)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -215,13 +216,18 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict
             loss = f"  loss {p.loss:.4f}" if p.loss is not None else ""
             say(f"  {stage.name}: step {p.step}/{p.total}{loss}  ETA {fmt_seconds(p.eta())}")
 
+    if opts.mode == "verbose":
+        say(f"        $ (cd {shlex.quote(str(sd.path))} && {shlex.join(argv)})")
     res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress)
     produced = stage.work_dir / stage.output.name
     if res.returncode != 0:
         tail = "\n".join(f"    {ln}" for ln in res.tail[-15:])
+        fix = "fix the cause and re-run the same command: finished stages are kept"
+        if any("ModuleNotFoundError" in ln or "ImportError" in ln for ln in res.tail):
+            fix = "sd-scripts' dependencies are broken in this Python: run `make setup` (or `cml setup --deps`); `cml doctor` lists what is missing"
         raise StageFailed(
             f"stage {stage.name} failed: {Path(argv[1]).name} exited with code {res.returncode}\n  last log lines:\n{tail}\n  full log: {stage.log_path}",
-            fix="fix the cause and re-run the same command: finished stages are kept",
+            fix=fix,
         )
     if not produced.exists():
         raise StageFailed(f"stage {stage.name}: {Path(argv[1]).name} exited 0 but wrote no {produced.name}", fix=f"see {stage.log_path}")
@@ -258,8 +264,8 @@ def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
         if big >= 512 * 100:
             say("warning: training on the CPU; real runs (512 px, 500 steps) take hours here. A CUDA GPU takes minutes.")
     with RunLock(plan.run_dir):
+        todo = stages_to_run(plan, opts)  # refusals come before anything is written
         render(plan, sd.path)
-        todo = stages_to_run(plan, opts)
         n = len(plan.stages)
         if plan.preset.merge == "in_memory":
             say("merge: in memory (sd-scripts --base_weights); no copy machine model file is written")

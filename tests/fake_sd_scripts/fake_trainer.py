@@ -1,6 +1,6 @@
 """A stand-in for sd-scripts' entry scripts, for orchestration tests: same argv, same outputs, scripted faults.
 
-FAKE_MODE (environment): ok | fail | nofile | nan | zero | hang | kill_at:<stage-name>
+FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | kill_at:<stage-name>
 FAKE_CALLS: a file each call appends its script name and output to (to see what ran).
 """
 
@@ -45,6 +45,9 @@ def main(script: str) -> int:
         with open(calls, "a") as f:
             f.write(f"{script} {stage}\n")
     print(f"fake {script}: loading model", flush=True)
+    if mode == "importerror":
+        print("Traceback (most recent call last):\nModuleNotFoundError: No module named 'diffusers'", flush=True)
+        return 1
     for i in range(1, steps + 1):
         sys.stderr.write(f"\rsteps: {100 * i // steps}%|###| {i}/{steps} [00:01<00:00,  1.0it/s, avr_loss=0.{9 - min(i, 8)}]")
         sys.stderr.flush()

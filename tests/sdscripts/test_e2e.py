@@ -57,7 +57,7 @@ def checkpoint_run(demo_assets, tmp_path_factory):
 @pytest.fixture(scope="module")
 def in_memory_run(demo_assets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mem")
-    p = preset(tmp, demo_assets, merge="in_memory")
+    p = preset(tmp, demo_assets, merge="in_memory", resize_to=4)
     r = run_ok(p)
     return {"dir": tmp / "runs" / "e2e", "result": r, "preset": p}
 
@@ -111,6 +111,15 @@ def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_me
     assert meta["cml_merge_mode"] == "in_memory" and meta["ss_network_module"] == "networks.lora"
 
 
+def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
+    d = in_memory_run["dir"]
+    small = d / "resize-grayscale" / "grayscale_r4.safetensors"
+    s = check_lora(small, 4, 4.0)  # resize_lora.py keeps alpha/dim: 16/16 * 4
+    assert s.modules == 192
+    assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
+    assert read_metadata(small)["cml_stage"] == "resize-grayscale"
+
+
 def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memory_run, sd_scripts, tmp_path):
     """The defect cml works around: the same diff stage with plain networks.lora trains time_emb_proj too."""
     import toml
@@ -148,3 +157,35 @@ def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     assert read_json(run / "copy" / "record.json") == copy_rec and read_json(run / "merge" / "record.json") == merge_rec
     assert read_json(run / "run.json")["stages_run"] == ["diff-grayscale"]
     check_lora(run / "diff-grayscale" / "grayscale.safetensors", 16, 16.0)
+
+
+def test_demo_then_check_grids_metrics_report(sd_scripts, demo_assets, tmp_path):
+    """`cml demo` (what `make demo` runs): all stages, then the check, then the same check again gives the same images."""
+    from PIL import Image
+
+    from cml.report.figures import HEADER_H, LABEL_W, cell_scale
+
+    r = run_cml("demo", "-o", str(tmp_path), "--quiet", timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = tmp_path / "demo"
+    assert f"grid: {run / 'check'}" in r.stderr and f"report: {run / 'report.md'}" in r.stderr
+    metrics = read_json(run / "check" / "metrics.json")
+    c = metrics["settings"]
+    rows, cols, size = len(c["prompts"]) * len(c["seeds"]), len(c["weights"]), 64
+    k = cell_scale(size)
+    for g in metrics["grids"]:
+        assert Image.open(g).size == (LABEL_W + cols * size * k, HEADER_H + rows * size * k)
+    assert set(metrics["targets"]) == {"grayscale"}
+    per_weight = metrics["targets"]["grayscale"]["random-sd15-v1"]
+    assert list(per_weight) == [f"{w:g}" for w in c["weights"]]
+    assert all({"mean_saturation", "luminance_ssim_vs_0"} == set(v) for v in per_weight.values())
+    report = (run / "report.md").read_text()
+    import re
+
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert links and all((run / link).is_file() for link in links)
+    first = [Image.open(f).tobytes() for f in sorted((run / "check" / "gen" / "copy").glob("im_*.png"))]
+    again = run_cml("check", str(run), "--quiet", timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = [Image.open(f).tobytes() for f in sorted((run / "check" / "gen" / "copy").glob("im_*.png"))]
+    assert first == second  # fixed seeds: the same images

@@ -121,3 +121,35 @@ def test_preset_hash_changes_with_settings(write_preset):
     _, h1 = load_preset(write_preset())
     _, h2 = load_preset(write_preset(), ["train.steps=4"])
     assert h1 != h2
+
+
+def test_b_of_another_size_is_refused_unless_resizing_is_allowed(write_preset, tmp_path):
+    from cml.inputs import load_inputs
+    from tests.conftest import colourful
+
+    b = tmp_path / "b.png"
+    colourful((128, 96)).save(b)
+    preset, _ = load_preset(write_preset(targets={"e": {"images": [str(b)]}}))
+    with pytest.raises(InputError, match="B is 128x96 but its A") as e:
+        load_inputs(preset)
+    assert "allow_resize = true" in e.value.line()
+    preset, _ = load_preset(write_preset(targets={"e": {"images": [str(b)]}}, allow_resize=True))
+    inputs = load_inputs(preset)
+    assert inputs.targets["e"].images[0].size == inputs.source[0].image.size
+    assert any("resized" in n for n in inputs.notes)
+
+
+def test_diffusers_folder_cannot_be_merged_into_a_checkpoint(write_preset, tmp_path):
+    import json
+
+    from cml.inputs import load_inputs
+
+    d = tmp_path / "diffusers"
+    (d / "unet").mkdir(parents=True)
+    (d / "model_index.json").write_text("{}")
+    (d / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 768}))
+    preset, _ = load_preset(write_preset(base_model=str(d)))
+    with pytest.raises(InputError, match="merge_lora.py merges into single-file checkpoints only"):
+        load_inputs(preset)
+    preset, _ = load_preset(write_preset(base_model=str(d), merge="in_memory"))
+    assert load_inputs(preset).family == "sd1"

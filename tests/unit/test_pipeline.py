@@ -209,3 +209,41 @@ def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path, monke
     run = tmp_path / "planned" / "t"
     assert (run / "copy" / "train.toml").exists() and (run / "commands.sh").exists() and (run / "README.md").exists()
     assert not list(run.rglob("*.safetensors"))
+
+
+def test_broken_sd_scripts_dependencies_point_to_setup(fake, write_preset):
+    r = fake(write_preset(), mode="importerror")
+    assert r.returncode == 1 and "No module named 'diffusers'" in r.stderr
+    assert "sd-scripts' dependencies are broken" in r.stderr and "cml doctor" in r.stderr
+
+
+def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_path):
+    out = tmp_path / "out"
+    r = run_cml("grayscale", str(image_a), "--model", str(ckpt), "-o", str(out), "--sd-scripts", fake_sd, "--set", "device='cpu'",
+                "--set", "train.resolution=64", "--set", "train.steps=2")
+    assert r.returncode == 0, r.stderr
+    run = out / "grayscale"
+    import tomllib
+
+    resolved = tomllib.loads((run / "preset.toml").read_text())
+    assert resolved["targets"]["grayscale"] == {"images": [], "transform": "grayscale", "train": {}}
+    assert resolved["train"]["dim"] == 16 and resolved["train"]["learning_rate"] == 1e-3
+    assert (run / "diff-grayscale" / "grayscale.safetensors").exists()
+    b = tmp_path / "b.png"
+    from PIL import Image
+
+    Image.open(image_a).convert("L").save(b)
+    r2 = run_cml("grayscale", str(image_a), str(b), "--model", str(ckpt), "-o", str(tmp_path / "out2"), "--sd-scripts", fake_sd,
+                 "--set", "device='cpu'", "--set", "train.resolution=64", "--set", "train.steps=2")
+    assert r2.returncode == 0, r2.stderr
+    resolved = tomllib.loads((tmp_path / "out2" / "grayscale" / "preset.toml").read_text())
+    assert resolved["targets"]["grayscale"]["images"] == [str(b)] and "transform" not in resolved["targets"]["grayscale"]
+
+
+def test_no_shell_anywhere():
+    """Subprocesses get argument lists: no shell=True, os.system or os.popen in cml."""
+    import re
+
+    for f in (ROOT / "cml").rglob("*.py"):
+        text = f.read_text()
+        assert not re.search(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|eval\(|exec\(", text), f

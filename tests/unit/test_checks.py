@@ -1,0 +1,102 @@
+"""Output checks on hand-made safetensors files."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cml.checks import CheckFailed, add_metadata, check_lora, check_merged, read_metadata
+
+M = "lora_unet_mid_block_attentions_0_proj_in"
+
+
+def lora(path, dim=4, alpha=4.0, up=0.1, extra=None, drop=None):
+    sd = {f"{M}.lora_down.weight": torch.full((dim, 8), 0.1).half(), f"{M}.lora_up.weight": torch.full((8, dim), up).half(), f"{M}.alpha": torch.tensor(alpha).half()}
+    sd.update(extra or {})
+    if drop:
+        del sd[drop]
+    save_file(sd, str(path), {"ss_network_dim": str(dim)})
+    return path
+
+
+def test_good_lora(tmp_path):
+    s = check_lora(lora(tmp_path / "l.safetensors"), 4, 4.0)
+    assert s.modules == 1 and s.rank == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dim": 8}, "rank 8, expected dim 4"),
+        ({"alpha": 1.0}, "alpha 1.0, expected 4.0"),
+        ({"up": 0.0}, "all lora_up weights are zero"),
+        ({"up": float("nan")}, "NaN or Inf"),
+        ({"up": float("inf")}, "NaN or Inf"),
+        ({"drop": f"{M}.alpha"}, "incomplete"),
+        ({"extra": {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8).half(),
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(8, 4).half(),
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0).half()}}, "text encoder module"),
+        ({"extra": {"something_else": torch.zeros(1)}}, "unexpected key"),
+    ],
+)
+def test_bad_loras(tmp_path, kwargs, message):
+    with pytest.raises(CheckFailed, match=message):
+        check_lora(lora(tmp_path / "l.safetensors", **kwargs), 4, 4.0)
+
+
+def test_missing_and_unreadable_lora(tmp_path):
+    with pytest.raises(CheckFailed, match="no LoRA file"):
+        check_lora(tmp_path / "none.safetensors", 4, 4.0)
+    (tmp_path / "bad.safetensors").write_bytes(b"12345678garbage")
+    with pytest.raises(CheckFailed, match="does not load"):
+        check_lora(tmp_path / "bad.safetensors", 4, 4.0)
+
+
+def base_sd(dtype=torch.float16):
+    return {
+        "model.diffusion_model.a.weight": torch.ones(4, 4, dtype=dtype),
+        "model.diffusion_model.b.weight": torch.ones(4, dtype=dtype),
+        "cond_stage_model.transformer.x.weight": torch.full((3,), 0.5, dtype=dtype),
+        "first_stage_model.y.weight": torch.full((2, 2), 0.25, dtype=dtype),
+    }
+
+
+def test_merged_checkpoint(tmp_path):
+    base = tmp_path / "base.safetensors"
+    save_file(base_sd(), str(base))
+
+    made = []
+
+    def merged(change, dtype=torch.float16, drop=None):
+        sd = base_sd(dtype)
+        change(sd)
+        if drop:
+            del sd[drop]
+        made.append(1)
+        p = tmp_path / f"m{len(made)}.safetensors"
+        save_file(sd, str(p))
+        return p
+
+    ok = merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(0.5))
+    assert check_merged(ok, base) == {"unet_tensors_changed": 1, "keys": 4}
+    with pytest.raises(CheckFailed, match="no U-Net weight differs"):
+        check_merged(merged(lambda sd: None), base)
+    with pytest.raises(CheckFailed, match=r"cond_stage_model.transformer.x.weight \(not U-Net\) differs"):
+        check_merged(merged(lambda sd: (sd["model.diffusion_model.a.weight"].add_(1), sd["cond_stage_model.transformer.x.weight"].add_(1))), base)
+    with pytest.raises(CheckFailed, match="lacks 1 U-Net key"):
+        check_merged(merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(1), drop="model.diffusion_model.b.weight"), base)
+    with pytest.raises(CheckFailed, match="NaN or Inf"):
+        check_merged(merged(lambda sd: sd["model.diffusion_model.a.weight"].fill_(float("nan"))), base)
+    # An fp32 base merged and saved as fp16: the round trip of unchanged tensors is not a change.
+    base32 = tmp_path / "base32.safetensors"
+    save_file(base_sd(torch.float32), str(base32))
+    assert check_merged(ok, base32)["unet_tensors_changed"] == 1
+    bf = merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(0.5), dtype=torch.bfloat16)
+    assert check_merged(bf, base)["unet_tensors_changed"] == 1
+
+
+def test_add_metadata_keeps_tensors_and_sd_scripts_keys(tmp_path):
+    src = lora(tmp_path / "l.safetensors")
+    add_metadata(src, tmp_path / "out.safetensors", {"cml_stage": "diff-x"})
+    meta = read_metadata(tmp_path / "out.safetensors")
+    assert meta == {"ss_network_dim": "4", "cml_stage": "diff-x"}
+    check_lora(tmp_path / "out.safetensors", 4, 4.0)
