@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from cml.checkpoint import UNET_PREFIX
@@ -31,9 +30,24 @@ class LoraSummary:
 _KEY = re.compile(r"^(lora_(?:unet|te\d?)_.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
-def _finite_nonzero(t: torch.Tensor) -> tuple[bool, bool]:
-    a = t.float()
-    return bool(torch.isfinite(a).all()), bool(torch.any(a != 0))
+def _finite_nonzero(a: np.ndarray) -> tuple[bool, bool]:
+    a = a.astype(np.float32, copy=False)
+    return bool(np.isfinite(a).all()), bool(np.any(a != 0))
+
+
+def _load(path: Path) -> tuple[dict, str]:
+    """All tensors of a (small) LoRA file as numpy arrays; torch only for dtypes numpy lacks (bf16).
+
+    cml's own process stays free of torch: it sits beside trainers that need every GiB (SDXL on 24 GiB).
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path)), "numpy"
+    except (TypeError, ValueError, KeyError):
+        from safetensors.torch import load_file as load_pt
+
+        return {k: v.float().numpy() for k, v in load_pt(str(path)).items()}, "pt"
 
 
 def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> LoraSummary:
@@ -41,41 +55,38 @@ def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> Lo
     if not path.is_file():
         raise CheckFailed(f"no LoRA file was written ({path})")
     try:
-        f = safe_open(str(path), framework="pt")
+        tensors, _ = _load(path)
     except Exception as e:
         raise CheckFailed(f"LoRA file does not load: {e}") from None
-    with f:
-        keys = sorted(f.keys())
-        if not keys:
-            raise CheckFailed("LoRA file holds no tensors")
-        modules: dict[str, set[str]] = {}
-        for k in keys:
-            m = _KEY.match(k)
-            if not m:
-                raise CheckFailed(f"unexpected key {k!r} (not a kohya LoRA key)")
-            modules.setdefault(m.group(1), set()).add(m.group(2))
-        if unet_only:
-            te = [m for m in modules if not m.startswith("lora_unet_")]
-            if te:
-                raise CheckFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
-        any_up_nonzero = False
-        for name, parts in modules.items():
-            if parts != {"lora_down.weight", "lora_up.weight", "alpha"}:
-                raise CheckFailed(f"module {name} is incomplete: has {sorted(parts)}")
-            down = f.get_tensor(f"{name}.lora_down.weight")
-            up = f.get_tensor(f"{name}.lora_up.weight")
-            a = float(f.get_tensor(f"{name}.alpha").float().reshape(-1)[0])
-            if down.shape[0] != dim or up.shape[1] != dim:
-                raise CheckFailed(f"module {name} has rank {down.shape[0]}, expected dim {dim}")
-            if abs(a - alpha) > 1e-3 * max(1.0, alpha):
-                raise CheckFailed(f"module {name} has alpha {a}, expected {alpha}")
-            for t, what in ((down, "lora_down"), (up, "lora_up")):
-                finite, _ = _finite_nonzero(t)
-                if not finite:
-                    raise CheckFailed(f"module {name} {what} holds NaN or Inf (training diverged; lower the learning rate or use fp32)")
-            any_up_nonzero = any_up_nonzero or _finite_nonzero(up)[1]
-        if not any_up_nonzero:
-            raise CheckFailed("all lora_up weights are zero: the LoRA learned nothing")
+    keys = sorted(tensors)
+    if not keys:
+        raise CheckFailed("LoRA file holds no tensors")
+    modules: dict[str, set[str]] = {}
+    for k in keys:
+        m = _KEY.match(k)
+        if not m:
+            raise CheckFailed(f"unexpected key {k!r} (not a kohya LoRA key)")
+        modules.setdefault(m.group(1), set()).add(m.group(2))
+    if unet_only:
+        te = [m for m in modules if not m.startswith("lora_unet_")]
+        if te:
+            raise CheckFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
+    any_up_nonzero = False
+    for name, parts in modules.items():
+        if parts != {"lora_down.weight", "lora_up.weight", "alpha"}:
+            raise CheckFailed(f"module {name} is incomplete: has {sorted(parts)}")
+        down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        a = float(np.asarray(tensors[f"{name}.alpha"], dtype=np.float32).reshape(-1)[0])
+        if down.shape[0] != dim or up.shape[1] != dim:
+            raise CheckFailed(f"module {name} has rank {down.shape[0]}, expected dim {dim}")
+        if abs(a - alpha) > 1e-3 * max(1.0, alpha):
+            raise CheckFailed(f"module {name} has alpha {a}, expected {alpha}")
+        for t, what in ((down, "lora_down"), (up, "lora_up")):
+            if not _finite_nonzero(t)[0]:
+                raise CheckFailed(f"module {name} {what} holds NaN or Inf (training diverged; lower the learning rate or use fp32)")
+        any_up_nonzero = any_up_nonzero or _finite_nonzero(up)[1]
+    if not any_up_nonzero:
+        raise CheckFailed("all lora_up weights are zero: the LoRA learned nothing")
     return LoraSummary(len(modules), keys, dim, alpha)
 
 
@@ -162,14 +173,18 @@ def check_merged(merged: Path, base: Path) -> dict:
 
 
 def add_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
-    """Copy a LoRA to ``dst`` with ``extra`` added to sd-scripts' metadata (ss_* keys kept)."""
-    from safetensors.torch import save_file
-
-    with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """Copy a LoRA to ``dst`` with ``extra`` added to sd-scripts' metadata (ss_* keys kept, tensors unchanged)."""
+    meta = read_metadata(src)
     meta.update({k: str(v) for k, v in extra.items()})
-    save_file(tensors, str(dst), metadata=meta)
+    tensors, framework = _load(src)
+    if framework == "numpy":
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(dst), metadata=meta)
+    else:  # bf16: keep the file's dtypes
+        from safetensors.torch import load_file, save_file
+
+        save_file(load_file(str(src)), str(dst), metadata=meta)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

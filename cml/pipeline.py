@@ -218,7 +218,7 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict
 
     if opts.mode == "verbose":
         say(f"        $ (cd {shlex.quote(str(sd.path))} && {shlex.join(argv)})")
-    res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress)
+    res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress, progress_marker="steps:" if stage.kind == "train" else "")
     produced = stage.work_dir / stage.output.name
     if res.returncode != 0:
         tail = "\n".join(f"    {ln}" for ln in res.tail[-15:])

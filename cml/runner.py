@@ -28,9 +28,12 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     first_step_at: float | None = None
     first_step: int = 0
+    marker: str = ""  # only bars whose line holds this (sd-scripts' training bar is "steps:")
 
     def update(self, text: str) -> bool:
         """Parse a line of trainer output; True when the step advanced."""
+        if self.marker not in text:
+            return False
         m = None
         for m in TQDM.finditer(text):
             pass
@@ -106,11 +109,12 @@ def run_logged(
     mode: str = "normal",  # quiet | normal | verbose
     on_progress: Callable[[Progress], None] | None = None,
     tail_lines: int = 25,
+    progress_marker: str = "",
 ) -> Result:
     """Run ``argv`` in its own process group, copy its output to ``log_path`` (and the terminal)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=tail_lines)
-    progress = Progress()
+    progress = Progress(marker=progress_marker)
     start = time.monotonic()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     old_hup = signal.signal(signal.SIGHUP, _raise_terminated)

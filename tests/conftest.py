@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-import torch
+
 from PIL import Image
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SD = Path(__file__).resolve().parent / "fake_sd_scripts"
@@ -31,6 +30,9 @@ def pytest_collection_modifyitems(config, items):
 
 def make_checkpoint(path: Path, family: str = "sd1", metadata: dict | None = None) -> Path:
     """A tiny safetensors file with the keys family detection reads."""
+    import torch
+    from safetensors.torch import save_file
+
     te = {"sd1": SD1_TE, "sd2": SD2_TE, "sdxl": SDXL_TE}[family]
     sd = {
         te: torch.zeros(4, 4, dtype=torch.float16),

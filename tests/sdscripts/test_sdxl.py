@@ -1,4 +1,7 @@
-"""SDXL end to end on a random SDXL-architecture checkpoint at 64 px. Needs ~23 GB of RAM: run alone (make test-slow)."""
+"""SDXL end to end on a random SDXL-architecture checkpoint at 64 px. Needs ~23 GB of RAM: run alone (make test-slow).
+
+device = "cpu" keeps torch out of cml's own process (no CUDA probe): on a 24 GiB machine every GiB counts.
+"""
 
 import json
 
@@ -18,7 +21,7 @@ def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
     p = tmp_path / "sdxl.toml"
     p.write_text(tomli_w.dumps({
         "name": "sdxl", "base_model": str(model), "source": str(demo_assets["a"]), "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
-        "output_dir": str(tmp_path / "runs"), "targets": {"grayscale": {"transform": "grayscale"}}, "train": {"resolution": 64, "steps": 3},
+        "output_dir": str(tmp_path / "runs"), "device": "cpu", "targets": {"grayscale": {"transform": "grayscale"}}, "train": {"resolution": 64, "steps": 3},
     }))
     r = run_cml("run", str(p), "--quiet", timeout=3600)
     assert r.returncode == 0, r.stderr[-4000:]
