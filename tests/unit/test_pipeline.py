@@ -91,6 +91,7 @@ def test_killed_trainer_mid_stage_then_resume(fake, write_preset, tmp_path):
     p = two_targets(write_preset)
     r = fake(p, mode="kill_at:diff-i")
     assert r.returncode == 1 and "stage diff-i failed" in r.stderr and "code -9" in r.stderr
+    assert "lack of memory" in r.stderr
     assert r.calls == ["copy", "merge", "diff-g", "diff-i"]
     assert not (tmp_path / "runs" / "t" / "diff-i" / "i.safetensors").exists()
     again = fake(p)
