@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -44,6 +46,19 @@ def _resolve(value: Any, info: ValidationInfo) -> Any:
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
     return p
+
+
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v
+
+
+def _resolve_each(v: list[Path], info: ValidationInfo) -> list[Path]:
+    return [_resolve(p, info) for p in v]
+
+
+ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
+# One path or a list of them, each resolved against the preset's folder.
+PathList = Annotated[list[Path], BeforeValidator(_one_or_many), AfterValidator(_resolve_each)]
 
 
 class Base(BaseModel):
@@ -117,22 +132,12 @@ def apply_overrides(settings: TrainSettings, *overrides: BaseModel) -> TrainSett
 class Target(Base):
     """One diff LoRA: B images paired with the source images, or a built-in transform of them."""
 
-    images: list[Path] = Field(default_factory=list)
+    images: PathList = Field(default_factory=list)
     """B images, one per source image, in the same order."""
     transform: Optional[Transform] = None
     """Make B from A with a built-in transform instead of images."""
     train: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
     """Training settings for this target's diff stage only."""
-
-    @field_validator("images", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("images", mode="after")
-    @classmethod
-    def _resolve_images(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
-        return [_resolve(p, info) for p in v]
 
     @model_validator(mode="after")
     def _images_or_transform(self) -> "Target":
@@ -152,7 +157,7 @@ class CheckSettings(Base):
     """Seeds of the copy check and the sweep."""
     prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"])
     """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
-    models: list[Path] = Field(default_factory=list)
+    models: PathList = Field(default_factory=list)
     """Models of the sweep; empty means the base model."""
     sampling_steps: int = Field(20, gt=0)
     """Sampler steps."""
@@ -181,10 +186,6 @@ class CheckSettings(Base):
                 raise ValueError(f"prompt {p!r} contains ' --' or a line break, which gen_img.py reads as options")
         return v
 
-    @field_validator("models", mode="after")
-    @classmethod
-    def _resolve_models(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
-        return [_resolve(p, info) for p in v]
 
 
 class Preset(Base):
@@ -192,13 +193,13 @@ class Preset(Base):
 
     name: str = "copy-machine"
     """Run name: the run folder is output_dir/name."""
-    base_model: Path
+    base_model: ResolvedPath
     """SD checkpoint (.safetensors, .ckpt) or diffusers folder."""
     family: Family = "auto"
     """Model family; auto detects it from the checkpoint's keys."""
     v_parameterization: Optional[bool] = None
     """v-prediction model (SD2 768-v); empty means detect from metadata, else no."""
-    source: list[Path]
+    source: PathList
     """Image A, or several images (a copy machine of a small set)."""
     targets: dict[str, Target]
     """Named targets; one copy machine serves them all."""
@@ -212,7 +213,7 @@ class Preset(Base):
     """checkpoint: merge_lora.py writes the copy machine model (faithful). in_memory: --base_weights."""
     merge_precision: Literal["auto", "float", "fp16", "bf16"] = "auto"
     """merge_lora.py --precision; auto = float, fp16 for SDXL (float does not fit 24 GiB)."""
-    output_dir: Path = Path("runs")
+    output_dir: ResolvedPath = Path("runs")
     """Folder that holds run folders."""
     allow_resize: bool = False
     """Let B images of another size than A be resized to A's size."""
@@ -220,7 +221,7 @@ class Preset(Base):
     """Also write each diff LoRA shrunk to this rank (networks/resize_lora.py)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where to train; auto = CUDA when available."""
-    tokenizer_cache_dir: Optional[Path] = None
+    tokenizer_cache_dir: Optional[ResolvedPath] = None
     """sd-scripts --tokenizer_cache_dir; empty means cml's user cache (offline after the first run)."""
     allow_pickle: bool = False
     """Allow a .ckpt base model: sd-scripts unpickles it, which can run code. Prefer .safetensors."""
@@ -231,22 +232,12 @@ class Preset(Base):
     check: CheckSettings = Field(default_factory=CheckSettings)
     """Copy check, sweep grid and metrics."""
 
-    @field_validator("source", mode="before")
+    @field_validator("source")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("source", mode="after")
-    @classmethod
-    def _source_given(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+    def _source_given(cls, v: list[Path]) -> list[Path]:
         if not v:
             raise ValueError("give at least one source image (image A)")
-        return [_resolve(p, info) for p in v]
-
-    @field_validator("base_model", "output_dir", "tokenizer_cache_dir", mode="after")
-    @classmethod
-    def _resolve_path(cls, v: Optional[Path], info: ValidationInfo) -> Optional[Path]:
-        return _resolve(v, info)
+        return v
 
     @field_validator("name")
     @classmethod

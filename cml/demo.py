@@ -82,36 +82,43 @@ def demo_image(size: int = 256) -> Image.Image:
     return img
 
 
-def random_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """Build (once) a randomly initialised SD1.5-architecture single-file checkpoint, fp16."""
-    out = cache_dir() / f"random-sd15-v{DEMO_VERSION}.safetensors"
+def _cached_build(name: str, what: str, sd_scripts: Path, build, log) -> Path:
+    """Build a random checkpoint once into the cache; written under a temporary name, then renamed."""
+    out = cache_dir() / f"{name}-v{DEMO_VERSION}.safetensors"
     if out.exists():
         return out
-    log(f"building a random SD1.5-architecture checkpoint (once, ~35 s, 2.1 GB): {out}")
+    log(f"building {what} (once): {out}")
     sys.path.insert(0, str(sd_scripts))
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from library import model_util
-    from library.original_unet import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
-    te = CLIPTextModel._from_config(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        )
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.safetensors")
-    model_util.save_stable_diffusion_checkpoint(False, str(tmp), te, unet, None, 0, 0, {"cml_demo": "random weights"}, torch.float16, vae)
+    build(str(tmp))
     tmp.replace(out)
     return out
 
+
+def random_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
+    """A randomly initialised SD1.5-architecture single-file checkpoint, fp16 (2.1 GB, ~35 s)."""
+
+    def build(path: str) -> None:
+        import torch
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from library import model_util
+        from library.original_unet import UNet2DConditionModel
+
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
+        vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+        te = CLIPTextModel._from_config(
+            CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+            )
+        )
+        model_util.save_stable_diffusion_checkpoint(False, path, te, unet, None, 0, 0, {"cml_demo": "random weights"}, torch.float16, vae)
+
+    return _cached_build("random-sd15", "a random SD1.5-architecture checkpoint (~35 s, 2.1 GB)", sd_scripts, build, log)
 
 def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
     """The demo preset and the --set values that point it at the cached random model and tokenizer."""
@@ -129,37 +136,32 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
 
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """Build (once) a randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~15 GB peak RAM).
+    """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM).
 
     Each module is cast to fp16 as soon as it is built: building all in fp32 first does not fit 24 GiB.
     """
-    out = cache_dir() / f"random-sdxl-v{DEMO_VERSION}.safetensors"
-    if out.exists():
-        return out
-    log(f"building a random SDXL-architecture checkpoint (once, ~1 min, 6.9 GB, ~15 GB RAM): {out}")
-    sys.path.insert(0, str(sd_scripts))
-    import math
 
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    def build(path: str) -> None:
+        import math
 
-    from library import model_util, sdxl_model_util, sdxl_original_unet
+        import torch
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
-    te1 = CLIPTextModel._from_config(
-        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-    ).half()
-    te2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                       max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
-    ).half()
-    vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.safetensors")
-    logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)
-    sdxl_model_util.save_stable_diffusion_checkpoint(str(tmp), te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
-    tmp.replace(out)
-    return out
+        from library import model_util, sdxl_model_util, sdxl_original_unet
+
+        torch.manual_seed(0)
+        unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
+        te1 = CLIPTextModel._from_config(
+            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+        ).half()
+        te2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                           max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+        ).half()
+        vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
+        logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)
+        sdxl_model_util.save_stable_diffusion_checkpoint(path, te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
+
+    return _cached_build("random-sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, build, log)

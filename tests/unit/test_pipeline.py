@@ -248,3 +248,27 @@ def test_no_shell_anywhere():
     for f in (ROOT / "cml").rglob("*.py"):
         text = f.read_text()
         assert not re.search(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|eval\(|exec\(", text), f
+
+
+@pytest.mark.parametrize("what", ["truncated image", "lora as base", "missing B"])
+def test_bad_input_at_the_cli_is_one_line_exit_2_and_nothing_written(write_preset, tmp_path, image_a, fake_sd, what):
+    import torch
+    from safetensors.torch import save_file
+
+    if what == "truncated image":
+        bad = tmp_path / "cut.png"
+        bad.write_bytes(image_a.read_bytes()[:200])
+        p = write_preset(source=str(bad))
+    elif what == "lora as base":
+        lora = tmp_path / "l.safetensors"
+        save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(lora))
+        p = write_preset(base_model=str(lora))
+    else:
+        p = write_preset(targets={"e": {"images": [str(tmp_path / "nope.png")]}})
+    for cmd in ("plan", "run"):
+        r = run_cml(cmd, str(p), "--sd-scripts", fake_sd)
+        assert r.returncode == 2, r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:")]
+        assert len(errors) == 1 and " -- " in errors[0]  # what, where -- how to fix
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "runs").exists()
