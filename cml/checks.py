@@ -188,5 +188,5 @@ def add_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # "pt" would import torch (~1 s) just to read a header
         return dict(f.metadata() or {})

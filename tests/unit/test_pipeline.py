@@ -272,3 +272,13 @@ def test_bad_input_at_the_cli_is_one_line_exit_2_and_nothing_written(write_prese
         assert len(errors) == 1 and " -- " in errors[0]  # what, where -- how to fix
         assert "Traceback" not in r.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_cml_itself_never_imports_torch(write_preset, fake_sd):
+    """torch costs ~1 s and ~0.4 GB per import: cml's own process stays free of it (device given, not probed)."""
+    p = write_preset(resize_to=4)
+    code = ("import sys; from cml.cli import main; rc = main(['run', sys.argv[1], '--sd-scripts', sys.argv[2], '--quiet']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(p), fake_sd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
