@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -85,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _toml_str(p: Path) -> str:
-    import json
-
     return json.dumps(str(p.expanduser().resolve()))  # a JSON string is a valid TOML basic string
 
 
@@ -189,7 +188,10 @@ def dispatch(args) -> int:
         preset = args.run_dir / "preset.toml"
         if not preset.is_file():
             raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
-        plan, sd = pipeline.prepare(preset, args.sets, args.sd_scripts)
+        # The folder may have moved since the run: locate the run by where it is now.
+        here = args.run_dir.resolve()
+        sets = [f"output_dir={_toml_str(here.parent)}", f"name={json.dumps(here.name)}"]
+        plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts)
         _check(plan, sd, "quiet" if args.quiet else "normal")
         return 0
     if args.cmd == "grayscale":

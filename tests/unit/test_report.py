@@ -83,3 +83,14 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
 def test_check_on_a_folder_that_is_not_a_run(tmp_path):
     r = run_cml("check", str(tmp_path))
     assert r.returncode == 2 and "not a cml run folder" in r.stderr
+
+
+def test_check_follows_a_moved_run_folder(write_preset, fake_sd, tmp_path):
+    p = write_preset(check={"weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 1})
+    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet").returncode == 0
+    moved = tmp_path / "elsewhere" / "t"
+    moved.parent.mkdir()
+    (tmp_path / "runs" / "t").rename(moved)
+    c = run_cml("check", str(moved), "--sd-scripts", fake_sd, "--quiet")
+    assert c.returncode == 0, c.stderr
+    assert (moved / "report.md").is_file() and not (tmp_path / "runs" / "t").exists()
