@@ -174,9 +174,11 @@ def stages_to_run(plan: Plan, opts: RunOptions) -> list[bool]:
     # Finished diff LoRAs are what users keep: never replace one made from other settings without --force.
     if not opts.force:
         for i, st in enumerate(plan.stages):
-            if todo[i] and i < forced_from and st.kind in ("train", "resize") and st.name.startswith(("diff-", "resize-")) and st.output.exists():
+            if todo[i] and i < forced_from and st.name.startswith(("diff-", "resize-")) and st.output.exists():
+                same = (read_record(st) or {}).get("fingerprint") == st.fingerprint
+                why = "an earlier stage it is made from must be redone" if same else "was made from other settings or inputs"
                 raise InputError(
-                    f"{st.output.name} exists and was made from other settings or inputs",
+                    f"{st.output.name} exists and {why}",
                     str(st.output),
                     "re-run with --force to replace it, or set another name / output_dir",
                 )
