@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cml.errors import InputError
+from cml.paths import cache_root
 
 # Keys that only one family's single-file checkpoints have.
 SDXL_KEYS = ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.label_emb.0.0.weight")
@@ -127,15 +128,15 @@ def resolve_family(info: ModelInfo, declared: str) -> str:
     return declared
 
 
-_HASH_CACHE = Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "sha256.json"
 
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file, cached by (path, size, mtime): base models are gigabytes."""
+    cache_file = cache_root() / "sha256.json"
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     try:
-        cache = json.loads(_HASH_CACHE.read_text())
+        cache = json.loads(cache_file.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
     if key in cache:
@@ -146,10 +147,10 @@ def file_sha256(path: Path) -> str:
             h.update(chunk)
     cache[key] = h.hexdigest()
     try:
-        _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _HASH_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache))
-        tmp.replace(_HASH_CACHE)
+        tmp.replace(cache_file)
     except OSError:
         pass  # a cache we cannot write only costs time
     return cache[key]

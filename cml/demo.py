@@ -9,18 +9,19 @@ Everything is cached outside the repository (``CML_CACHE_DIR``, default ``~/.cac
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cml.paths import cache_root
+
 DEMO_VERSION = "1"  # bump when the demo assets change
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "demo"
+    return cache_root() / "demo"
 
 
 def _bytes_to_unicode() -> dict[int, str]:

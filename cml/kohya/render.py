@@ -7,7 +7,6 @@ Everything here is data built from a Plan; nothing runs. TOML is written by toml
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import tomli_w
 
 from cml.errors import InputError
 from cml.images import save_png
+from cml.paths import cache_root
 from cml.plan import Plan, Stage, merge_precision
 
 SCRIPTS = {
@@ -37,7 +37,7 @@ MANAGED_KEYS = {
 
 
 def default_tokenizer_cache() -> Path:
-    return Path(os.environ.get("CML_CACHE_DIR", Path.home() / ".cache" / "cml")) / "tokenizers"
+    return cache_root() / "tokenizers"
 
 
 def mixed_precision(plan: Plan, stage: Stage) -> str:
@@ -189,7 +189,7 @@ def commands_sh(plan: Plan, sd_path: Path) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# The sd-scripts commands of this run, as cml runs them. Run from anywhere with sd-scripts' Python active.",
-        f"# cml writes each output under its stage's work/ folder, checks it, then moves it to its final name.",
+        "# cml writes each output under its stage's work/ folder, checks it, then moves it to its final name.",
         "set -euo pipefail",
         f"cd {shlex.quote(str(sd_path))}",
         'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # networks/*.py import library/',

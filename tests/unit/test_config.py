@@ -1,9 +1,8 @@
 import tomllib
 
 import pytest
-import tomli_w
 
-from cml.config import Preset, TrainSettings, load_preset, parse_set
+from cml.config import TrainSettings, load_preset, parse_set
 from cml.errors import ConfigErrors, InputError
 from tests.conftest import run_cml
 
