@@ -57,8 +57,7 @@ class Bench:
             "name": name, "merge": merge, "output_dir": str(self.work / "runs"), "device": "cpu",
             "train": {"resolution": 64, "steps": self.diff_steps}, "copy": {"steps": self.copy_steps}, "targets": targets,
         }
-        text = tomli_w.dumps(data) + "".join(f"{k} = {v}\n" for k, v in self.assets.items())
-        # top-level keys must precede tables: put the asset keys first
+        # top-level keys must precede tables: the asset keys (already TOML values) go first
         text = "".join(f"{k} = {v}\n" for k, v in self.assets.items()) + tomli_w.dumps(data)
         p = self.work / f"{name}.toml"
         p.write_text(text)

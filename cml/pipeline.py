@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cml import PINNED_SD_SCRIPTS_COMMIT, __version__
 from cml.checkpoint import model_identity
-from cml.checks import CheckFailed, add_metadata, check_lora, check_merged
+from cml.checks import CheckFailed, add_metadata, check_lora, check_merged, read_metadata
 from cml.config import load_preset
 from cml.errors import InputError, StageFailed
 from cml.inputs import load_inputs
@@ -120,8 +120,6 @@ def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
         raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
     facts["lora_modules"] = summary.modules
     meta = provenance(plan, stage)
-    from cml.checks import read_metadata
-
     if read_metadata(produced).get("ss_network_module") == FIXED_NETWORK_MODULE:
         # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
         meta["ss_network_module"] = NETWORK_MODULE

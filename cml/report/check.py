@@ -123,7 +123,8 @@ def sweep(plan: Plan, sd: SdScripts, target: str, model: Path, mode: str) -> tup
 def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> dict:
     out = plan.run_dir / "check"
     out.mkdir(parents=True, exist_ok=True)
-    missing = [s.output for s in plan.stages if s.name == "copy" or s.name.startswith("diff-") if not s.output.exists()]
+    needed = [s.output for s in plan.stages if s.name == "copy" or s.name.startswith("diff-")]
+    missing = [p for p in needed if not p.exists()]
     if missing:
         raise StageFailed(f"check: run the pipeline first; missing {missing[0]}", fix=f"cml run {plan.run_dir / 'preset.toml'}")
     models = plan.preset.check.models or [plan.preset.base_model]
