@@ -2,19 +2,27 @@
 #   make demo     the whole pipeline on a random SD1.5-architecture model at 64 px (CPU ok)
 #   make test     the test suite (sd-scripts tests skip, with the reason, when sd-scripts is absent)
 #   make grayscale A=a.png [B=b.png] MODEL=model.safetensors [OUT=runs]
+#   make test-gpu / make bench-gpu   on a CUDA machine: the article's recipe at 512 px (and SDXL at 1024 px)
+#   make gpu-bundle, then on a CUDA machine without network: make gpu-offline
 # Offline: make setup SD_SCRIPTS_SOURCE=/path/to/sd-scripts-clone-or-snapshot
+# Another torch build (e.g. for an older NVIDIA driver): make setup TORCH_INDEX=https://download.pytorch.org/whl/cu124
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 SD_SCRIPTS_SOURCE ?=
 OUT ?= runs
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
+# NO_SETUP=1: use PY as it is (a machine set up another way, e.g. by gpu-offline)
+SETUP := $(if $(NO_SETUP),,setup)
+GPU_SITE ?= /tmp/cml-gpu/site
+GPU_BUNDLE ?= .gpu-bundle
 CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
-TORCH_STAMP := $(VENV)/.torch-$(subst $(eval) ,_,$(subst ==,-,$(TORCH)))
+TORCH_STAMP := $(VENV)/.torch-$(subst /,_,$(subst :,_,$(subst $(eval) ,_,$(subst ==,-,$(TORCH) $(TORCH_INDEX)))))
 
-.PHONY: setup setup-env sd-scripts demo test test-slow grayscale bench doctor clean
+.PHONY: setup setup-env sd-scripts demo test test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
 
 ## the Python environment: venv, torch, cml (editable) with its test tools; quick when done
 setup-env: $(TORCH_STAMP) $(VENV)/.cml-installed
@@ -23,7 +31,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(TORCH_STAMP): | $(PY)
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	rm -f $(VENV)/.torch-* && touch $@
 
 $(VENV)/.cml-installed: pyproject.toml | $(PY)
@@ -45,6 +53,28 @@ test: setup-env
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+## on a CUDA GPU: the article's recipe (SD1.5 512 px, 500 steps per stage; SDXL 1024 px); skips without CUDA
+test-gpu: $(SETUP)
+	$(PY) -m pytest -m gpu tests/gpu
+
+bench-gpu: $(SETUP)
+	$(PY) -m cml.bench_gpu
+
+## the GPU spent once: bench-gpu's runs, then test-gpu asserting on them
+gpu-proof: $(SETUP)
+	$(PY) -m cml.bench_gpu
+	CML_GPU_RESULTS=bench/results-gpu.json $(PY) -m pytest -m gpu tests/gpu
+
+## wheels (GPU machine's Python 3.12), sd-scripts without .git and the project, for a CUDA machine without network
+gpu-bundle: setup
+	$(PY) -m cml.bundle build
+
+## on that machine (python3 with CUDA torch): install the bundle offline, then gpu-proof
+gpu-offline:
+	python3 -m cml.bundle install --bundle $(GPU_BUNDLE) --site $(GPU_SITE)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) CML_SD_SCRIPTS=$(dir $(GPU_SITE))sd-scripts HF_HUB_OFFLINE=1 \
+	  $(MAKE) gpu-proof NO_SETUP=1 PY=python3
 
 grayscale: setup
 	@test -n "$(A)" || { echo "usage: make grayscale A=a.png [B=b.png] MODEL=model.safetensors [OUT=runs]"; exit 2; }

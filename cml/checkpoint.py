@@ -17,6 +17,9 @@ SD2_KEYS = ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 SD1_KEYS = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "cond_stage_model.transformer.embeddings.token_embedding.weight")
 UNET_PREFIX = "model.diffusion_model."
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+# Keys that mark how a checkpoint was trained, not weights: v-prediction (NoobAI-XL v-pred and others; ComfyUI and
+# Forge read the model type from `v_pred`) and zero terminal SNR (`ztsnr`). sd-scripts' merge scripts drop them.
+MARKER_KEYS = ("v_pred", "ztsnr")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class ModelInfo:
     v_parameterization: bool | None  # None: not recorded in the file
     size: int
     dtype: str | None = None  # safetensors dtype of the U-Net weights, e.g. "F16"
+    markers: tuple[str, ...] = ()  # MARKER_KEYS the file holds: a copy machine model must keep them
 
 
 def read_safetensors_header(path: Path) -> tuple[list[str], dict[str, str], str | None]:
@@ -111,7 +115,8 @@ def inspect_model(path: Path, allow_pickle: bool = False) -> ModelInfo:
         raise InputError("not a Stable Diffusion checkpoint cml knows (no SD1/SD2/SDXL keys)", where, "use an SD1.x, SD2.x or SDXL single-file checkpoint")
     if not any(k.startswith(UNET_PREFIX) for k in keys):
         raise InputError("checkpoint holds no U-Net weights", where, "use a full SD checkpoint")
-    return ModelInfo(path, "checkpoint", family, _vpred_from_metadata(meta, keys), size, dtype)
+    markers = tuple(k for k in MARKER_KEYS if k in keys)
+    return ModelInfo(path, "checkpoint", family, _vpred_from_metadata(meta, keys), size, dtype, markers)
 
 
 def resolve_family(info: ModelInfo, declared: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mmap
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,39 @@ def check_merged(merged: Path, base: Path) -> dict:
     if changed_unet == 0:
         raise CheckFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}
+
+
+def carry_marker_keys(base: Path, merged: Path, dst: Path, keys: tuple[str, ...]) -> list[str]:
+    """Write ``merged`` to ``dst`` with the base's marker tensors (``v_pred``, ``ztsnr``) that the merge dropped.
+
+    Header-level: the merged file's tensor bytes are copied as they are and the markers appended, so a
+    checkpoint of gigabytes is never loaded. Returns the keys added; nothing is written when none is missing.
+    """
+    hb, ob = _layout(base)
+    with open(merged, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    missing = [k for k in keys if k in hb and k not in header]
+    if not missing:
+        return []
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    blobs = []
+    with open(base, "rb") as fb:
+        for k in missing:
+            s, e = hb[k]["data_offsets"]
+            fb.seek(ob + s)
+            blobs.append(fb.read(e - s))
+            header[k] = {"dtype": hb[k]["dtype"], "shape": hb[k]["shape"], "data_offsets": [end, end + (e - s)]}
+            end += e - s
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    with open(merged, "rb") as src, open(dst, "wb") as out:
+        out.write(struct.pack("<Q", len(text)) + text)
+        src.seek(8 + n)
+        shutil.copyfileobj(src, out, 1 << 24)
+        for b in blobs:
+            out.write(b)
+    return missing
 
 
 def add_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:

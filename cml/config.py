@@ -93,7 +93,9 @@ class TrainSettings(Base):
     seed: int = Field(42, ge=0)
     """Training seed."""
     precision: Precision = "auto"
-    """Mixed precision: auto = fp16 on CUDA, full precision on CPU."""
+    """Mixed precision: auto = bf16 on GPUs with compute capability 8.0+ (Ampere and newer), fp16 on older GPUs, fp32 on a CPU."""
+    gradient_checkpointing: Optional[bool] = None
+    """Trade compute for GPU memory; empty means on for SDXL (sd-scripts' SDXL docs recommend it), off otherwise."""
     extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     """Further train_network.py options, written into the training TOML as they are."""
 

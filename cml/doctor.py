@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from cml import PINNED_SD_SCRIPTS_COMMIT
+from cml.device import TORCH_FIX, nvidia_gpus, probe, unusable_gpu_message
 from cml.errors import InputError
 from cml.sdscripts import check_imports, locate
 
@@ -22,24 +23,7 @@ class Finding:
 
 def diagnose(sd_option: str | None = None) -> list[Finding]:
     out = [Finding("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})", "use Python 3.11 or newer")]
-    try:
-        import torch
-
-        out.append(Finding("torch", True, torch.__version__))
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            out.append(Finding("device", True, f"CUDA: {p.name}, {p.total_memory / 2**30:.0f} GiB"))
-        else:
-            out.append(Finding("device", True, "CPU only (no CUDA GPU): demo-scale runs work; real 512 px runs take hours", required=False))
-        try:
-            import bitsandbytes  # noqa: F401
-
-            bnb = torch.cuda.is_available()
-            out.append(Finding("bitsandbytes", bnb, "usable (AdamW8bit)" if bnb else "installed, but needs CUDA: AdamW8bit falls back to AdamW", required=False))
-        except Exception as e:
-            out.append(Finding("bitsandbytes", False, f"not usable ({type(e).__name__}): AdamW8bit falls back to AdamW", "pip install bitsandbytes", required=False))
-    except ImportError:
-        out.append(Finding("torch", False, "not installed", "make setup"))
+    out += device_findings()
     try:
         sd = locate(sd_option)
         pinned = sd.commit == PINNED_SD_SCRIPTS_COMMIT
@@ -50,6 +34,27 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
         out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, "make setup (installs sd-scripts' requirements.txt)"))
     except InputError as e:
         out.append(Finding("sd-scripts", False, e.what, e.fix or "make setup"))
+    return out
+
+
+def device_findings() -> list[Finding]:
+    """torch, the GPU and AdamW8bit, from the child-process probe (cml's own process never imports torch)."""
+    pr = probe()
+    if pr.torch is None:
+        return [Finding("torch", False, pr.error or "not installed", "make setup")]
+    out = [Finding("torch", True, f"{pr.torch} ({f'CUDA {pr.torch_cuda} build' if pr.torch_cuda else 'CPU-only build'})")]
+    if pr.gpu is not None:
+        g = pr.gpu
+        prec = "bf16" if g.bf16 else "fp16"
+        out.append(Finding("device", True, f"CUDA: {g.describe()}; precision auto = {prec}"))
+        ok = g.bnb_error is None
+        out.append(Finding("bitsandbytes", ok, "one AdamW8bit step ran on the GPU" if ok else f"AdamW8bit failed ({g.bnb_error}): it falls back to AdamW", "pip install -U bitsandbytes (a build for your CUDA)", required=False))
+        return out
+    gpus = nvidia_gpus()
+    if gpus:
+        out.append(Finding("device", False, unusable_gpu_message(gpus, pr), TORCH_FIX))
+        return out
+    out.append(Finding("device", True, "CPU only (no NVIDIA GPU found): demo-scale runs work; real 512 px runs take hours; AdamW8bit falls back to AdamW", required=False))
     return out
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 
 from cml.checkpoint import ModelInfo, inspect_model, resolve_family
 from cml.config import Preset
+from cml.device import Gpu, resolve_device
 from cml.errors import InputError
 from cml.images import TRANSFORMS, LoadedImage, load_image
 
@@ -27,27 +28,8 @@ class Inputs:
     family: str
     v_parameterization: bool
     device: str  # "cuda" | "cpu"
+    gpu: Gpu | None = None  # what the device probe found (name, memory, compute capability, AdamW8bit)
     notes: list[str] = field(default_factory=list)
-
-
-def detect_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def bitsandbytes_usable(device: str) -> bool:
-    if device != "cuda":
-        return False
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def load_inputs(preset: Preset) -> Inputs:
@@ -89,8 +71,16 @@ def load_inputs(preset: Preset) -> Inputs:
         )
     vpred = preset.v_parameterization
     if vpred is None:
-        vpred = bool(info.v_parameterization)
         if family == "sd2" and info.v_parameterization is None:
-            notes.append("SD2 checkpoint without a prediction type in its metadata: assuming epsilon; set v_parameterization = true for 768-v models")
-    device = detect_device(preset.device)
-    return Inputs(source, targets, info, family, vpred, device, notes)
+            # SD2 768-v (v-prediction) and SD2 512-base (epsilon) share every key: guessing trains the wrong objective.
+            raise InputError(
+                "this SD2 checkpoint does not say whether it predicts v or epsilon (no v_pred key, no modelspec.prediction_type)",
+                f"v_parameterization (base_model {preset.base_model})",
+                "set v_parameterization = true for 768-v models (e.g. SD 2.1 768), false for 512-base models",
+            )
+        vpred = bool(info.v_parameterization)
+        if vpred and preset.v_parameterization is None:
+            notes.append("v-prediction checkpoint (marked in the file): training with v_parameterization")
+    # Last: the device probe starts a child Python (seconds); every cheaper check has passed by now.
+    device, gpu, device_notes = resolve_device(preset.device)
+    return Inputs(source, targets, info, family, vpred, device, gpu, notes + device_notes)

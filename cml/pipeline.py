@@ -13,14 +13,15 @@ from pathlib import Path
 
 from cml import PINNED_SD_SCRIPTS_COMMIT, __version__
 from cml.checkpoint import model_identity
-from cml.checks import CheckFailed, add_metadata, check_lora, check_merged, read_metadata
+from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora, check_merged, read_metadata
 from cml.config import load_preset
 from cml.errors import InputError, StageFailed
 from cml.inputs import load_inputs
 from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, render, stage_argv
 from cml.losses import early_loss, read_losses
 from cml.plan import Plan, Stage, build_plan
-from cml.runner import Progress, RunLock, fmt_seconds, run_logged
+from cml.device import gpu_memory
+from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, run_logged
 from cml.sdscripts import SdScripts, commit_warning, locate, python_env
 
 
@@ -39,10 +40,21 @@ def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None) ->
     for n in inputs.notes:
         say(f"note: {n}")
     plan = build_plan(preset, digest, inputs, sd.commit)
+    say(device_line(plan))
     for st in plan.stages:
         for n in st.notes:
             say(f"note: {st.name}: {n}")
     return plan, sd
+
+
+def device_line(plan: Plan) -> str:
+    """Where and how the training stages run, as the plan resolved it."""
+    g = plan.inputs.gpu
+    where = f"cuda ({g.describe()})" if g else plan.inputs.device
+    train = [s for s in plan.stages if s.settings is not None]
+    precs = sorted({s.settings.precision for s in train})
+    opts = sorted({s.settings.optimizer for s in train})
+    return f"device: {where}; precision {', '.join(precs)}; optimizer {', '.join(opts)}"
 
 
 def check_writable(run_dir: Path) -> None:
@@ -112,6 +124,14 @@ def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
     try:
         if stage.kind == "merge":
             facts["merge_check"] = check_merged(produced, stage.model)
+            markers = plan.inputs.model.markers
+            if markers:  # sd-scripts' merge drops them: other programs would load a v-pred model as epsilon
+                tmp = stage.output.with_name(stage.output.name + ".tmp")
+                facts["markers_kept"] = carry_marker_keys(stage.model, produced, tmp, markers)
+                if facts["markers_kept"]:
+                    tmp.replace(stage.output)
+                    produced.unlink()
+                    return facts
             produced.replace(stage.output)
             return facts
         dim, alpha = expected_rank(plan, stage)
@@ -220,6 +240,30 @@ def memory_note(plan: Plan, stage: Stage) -> None:
         say("warning: the merge may be killed for lack of memory; merge = \"in_memory\" skips writing the copy machine model")
 
 
+def gpu_memory_note(plan: Plan) -> None:
+    mem = gpu_memory()
+    if mem is None:
+        return
+    free, total = mem
+    gpu = plan.inputs.gpu.name if plan.inputs.gpu else "GPU"
+    say(f"        {gpu}: {free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB free")
+
+
+def diverged_cause(plan: Plan, stage: Stage) -> str:
+    s = stage.settings
+    if s.precision == "fp16":
+        vae = " (for SDXL, also its VAE)" if plan.inputs.family == "sdxl" else ""
+        return f"likely cause: fp16 overflow{vae}, or the learning rate {s.learning_rate:g} is too high for this model"
+    return f"likely cause: the learning rate {s.learning_rate:g} is too high for this model or data"
+
+
+def diverged_fix(stage: Stage) -> str:
+    s = stage.settings
+    if s.precision == "fp16":
+        return "set train.precision = \"fp32\" (or \"bf16\" on GPUs of compute capability 8.0+), or lower train.learning_rate; then re-run: finished stages are kept"
+    return "lower train.learning_rate (e.g. to a third), then re-run the same command: finished stages are kept"
+
+
 def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict:
     if stage.kind == "merge":
         disk_check(plan, stage)
@@ -245,7 +289,12 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict
 
     if opts.mode == "verbose":
         say(f"        $ (cd {shlex.quote(str(sd.path))} && {shlex.join(argv)})")
-    res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress, progress_marker="steps:" if stage.kind == "train" else "")
+    if plan.inputs.device == "cuda" and stage.kind == "train":
+        gpu_memory_note(plan)
+    try:
+        res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress, progress_marker="steps:" if stage.kind == "train" else "")
+    except LossNotFinite as e:
+        raise StageFailed(f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage)}", where=str(stage.log_path), fix=diverged_fix(stage)) from None
     produced = stage.work_dir / stage.output.name
     if res.returncode != 0:
         tail = "\n".join(f"    {ln}" for ln in res.tail[-15:])

@@ -10,7 +10,8 @@ from pathlib import Path
 from cml.checkpoint import model_identity
 from cml.config import Preset, TrainSettings
 from cml.images import pixel_sha256
-from cml.inputs import Inputs, bitsandbytes_usable
+from cml.errors import InputError
+from cml.inputs import Inputs
 
 COPY_MACHINE = "copy_machine.safetensors"
 
@@ -67,17 +68,52 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def effective_settings(s: TrainSettings, device: str) -> tuple[TrainSettings, list[str]]:
-    """Settings as they will run on this device (8-bit optimizers need CUDA)."""
+def resolve_precision(requested: str, inputs: Inputs) -> str:
+    """The one precision rule: fp32 | fp16 | bf16 as the stage will run on this device.
+
+    auto: bf16 on GPUs that run it natively (compute capability 8.0+: the fp32 exponent range, so no loss
+    scaling and no fp16 overflow), fp16 on older GPUs (half the memory of fp32, tensor cores), fp32 on a
+    CPU (no half-precision speed-up there, and fp16 matmuls are slow or missing).
+    """
+    gpu = inputs.gpu
+    if requested == "auto":
+        if inputs.device != "cuda":
+            return "fp32"
+        return "bf16" if gpu is not None and gpu.bf16 else "fp16"
+    if requested == "bf16" and gpu is not None and not gpu.bf16:
+        raise InputError(
+            f"precision = \"bf16\" but {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16",
+            "train.precision", "use precision = \"auto\" or \"fp16\" on GPUs older than compute capability 8.0",
+        )
+    return requested
+
+
+def _is_8bit(optimizer: str) -> bool:
+    o = optimizer.lower()
+    return "8bit" in o or o.startswith("paged")
+
+
+def effective_settings(s: TrainSettings, inputs: Inputs) -> tuple[TrainSettings, list[str]]:
+    """Settings as they will run on this device: precision resolved, 8-bit optimizers only where one step worked."""
     notes = []
+    update: dict = {"precision": resolve_precision(s.precision, inputs)}
+    if s.gradient_checkpointing is None:
+        update["gradient_checkpointing"] = inputs.family == "sdxl"
     opt = s.optimizer
-    if ("8bit" in opt.lower() or opt.lower().startswith("paged")) and not bitsandbytes_usable(device):
-        fallback = opt.replace("Paged", "").replace("8bit", "").replace("32bit", "") or "AdamW"
-        if fallback.lower() not in ("adamw", "lion", "sgdnesterov"):
-            fallback = "AdamW"
-        notes.append(f"{opt} needs bitsandbytes on CUDA ({device} here): using {fallback} instead")
-        s = s.model_copy(update={"optimizer": fallback})
-    return s, notes
+    if _is_8bit(opt):
+        gpu = inputs.gpu
+        why = None
+        if inputs.device != "cuda" or gpu is None:
+            why = f"bitsandbytes needs a CUDA GPU ({inputs.device} here)"
+        elif gpu.bnb_error:
+            why = f"one AdamW8bit step failed on {gpu.name}: {gpu.bnb_error}"
+        if why:
+            fallback = opt.replace("Paged", "").replace("8bit", "").replace("32bit", "") or "AdamW"
+            if fallback.lower() not in ("adamw", "lion", "sgdnesterov"):
+                fallback = "AdamW"
+            notes.append(f"{opt} cannot run here ({why}): using {fallback} instead (same update rule, 32-bit state: more memory)")
+            update["optimizer"] = fallback
+    return s.model_copy(update=update), notes
 
 
 def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_commit: str | None) -> Plan:
@@ -88,7 +124,7 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
     a_files = [s.sha256 for s in inputs.source]
     stages: list[Stage] = []
 
-    copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs.device)
+    copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs)
     copy = Stage(
         "copy", "train", "copy LoRA: overfit image A on the base model", run_dir / "copy",
         run_dir / "copy" / "copy.safetensors", preset.base_model, settings=copy_s,
@@ -109,7 +145,7 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
         machine, machine_fp, base_weights = preset.base_model, copy.fingerprint, [copy.output]
 
     for name, t in inputs.targets.items():
-        s, notes = effective_settings(preset.diff_settings(name), inputs.device)
+        s, notes = effective_settings(preset.diff_settings(name), inputs)
         b_pixels = [pixel_sha256(i) for i in t.images]
         diff = Stage(
             f"diff-{name}", "train", f"diff LoRA '{name}': image B on the copy machine model", run_dir / f"diff-{name}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 import signal
@@ -16,8 +17,10 @@ from typing import Callable
 
 from cml.errors import InputError
 
-# tqdm's bar as sd-scripts prints it: "steps:  40%|####  | 4/10 [00:05<00:07,  1.2s/it, avr_loss=0.123]"
-TQDM = re.compile(r"(\d+)/(\d+) \[[^\]]*?(?:avr_loss=([-+0-9.eE]+|nan|inf))?\]")
+# tqdm's bar as sd-scripts prints it: "steps:  40%|####  | 4/10 [00:05<00:07,  1.2s/it, avr_loss=0.123]";
+# tqdm writes the loss with "{:.3g}": 0.123, 1.2e-05, nan, inf, -inf.
+TQDM = re.compile(r"(\d+)/(\d+) \[([^\]]*)\]")
+LOSS = re.compile(r"avr_loss=([-+]?(?:nan|inf|[0-9.]+(?:[eE][-+]?\d+)?))")
 
 
 @dataclass
@@ -40,9 +43,10 @@ class Progress:
         if not m:
             return False
         step, total = int(m.group(1)), int(m.group(2))
-        if m.group(3):
+        lm = LOSS.search(m.group(3))
+        if lm:
             try:
-                self.loss = float(m.group(3))
+                self.loss = float(lm.group(1))
             except ValueError:
                 pass
         advanced = step > self.step or total != self.total
@@ -71,6 +75,14 @@ class Result:
     returncode: int
     tail: list[str]
     seconds: float
+
+
+class LossNotFinite(Exception):
+    """The trainer reported a NaN or infinite loss: the stage is stopped instead of training on to the end."""
+
+    def __init__(self, step: int, total: int, loss: float):
+        self.step, self.total, self.loss = step, total, loss
+        super().__init__(f"training loss became {loss} at step {step}/{total}")
 
 
 class Terminated(Exception):
@@ -139,14 +151,18 @@ def run_logged(
                 for line in lines:
                     if line.strip():
                         tail.append(line.rstrip())
-                        if progress.update(line) and on_progress:
+                        advanced = progress.update(line)
+                        if progress.loss is not None and not math.isfinite(progress.loss):
+                            raise LossNotFinite(progress.step, progress.total, progress.loss)
+                        if advanced and on_progress:
                             on_progress(progress)
             if pending.strip():
                 tail.append(pending.rstrip())
             rc = proc.wait()
-        except BaseException:
+        except BaseException as e:
             stop_group(proc)
-            log.write(b"\n[cml] stopped: interrupted\n")
+            why = str(e) if isinstance(e, LossNotFinite) else "interrupted"
+            log.write(f"\n[cml] stopped: {why}\n".encode())
             raise
         finally:
             signal.signal(signal.SIGTERM, old_term)

@@ -55,9 +55,16 @@ def _git(args: list[str], cwd: Path | None = None, timeout: float = 600, check: 
     return p
 
 
+# A copy without .git (cml's GPU bundle) names its commit in this file.
+COMMIT_FILE = ".cml-sd-scripts-commit"
+
+
 def read_commit(path: Path) -> str | None:
     if not (path / ".git").exists():
-        return None
+        try:
+            return (path / COMMIT_FILE).read_text().strip() or None
+        except OSError:
+            return None
     try:
         p = _git(["rev-parse", "HEAD"], cwd=path, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):

@@ -32,7 +32,7 @@ MANAGED_KEYS = {
     "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "logging_dir", "log_with",
     "network_module", "network_dim", "network_alpha", "base_weights", "network_train_unet_only", "max_train_steps",
     "learning_rate", "unet_lr", "optimizer_type", "lr_scheduler", "lr_warmup_steps", "seed", "mixed_precision",
-    "save_model_as", "config_file", "sdxl", "v2", "v_parameterization",
+    "save_model_as", "config_file", "sdxl", "v2", "v_parameterization", "gradient_checkpointing", "no_half_vae",
 }
 
 
@@ -40,11 +40,22 @@ def default_tokenizer_cache() -> Path:
     return cache_root() / "tokenizers"
 
 
-def mixed_precision(plan: Plan, stage: Stage) -> str:
+def mixed_precision(stage: Stage) -> str:
+    """sd-scripts' --mixed_precision for the stage's resolved precision (plan.resolve_precision decides it)."""
     p = stage.settings.precision
-    if p == "auto":
-        return "fp16" if plan.inputs.device == "cuda" else "no"
+    assert p != "auto", "the plan resolves precision"
     return {"fp32": "no"}.get(p, p)
+
+
+def no_half_vae(plan: Plan, stage: Stage) -> bool:
+    """SDXL's VAE overflows in fp16. At the pinned commit cached latents get no NaN check, so NaN latents would
+    train an all-zero LoRA: keep the SDXL VAE in fp32 whenever the stage runs in half precision."""
+    return plan.inputs.family == "sdxl" and mixed_precision(stage) != "no"
+
+
+def zero_terminal_snr(plan: Plan) -> bool:
+    """The base marks zero-terminal-SNR training (`ztsnr` key, e.g. NoobAI-XL v-pred): train the LoRA the same way."""
+    return "ztsnr" in plan.inputs.model.markers
 
 
 def dataset_toml(stage: Stage) -> dict:
@@ -86,7 +97,8 @@ def training_toml(plan: Plan, stage: Stage) -> dict:
         "lr_warmup_steps": s.warmup_steps,
         "max_train_steps": s.steps,
         "seed": s.seed,
-        "mixed_precision": mixed_precision(plan, stage),
+        "mixed_precision": mixed_precision(stage),
+        "gradient_checkpointing": bool(s.gradient_checkpointing),
         "cache_latents": True,
         "sdpa": True,
         "max_data_loader_n_workers": 0,
@@ -100,6 +112,10 @@ def training_toml(plan: Plan, stage: Stage) -> dict:
         cfg["v_parameterization"] = True
     if fam == "sdxl":
         cfg["cache_text_encoder_outputs"] = True  # U-Net only: the text encoders never change
+    if no_half_vae(plan, stage):
+        cfg["no_half_vae"] = True
+    if zero_terminal_snr(plan):
+        cfg["zero_terminal_snr"] = True
     if stage.base_weights:
         cfg["base_weights"] = [str(p) for p in stage.base_weights]
         cfg["base_weights_multiplier"] = [1.0] * len(stage.base_weights)
@@ -151,6 +167,8 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
     extra = []
     if stage.base_weights:
         extra += ["--base_weights", *(str(p) for p in stage.base_weights)]
+    if zero_terminal_snr(plan):
+        extra.append("--zero_terminal_snr")  # no key for it in the GUI's presets
     return {
         "LoRA_type": "Standard",
         "pretrained_model_name_or_path": str(stage.model),
@@ -175,7 +193,9 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
         "epoch": 1,
         "train_batch_size": s.batch_size,
         "seed": s.seed,
-        "mixed_precision": "fp16" if s.precision == "auto" else {"fp32": "no"}.get(s.precision, s.precision),
+        "mixed_precision": mixed_precision(stage),
+        "sdxl_no_half_vae": no_half_vae(plan, stage),
+        "gradient_checkpointing": bool(s.gradient_checkpointing),
         "cache_latents": True,
         "caption_extension": ".txt",
         "enable_bucket": True,

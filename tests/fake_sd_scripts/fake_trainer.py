@@ -1,6 +1,7 @@
 """A stand-in for sd-scripts' entry scripts, for orchestration tests: same argv, same outputs, scripted faults.
 
-FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | kill_at:<stage-name>
+FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | kill_at:<stage-name> | nanloss | infloss
+(nanloss/infloss: the loss turns NaN / -inf at step 3 of 200, 20 ms a step, as a diverging run prints it)
 FAKE_CALLS: a file each call appends its script name and output to (to see what ran).
 """
 
@@ -36,6 +37,8 @@ def main(script: str) -> int:
         cfg = tomllib.loads(Path(arg("--config_file")).read_text())
         out = Path(cfg["output_dir"]) / f"{cfg['output_name']}.safetensors"
         steps = cfg["max_train_steps"]
+        if mode in ("nanloss", "infloss"):
+            steps = 200
     else:
         out = Path(arg("--save_to"))
         steps = 3
@@ -49,7 +52,11 @@ def main(script: str) -> int:
         print("Traceback (most recent call last):\nModuleNotFoundError: No module named 'diffusers'", flush=True)
         return 1
     for i in range(1, steps + 1):
-        sys.stderr.write(f"\rsteps: {100 * i // steps}%|###| {i}/{steps} [00:01<00:00,  1.0it/s, avr_loss=0.{9 - min(i, 8)}]")
+        loss = f"0.{9 - min(i, 8)}"
+        if mode in ("nanloss", "infloss") and script.endswith("train_network.py"):
+            loss = loss if i < 3 else ("nan" if mode == "nanloss" else "-inf")
+            time.sleep(0.02)
+        sys.stderr.write(f"\rsteps: {100 * i // steps}%|###| {i}/{steps} [00:01<00:00,  1.0it/s, avr_loss={loss}]")
         sys.stderr.flush()
         if mode == f"kill_at:{stage}":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -69,7 +76,7 @@ def main(script: str) -> int:
         from safetensors import safe_open
 
         with safe_open(arg("--sd_model"), "numpy") as f:
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            sd = {k: f.get_tensor(k) for k in f.keys() if k not in ("v_pred", "ztsnr")}  # sd-scripts' merge drops markers
         for k in sd:
             if k.startswith("model.diffusion_model."):
                 sd[k] = sd[k] + 1

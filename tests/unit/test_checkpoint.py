@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -85,3 +88,62 @@ def test_diffusers_folder(tmp_path):
     assert (info.kind, info.family, info.v_parameterization) == ("diffusers", "sd2", True)
     with pytest.raises(InputError, match="not a diffusers model"):
         inspect_model(tmp_path)
+
+
+def vpred_sdxl(tmp_path, *markers: str) -> Path:
+    """A tiny SDXL checkpoint marked the way NoobAI-XL v-pred is: empty marker tensors in the state dict."""
+    from safetensors import safe_open
+
+    p = make_checkpoint(tmp_path / "noob.safetensors", "sdxl")
+    with safe_open(str(p), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    for m in markers:
+        sd[m] = torch.tensor([])
+    save_file(sd, str(p))
+    return p
+
+
+def test_v_prediction_from_the_v_pred_key(tmp_path):
+    info = inspect_model(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))
+    assert info.family == "sdxl" and info.v_parameterization is True and info.markers == ("v_pred", "ztsnr")
+
+
+def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset, tmp_path):
+    from cml.kohya.render import gui_json, training_toml
+    from tests.unit.test_render import plan_for
+
+    plan = plan_for(write_preset(base_model=str(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))))
+    t = training_toml(plan, plan.stage("copy"))
+    assert t["v_parameterization"] is True and t["zero_terminal_snr"] is True
+    g = gui_json(plan, plan.stage("copy"))
+    assert g["v_parameterization"] is True and "--zero_terminal_snr" in g["additional_parameters"]
+
+
+def test_sd2_without_a_prediction_type_is_refused_not_guessed(write_preset, tmp_path):
+    from cml.config import load_preset
+    from cml.inputs import load_inputs
+
+    sd2 = make_checkpoint(tmp_path / "sd2.safetensors", "sd2")
+    preset, _ = load_preset(write_preset(base_model=str(sd2)))
+    with pytest.raises(InputError, match="v_parameterization = true for 768-v models"):
+        load_inputs(preset)
+    preset, _ = load_preset(write_preset(base_model=str(sd2), v_parameterization=False))
+    assert load_inputs(preset).v_parameterization is False
+
+
+def test_copy_machine_model_keeps_the_markers(fake_sd, write_preset, tmp_path):
+    from safetensors import safe_open
+
+    from tests.conftest import run_cml
+
+    base = vpred_sdxl(tmp_path, "v_pred")
+    r = run_cml("run", str(write_preset(base_model=str(base))), "--sd-scripts", fake_sd, "--quiet")
+    assert r.returncode == 0, r.stderr
+    merged = tmp_path / "runs" / "t" / "merge" / "copy_machine.safetensors"
+    with safe_open(str(merged), "numpy") as f, safe_open(str(base), "numpy") as b:
+        keys = set(f.keys())
+        assert "v_pred" in keys  # ComfyUI and Forge load it as v-prediction, like the base
+        unet = "model.diffusion_model.out.2.weight"
+        assert (f.get_tensor(unet) == b.get_tensor(unet) + 1).all()  # the merged weights are untouched by the rewrite
+    rec = json.loads((tmp_path / "runs" / "t" / "merge" / "record.json").read_text())
+    assert rec["markers_kept"] == ["v_pred"]

@@ -282,3 +282,27 @@ def test_cml_itself_never_imports_torch(write_preset, fake_sd):
     r = subprocess.run([sys.executable, "-c", code, str(p), fake_sd], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
+
+
+@pytest.mark.parametrize("mode,shown", [("nanloss", "nan"), ("infloss", "-inf")])
+def test_a_non_finite_loss_stops_the_stage_within_a_few_steps(fake, write_preset, tmp_path, mode, shown):
+    r = fake(write_preset(), "--quiet", mode=mode)
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:")]
+    assert len(errors) == 1, r.stderr
+    assert f"stage copy stopped: training loss became {shown} at step 3/200" in errors[0]
+    assert "likely cause" in errors[0] and "learning_rate" in errors[0]
+    log = (tmp_path / "runs" / "t" / "copy" / "log.txt").read_text()
+    assert "[cml] stopped: training loss became" in log
+    last = max(int(x.split("/")[0].rsplit(" ", 1)[-1]) for x in log.replace("\r", "\n").splitlines() if "/200 [" in x)
+    assert last <= 10, f"the trainer ran on to step {last}"
+    assert r.calls == ["copy"] and not (tmp_path / "runs" / "t" / "copy" / "copy.safetensors").exists()
+
+
+def test_the_fp16_hint_names_precision(fake, write_preset):
+    from cml.pipeline import diverged_cause, diverged_fix
+    from tests.unit.test_render import plan_for
+
+    plan = plan_for(write_preset(train={"steps": 3, "resolution": 64, "precision": "fp16"}))
+    st = plan.stage("copy")
+    assert "fp16 overflow" in diverged_cause(plan, st) and 'precision = "fp32"' in diverged_fix(st)

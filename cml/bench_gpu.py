@@ -1,0 +1,320 @@
+"""`make bench-gpu`: the article's recipe on a CUDA GPU, measured from outside the trainer.
+
+Runs, each one `cml run presets/grayscale.toml` (the article's settings as shipped) on a random-weight
+checkpoint built once, with image A at the training resolution:
+- ``sd15``: SD1.5 at 512 px, 500 steps per stage, checkpoint merge, plus the 10-step baseline on the
+  plain base (the method check);
+- ``sd15-in-memory``: the same with ``merge = "in_memory"``;
+- ``sdxl``: SDXL at 1024 px, checkpoint merge, fewer steps (memory and speed per step).
+
+How it measures:
+- stage boundaries: cml's own "[i/n] stage" lines, time-stamped as they arrive;
+- training loop: the trainer's own progress bar ("steps: k/N"), time-stamped as it arrives; set-up is
+  the time from the stage's start to its first step (model load, latents), the tail from its last step
+  to the stage's end (saving, cml's output checks);
+- peak GPU memory: `nvidia-smi --query-gpu=memory.used -lms 100` samples the device every 100 ms; a
+  stage's peak is its highest sample minus the memory in use before the run. It includes the CUDA
+  context and PyTorch's cached blocks: what a card must hold;
+- cml's own process: its /proc/PID/maps is sampled every 0.3 s for libcuda (no CUDA context without it).
+Writes bench/results-gpu.json and bench/results-gpu.md. tests/gpu asserts on the same runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = ROOT / "presets" / "grayscale.toml"
+STAGE = re.compile(r"^cml: \[(\d+)/(\d+)\] (\S+): (.*)$")
+BAR = re.compile(r"steps:.*?(\d+)/(\d+) \[")
+# What the trainer prints when it runs as asked (sd-scripts at the pinned commit).
+LOG_MARKERS = {
+    "device_cuda": "accelerator device: cuda",
+    "adamw8bit": "use 8-bit AdamW optimizer",
+    "sdpa": "Enable SDPA for U-Net",
+}
+UNET_DTYPE = re.compile(r"unet dtype: torch\.(\w+), device: (\S+)")
+
+
+class GpuMonitor:
+    """Device memory in use, sampled by nvidia-smi every 100 ms (no CUDA context in this process)."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, int]] = []
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "100", "-i", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.samples.append((time.monotonic(), int(float(line.strip()))))
+            except ValueError:
+                pass
+
+    def peak(self, t0: float, t1: float) -> int | None:
+        xs = [m for t, m in self.samples if t0 <= t <= t1]
+        return max(xs) if xs else None
+
+    def now(self) -> int | None:
+        time.sleep(0.3)
+        return self.samples[-1][1] if self.samples else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def watch_libcuda(pid: int, found: list[str], stop: threading.Event) -> None:
+    maps = Path(f"/proc/{pid}/maps")
+    while not stop.is_set():
+        try:
+            text = maps.read_text()
+        except OSError:
+            return
+        for ln in text.splitlines():
+            if "libcuda" in ln:
+                found.append(ln.split()[-1])
+                return
+        stop.wait(0.3)
+
+
+def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None) -> dict:
+    """One `cml run`, its output time-stamped line by line; stage windows, steps, memory."""
+    argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={json.dumps(name)}", *(a for s in sets for a in ("--set", s))]
+    idle = mon.now() if mon else None
+    t_launch = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work)
+    cuda_maps: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_libcuda, args=(proc.pid, cuda_maps, stop), daemon=True)
+    watcher.start()
+    stages: dict[str, dict] = {}
+    current: str | None = None
+    out_lines: list[str] = []
+    pending = ""
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        now = time.monotonic()
+        pending += chunk.decode("utf-8", "replace")
+        *lines, pending = re.split(r"[\r\n]", pending)
+        for line in lines:
+            if not line.strip():
+                continue
+            m = STAGE.match(line)
+            if m:
+                out_lines.append(line)
+                print(f"bench-gpu: {name}: {line[5:]}", file=sys.stderr, flush=True)
+                st, rest = m.group(3), m.group(4)
+                if rest.startswith("done in"):
+                    stages[st]["end"] = now
+                    current = None
+                elif not rest.startswith("up to date"):
+                    stages[st] = {"start": now, "steps": []}
+                    current = st
+                continue
+            b = BAR.search(line)
+            if b and current is not None:
+                step = int(b.group(1))
+                seen = stages[current]["steps"]
+                if step > 0 and (not seen or step > seen[-1][0]):
+                    seen.append((step, now))
+            elif "error" in line or "Traceback" in line:
+                out_lines.append(line)
+    rc = proc.wait()
+    stop.set()
+    t_exit = time.monotonic()
+    if rc != 0:
+        tail = "\n".join(out_lines[-30:])
+        raise SystemExit(f"bench-gpu: {name}: cml run failed (exit {rc}):\n{tail}")
+    run_dir = work / "runs" / name
+    summary = json.loads((run_dir / "run.json").read_text())
+    first = min(s["start"] for s in stages.values())
+    res: dict = {
+        "run_dir": str(run_dir), "wall_s": t_exit - t_launch, "before_first_stage_s": first - t_launch,
+        "method_check": summary["method_check"], "cml_libcuda": cuda_maps, "idle_mib": idle, "stages": {},
+    }
+    for st, d in stages.items():
+        e: dict = {"wall_s": d["end"] - d["start"]}
+        steps = d["steps"]
+        if len(steps) >= 2:
+            (s0, t0), (s1, t1) = steps[0], steps[-1]
+            e.update(steps=s1, setup_s=t0 - d["start"], loop_s=t1 - t0, it_per_s=(s1 - s0) / (t1 - t0) if t1 > t0 else None, tail_s=d["end"] - t1)
+        if mon:
+            peak = mon.peak(d["start"], d["end"])
+            e["peak_gpu_mib"] = peak
+            e["peak_gpu_mib_over_idle"] = peak - idle if peak is not None and idle is not None else None
+        rec = json.loads((run_dir / st / "record.json").read_text())
+        if "losses" in rec:
+            e["losses_finite"] = all(math.isfinite(x) for x in rec["losses"]) and bool(rec["losses"])
+            e["early_loss"] = rec.get("early_loss")
+        res["stages"][st] = e
+    return res
+
+
+def build_models(families: list[str]) -> dict[str, str]:
+    """The random checkpoints, built once into cml's cache by a child process (torch stays out of this one)."""
+    code = (
+        "import json, sys\n"
+        "from cml.demo import random_sd15_checkpoint, random_sdxl_checkpoint, tokenizer_dir\n"
+        "from cml.sdscripts import locate\n"
+        "sd = locate()\n"
+        "out = {'tokenizer': str(tokenizer_dir())}\n"
+        "fams = sys.argv[1:]\n"
+        "if 'sd15' in fams: out['sd15'] = str(random_sd15_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
+        "if 'sdxl' in fams: out['sdxl'] = str(random_sdxl_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
+        "print(json.dumps(out))\n"
+    )
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code, *families], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit("bench-gpu: building the random checkpoints failed")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["build_s"] = time.monotonic() - t
+    return out
+
+
+def device_facts() -> dict:
+    from cml.device import probe
+
+    pr = probe()
+    facts: dict = {"torch": pr.torch, "torch_cuda": pr.torch_cuda, "cuda_error": pr.error}
+    if pr.gpu:
+        g = pr.gpu
+        facts.update(name=g.name, total_gib=g.total_memory / 2**30, capability=list(g.capability), bf16=g.bf16, adamw8bit_error=g.bnb_error)
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        facts["driver"] = smi.stdout.strip()
+    except OSError:
+        pass
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench", help="where results-gpu.json/.md go")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work-gpu", help="run folders and images")
+    ap.add_argument("--only", nargs="*", choices=["sd15", "sd15-in-memory", "sdxl"], help="run only these")
+    ap.add_argument("--steps", type=int, default=None, help="SD1.5 steps per stage (default: the preset's, 500)")
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--sdxl-steps", type=int, default=30)
+    ap.add_argument("--sdxl-resolution", type=int, default=1024)
+    ap.add_argument("--device", default="auto", help="preset device (cpu only to try the harness without a GPU)")
+    a = ap.parse_args(argv)
+    runs = a.only or ["sd15", "sd15-in-memory", "sdxl"]
+    say = lambda m: print(f"bench-gpu: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    shutil.rmtree(a.work, ignore_errors=True)
+    a.work.mkdir(parents=True)
+    t0 = time.monotonic()
+    dev = device_facts()
+    say(f"device: {dev.get('name', 'no CUDA GPU')} ({dev.get('torch')}, CUDA {dev.get('torch_cuda')})")
+    if not dev.get("name") and a.device != "cpu":
+        why = dev.get("cuda_error") or "torch sees none"
+        raise SystemExit(f"bench-gpu: no CUDA GPU here ({why}): run it on a CUDA machine (--device cpu only tries the harness, at small --steps)")
+    models = build_models(sorted({"sdxl" if r == "sdxl" else "sd15" for r in runs}))
+    say(f"random checkpoints ready in {models['build_s']:.0f} s")
+    from cml.demo import demo_image
+
+    mon = GpuMonitor() if shutil.which("nvidia-smi") and dev.get("name") else None
+    results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": {}}
+    q = json.dumps
+    try:
+        for r in runs:
+            fam = "sdxl" if r == "sdxl" else "sd15"
+            res = a.sdxl_resolution if fam == "sdxl" else a.resolution
+            img = a.work / f"a-{res}.png"
+            if not img.exists():
+                demo_image(res).save(img)
+            sets = [f"base_model={q(models[fam])}", f"source={q(str(img))}", f"tokenizer_cache_dir={q(models['tokenizer'])}",
+                    f"output_dir={q(str(a.work / 'runs'))}", f"device={q(a.device)}", f"train.resolution={res}"]
+            if fam == "sdxl":
+                sets.append(f"train.steps={a.sdxl_steps}")
+            elif a.steps:
+                sets.append(f"train.steps={a.steps}")
+            if r == "sd15":
+                sets.append("baseline=true")
+            if r == "sd15-in-memory":
+                sets.append('merge="in_memory"')
+            say(f"{r}: cml run {PRESET.name} ({res} px)")
+            results["runs"][r] = run_cml(r, sets, a.work, mon)
+            results["runs"][r]["settings"] = sets
+            write_results(a.out, results, t0)  # after each run: a later failure keeps what was measured
+    finally:
+        if mon:
+            mon.stop()
+    write_results(a.out, results, t0)
+    print((a.out / "results-gpu.md").read_text())
+    return 0
+
+
+def write_results(out: Path, results: dict, t0: float) -> None:
+    results["total_s"] = time.monotonic() - t0
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results-gpu.json").write_text(json.dumps(results, indent=2))
+    (out / "results-gpu.md").write_text(markdown(results))
+
+
+def _f(x, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def pipeline_seconds(run: dict, names: tuple[str, ...] = ("copy", "merge", "diff-grayscale")) -> float:
+    """cml's start (input checks, device probe) plus the copy, merge and diff stages; the baseline is not part of it."""
+    return run["before_first_stage_s"] + sum(run["stages"][n]["wall_s"] for n in names if n in run["stages"])
+
+
+def markdown(r: dict) -> str:
+    d = r["device"]
+    lines = [
+        "# cml on a GPU (`make bench-gpu`)", "",
+        f"Device: **{d.get('name', 'no CUDA GPU')}** ({_f(d.get('total_gib'), '.0f')} GiB, compute capability "
+        f"{'.'.join(map(str, d.get('capability', []))) or '-'}), driver {d.get('driver', '-')}; torch {d.get('torch')} (CUDA {d.get('torch_cuda')}); "
+        f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}.",
+        f"Random-weight checkpoints (built in {r['models_build_s']:.0f} s); one run of each; all figures from this one `make bench-gpu`.", "",
+        "| run | stage | wall s | set-up s | steps | loop s | it/s | tail s | peak GPU GiB (over idle) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in r["runs"].items():
+        lines.append(f"| {name} | start (checks, device probe) | {run['before_first_stage_s']:.1f} | | | | | | |")
+        for st, e in run["stages"].items():
+            peak = e.get("peak_gpu_mib_over_idle")
+            lines.append(
+                f"| {name} | {st} | {e['wall_s']:.1f} | {_f(e.get('setup_s'))} | {e.get('steps', '')} | {_f(e.get('loop_s'))} | "
+                f"{_f(e.get('it_per_s'), '.2f')} | {_f(e.get('tail_s'))} | {_f(None if peak is None else peak / 1024, '.2f')} |"
+            )
+        lines.append(f"| {name} | **whole `cml run`** | **{run['wall_s']:.1f}** | | | | | | |")
+    lines.append("")
+    sd = r["runs"].get("sd15")
+    if sd:
+        mc = sd["method_check"].get("grayscale", {})
+        cm, base = mc.get("against_copy_machine"), mc.get("against_base")
+        lines.append(f"SD1.5 pipeline (start + copy + merge + diff, baseline left out): **{pipeline_seconds(sd):.1f} s** (goal: 90 s on an H100-class GPU).")
+        if cm is not None and base:
+            lines.append(f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio **{cm / base:.3f}** (goal <= 0.3).")
+    mem = r["runs"].get("sd15-in-memory")
+    if sd and mem:
+        lines.append(f"In-memory merge: SD1.5 pipeline {pipeline_seconds(mem, ('copy', 'diff-grayscale')):.1f} s (no merge stage, no merged file).")
+    libcuda = {n: bool(run["cml_libcuda"]) for n, run in r["runs"].items()}
+    lines.append(f"cml's own process mapped libcuda: {', '.join(f'{n}: {v}' for n, v in libcuda.items())} (false = no CUDA context in cml).")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
