@@ -174,14 +174,12 @@ def versions(sd) -> dict:
 
 
 def gpu_note() -> str:
-    try:
-        import torch
+    from cml.device import probe
 
-        if torch.cuda.is_available():
-            return f"CUDA available ({torch.cuda.get_device_name(0)}): run `cml run presets/grayscale.toml` at 512 px, 500 steps, for the article comparison"
-    except ImportError:
-        pass
-    return "not measured: no CUDA GPU on this machine"
+    gpu = probe(check_bnb=False).gpu
+    if gpu is not None:
+        return f"CUDA available ({gpu.name}): `make bench-gpu` measures the article's recipe on it"
+    return "not measured here (no CUDA GPU): `make bench-gpu` on a CUDA machine, see bench/results-gpu.md"
 
 
 def markdown(r: dict) -> str:

@@ -93,9 +93,28 @@ def watch_libcuda(pid: int, found: list[str], stop: threading.Event) -> None:
         stop.wait(0.3)
 
 
-def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None) -> dict:
-    """One `cml run`, its output time-stamped line by line; stage windows, steps, memory."""
+def stage_entry(run_dir: Path, st: str, d: dict, mon: GpuMonitor | None, idle: int | None) -> dict:
+    """One finished stage: wall time, set-up, loop and tail from the time-stamped output; peak memory; losses."""
+    e: dict = {"wall_s": d["end"] - d["start"]}
+    steps = d["steps"]
+    if len(steps) >= 2:
+        (s0, t0), (s1, t1) = steps[0], steps[-1]
+        e.update(steps=s1, setup_s=t0 - d["start"], loop_s=t1 - t0, it_per_s=(s1 - s0) / (t1 - t0) if t1 > t0 else None, tail_s=d["end"] - t1)
+    if mon:
+        peak = mon.peak(d["start"], d["end"])
+        e["peak_gpu_mib"] = peak
+        e["peak_gpu_mib_over_idle"] = peak - idle if peak is not None and idle is not None else None
+    rec = json.loads((run_dir / st / "record.json").read_text())
+    if "losses" in rec:
+        e["losses_finite"] = all(math.isfinite(x) for x in rec["losses"]) and bool(rec["losses"])
+        e["early_loss"] = rec.get("early_loss")
+    return e
+
+
+def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None, res: dict, save) -> None:
+    """One `cml run`, its output time-stamped line by line, into ``res``; ``save()`` after every finished stage."""
     argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={json.dumps(name)}", *(a for s in sets for a in ("--set", s))]
+    run_dir = work / "runs" / name
     idle = mon.now() if mon else None
     t_launch = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work)
@@ -103,6 +122,7 @@ def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None) -> d
     stop = threading.Event()
     watcher = threading.Thread(target=watch_libcuda, args=(proc.pid, cuda_maps, stop), daemon=True)
     watcher.start()
+    res.update({"run_dir": str(run_dir), "settings": sets, "idle_mib": idle, "cml_libcuda": cuda_maps, "stages": {}, "finished": False})
     stages: dict[str, dict] = {}
     current: str | None = None
     out_lines: list[str] = []
@@ -125,6 +145,9 @@ def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None) -> d
                 if rest.startswith("done in"):
                     stages[st]["end"] = now
                     current = None
+                    res["stages"][st] = stage_entry(run_dir, st, stages[st], mon, idle)
+                    res["before_first_stage_s"] = min(d["start"] for d in stages.values()) - t_launch
+                    save()
                 elif not rest.startswith("up to date"):
                     stages[st] = {"start": now, "steps": []}
                     current = st
@@ -139,33 +162,14 @@ def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None) -> d
                 out_lines.append(line)
     rc = proc.wait()
     stop.set()
-    t_exit = time.monotonic()
+    res["wall_s"] = time.monotonic() - t_launch
     if rc != 0:
-        tail = "\n".join(out_lines[-30:])
-        raise SystemExit(f"bench-gpu: {name}: cml run failed (exit {rc}):\n{tail}")
-    run_dir = work / "runs" / name
-    summary = json.loads((run_dir / "run.json").read_text())
-    first = min(s["start"] for s in stages.values())
-    res: dict = {
-        "run_dir": str(run_dir), "wall_s": t_exit - t_launch, "before_first_stage_s": first - t_launch,
-        "method_check": summary["method_check"], "cml_libcuda": cuda_maps, "idle_mib": idle, "stages": {},
-    }
-    for st, d in stages.items():
-        e: dict = {"wall_s": d["end"] - d["start"]}
-        steps = d["steps"]
-        if len(steps) >= 2:
-            (s0, t0), (s1, t1) = steps[0], steps[-1]
-            e.update(steps=s1, setup_s=t0 - d["start"], loop_s=t1 - t0, it_per_s=(s1 - s0) / (t1 - t0) if t1 > t0 else None, tail_s=d["end"] - t1)
-        if mon:
-            peak = mon.peak(d["start"], d["end"])
-            e["peak_gpu_mib"] = peak
-            e["peak_gpu_mib_over_idle"] = peak - idle if peak is not None and idle is not None else None
-        rec = json.loads((run_dir / st / "record.json").read_text())
-        if "losses" in rec:
-            e["losses_finite"] = all(math.isfinite(x) for x in rec["losses"]) and bool(rec["losses"])
-            e["early_loss"] = rec.get("early_loss")
-        res["stages"][st] = e
-    return res
+        res["failed"] = out_lines[-30:]
+        save()
+        raise SystemExit(f"bench-gpu: {name}: cml run failed (exit {rc}):\n" + "\n".join(out_lines[-30:]))
+    res["method_check"] = json.loads((run_dir / "run.json").read_text())["method_check"]
+    res["finished"] = True
+    save()
 
 
 def build_models(families: list[str]) -> dict[str, str]:
@@ -252,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             if r == "sd15-in-memory":
                 sets.append('merge="in_memory"')
             say(f"{r}: cml run {PRESET.name} ({res} px)")
-            results["runs"][r] = run_cml(r, sets, a.work, mon)
-            results["runs"][r]["settings"] = sets
-            write_results(a.out, results, t0)  # after each run: a later failure keeps what was measured
+            results["runs"][r] = {}
+            # written after every stage: a run cut short (time limit, failure) keeps what was measured
+            run_cml(r, sets, a.work, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
     finally:
         if mon:
             mon.stop()
@@ -292,24 +296,28 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in r["runs"].items():
-        lines.append(f"| {name} | start (checks, device probe) | {run['before_first_stage_s']:.1f} | | | | | | |")
+        if "before_first_stage_s" in run:
+            lines.append(f"| {name} | start (checks, device probe) | {run['before_first_stage_s']:.1f} | | | | | | |")
         for st, e in run["stages"].items():
             peak = e.get("peak_gpu_mib_over_idle")
             lines.append(
                 f"| {name} | {st} | {e['wall_s']:.1f} | {_f(e.get('setup_s'))} | {e.get('steps', '')} | {_f(e.get('loop_s'))} | "
                 f"{_f(e.get('it_per_s'), '.2f')} | {_f(e.get('tail_s'))} | {_f(None if peak is None else peak / 1024, '.2f')} |"
             )
-        lines.append(f"| {name} | **whole `cml run`** | **{run['wall_s']:.1f}** | | | | | | |")
+        if run.get("finished"):
+            lines.append(f"| {name} | **whole `cml run`** | **{run['wall_s']:.1f}** | | | | | | |")
+        else:
+            lines.append(f"| {name} | **cut short** (stages above finished) | | | | | | | |")
     lines.append("")
     sd = r["runs"].get("sd15")
-    if sd:
+    if sd and sd.get("finished"):
         mc = sd["method_check"].get("grayscale", {})
         cm, base = mc.get("against_copy_machine"), mc.get("against_base")
         lines.append(f"SD1.5 pipeline (start + copy + merge + diff, baseline left out): **{pipeline_seconds(sd):.1f} s** (goal: 90 s on an H100-class GPU).")
         if cm is not None and base:
             lines.append(f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio **{cm / base:.3f}** (goal <= 0.3).")
     mem = r["runs"].get("sd15-in-memory")
-    if sd and mem:
+    if sd and sd.get("finished") and mem and mem.get("finished"):
         lines.append(f"In-memory merge: SD1.5 pipeline {pipeline_seconds(mem, ('copy', 'diff-grayscale')):.1f} s (no merge stage, no merged file).")
     libcuda = {n: bool(run["cml_libcuda"]) for n, run in r["runs"].items()}
     lines.append(f"cml's own process mapped libcuda: {', '.join(f'{n}: {v}' for n, v in libcuda.items())} (false = no CUDA context in cml).")
