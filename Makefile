@@ -49,6 +49,7 @@ demo: setup
 
 test: setup-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"
+	@$(PY) -m pip install -q --no-deps peft==0.14.0  # diffusers' LoRA loading, for the loader test; its needs come with sd-scripts'
 	$(PY) -m pytest
 
 test-slow: setup

@@ -211,6 +211,7 @@ def _plan_without_sd(args):
     from cml import pipeline
     from cml.config import load_preset
     from cml.inputs import load_inputs
+    from cml.kohya.render import gui_problems
     from cml.plan import build_plan
     from cml.sdscripts import SUBMODULE, SdScripts
 
@@ -218,7 +219,10 @@ def _plan_without_sd(args):
     inputs = load_inputs(preset)
     for n in inputs.notes:
         pipeline.say(f"note: {n}")
-    return build_plan(preset, digest, inputs, None), SdScripts(SUBMODULE, None, "not found")
+    plan = build_plan(preset, digest, inputs, None)
+    for problem in gui_problems(plan):
+        pipeline.say(f"warning: {problem}")
+    return plan, SdScripts(SUBMODULE, None, "not found")
 
 
 def main(argv: list[str] | None = None) -> int:

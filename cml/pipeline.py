@@ -17,7 +17,7 @@ from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora,
 from cml.config import load_preset
 from cml.errors import InputError, StageFailed
 from cml.inputs import load_inputs
-from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, render, stage_argv
+from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, gui_problems, render, stage_argv
 from cml.losses import early_loss, read_losses
 from cml.plan import Plan, Stage, build_plan
 from cml.device import gpu_memory
@@ -44,6 +44,8 @@ def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None) ->
     for st in plan.stages:
         for n in st.notes:
             say(f"note: {st.name}: {n}")
+    for problem in gui_problems(plan):
+        say(f"warning: {problem}")
     return plan, sd
 
 

@@ -7,6 +7,7 @@ Everything here is data built from a Plan; nothing runs. TOML is written by toml
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -160,15 +161,48 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     raise ValueError(stage.kind)
 
 
+# The kohya_ss GUI (bmaltais/kohya_ss 45088f04, common_gui.run_cmd_advanced_training) strips double quotes from
+# "additional_parameters", splits it on whitespace and shlex.quote()s each piece before running the list without
+# a shell: a piece with a character outside this set arrives with literal quotes, one with a space in two pieces.
+GUI_SAFE_ARG = re.compile(r"^[\w@%+=:,./-]+$")
+
+
+def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
+    """sd-scripts options the GUI has no field for, as the pieces the GUI will pass on (paths with '/')."""
+    extra: list[str] = []
+    if stage.base_weights:
+        extra += ["--base_weights", *(p.as_posix() for p in stage.base_weights)]
+    if zero_terminal_snr(plan):
+        extra.append("--zero_terminal_snr")  # no field for it in the GUI's LoRA presets
+    if stage.settings.seed == 0:
+        extra += ["--seed", "0"]  # the GUI leaves out seed = 0, and sd-scripts then picks a random seed
+    return extra
+
+
+def gui_problems(plan: Plan) -> list[str]:
+    """Why a stage's gui.json would not give the same run in the kohya GUI; empty when it would."""
+    out = []
+    for st in plan.stages:
+        if st.settings is None:
+            continue
+        bad = [a for a in gui_additional_parameters(plan, st) if not GUI_SAFE_ARG.match(a)]
+        if bad:
+            out.append(
+                f"{st.name}/gui.json: the kohya GUI splits and quotes additional parameters, so {bad[0]!r} would not arrive intact "
+                "(use a run folder whose path has only letters, digits and @%+=:,./- , or merge = \"checkpoint\")"
+            )
+    return out
+
+
 def gui_json(plan: Plan, stage: Stage) -> dict:
-    """kohya_ss GUI LoRA config: keys as the GUI's shipped presets/lora/*.json use them."""
+    """kohya_ss GUI LoRA config: keys as the GUI's shipped presets/lora/*.json use them.
+
+    Every key whose GUI default would change the run is written (tests/kohya_gui.py maps them the way the
+    GUI's command builder does, and tests/sdscripts/test_gui.py checks the result against train.toml).
+    """
     s = stage.settings
     fam = plan.inputs.family
-    extra = []
-    if stage.base_weights:
-        extra += ["--base_weights", *(str(p) for p in stage.base_weights)]
-    if zero_terminal_snr(plan):
-        extra.append("--zero_terminal_snr")  # no key for it in the GUI's presets
+    pct = 100 * s.warmup_steps / s.steps  # the GUI takes warm-up in percent and rounds it back to steps
     return {
         "LoRA_type": "Standard",
         "pretrained_model_name_or_path": str(stage.model),
@@ -180,6 +214,8 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
         "output_name": stage.output.stem,
         "save_model_as": "safetensors",
         "save_precision": "fp16",
+        "save_every_n_epochs": 0,  # GUI default 1: with one image every step is an epoch, so a file per step
+        "save_every_n_steps": 0,
         "network_dim": s.dim,
         "network_alpha": int(s.alpha) if float(s.alpha).is_integer() else s.alpha,
         "learning_rate": s.learning_rate,
@@ -187,13 +223,14 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
         "text_encoder_lr": 0,  # the GUI's way of saying U-Net only (network_train_unet_only)
         "optimizer": s.optimizer,
         "lr_scheduler": s.scheduler,
-        "lr_warmup": round(100 * s.warmup_steps / s.steps),  # the GUI takes warm-up in percent
+        "lr_warmup": int(pct) if float(pct).is_integer() else pct,
         "max_train_steps": s.steps,
         "max_train_epochs": 0,
         "epoch": 1,
         "train_batch_size": s.batch_size,
         "seed": s.seed,
         "mixed_precision": mixed_precision(stage),
+        "xformers": "sdpa",  # GUI default "xformers"
         "sdxl_no_half_vae": no_half_vae(plan, stage),
         "gradient_checkpointing": bool(s.gradient_checkpointing),
         "cache_latents": True,
@@ -201,7 +238,10 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
         "enable_bucket": True,
         "max_resolution": f"{s.resolution},{s.resolution}",
         "sdxl_cache_text_encoder_outputs": fam == "sdxl",
-        "additional_parameters": shlex.join(extra),
+        "max_data_loader_n_workers": 0,
+        "log_with": "tensorboard",
+        "logging_dir": str(stage.dir / "logs"),
+        "additional_parameters": " ".join(gui_additional_parameters(plan, stage)),
     }
 
 
@@ -218,6 +258,7 @@ def commands_sh(plan: Plan, sd_path: Path) -> str:
     for st in plan.stages:
         argv = stage_argv(plan, st)
         lines.append(f"# {st.name}: {st.what}")
+        lines.append(shlex.join(["mkdir", "-p", str(st.work_dir)]))  # the trainers make theirs; merge_lora.py does not
         lines.append(shlex.join(["python", *argv[1:]]))
         lines.append(shlex.join(["mv", str(st.work_dir / st.output.name), str(st.output)]))
         lines.append("")
@@ -239,6 +280,30 @@ Per training stage folder:
 
 `commands.sh` holds the exact commands; `preset.toml` the fully resolved preset (itself a valid preset).
 {gui_note}"""
+
+
+def gui_note(plan: Plan) -> str:
+    """What the kohya GUI cannot express of this run, for the run folder's README."""
+    lines = [
+        "",
+        "## In the kohya_ss GUI",
+        "",
+        "`gui.json` gives the same run as `train.toml` (checked against the GUI's command builder at bmaltais/kohya_ss "
+        "45088f04), except for what the GUI has no field for:",
+        "",
+        f"- `tokenizer_cache_dir` ({plan.preset.tokenizer_cache_dir or default_tokenizer_cache()}): the GUI's run loads the "
+        "tokenizer from the Hugging Face hub instead (the same tokenizer; it needs network on its first run).",
+    ]
+    if plan.preset.merge == "in_memory":
+        lines.append(
+            "- `network_module` of the in-memory diff stage: `gui.json` passes `--base_weights` in additional parameters, and "
+            "plain sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's "
+            f"own runs use `{FIXED_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer "
+            "`merge = \"checkpoint\"` for GUI use."
+        )
+    for problem in gui_problems(plan):
+        lines.append(f"- **Will not work as written:** {problem}.")
+    return "\n".join(lines) + "\n"
 
 
 def write_file(path: Path, text: str) -> None:
@@ -281,13 +346,6 @@ def render(plan: Plan, sd_path: Path) -> list[Path]:
     write_file(plan.run_dir / "commands.sh", commands_sh(plan, sd_path))
     write_file(plan.run_dir / "preset.toml", tomli_w.dumps(plan.preset.to_toml_dict()))
     rows = "\n".join(f"| `{s.name}/` | {s.what} | `{s.output.relative_to(plan.run_dir)}` |" for s in plan.stages)
-    gui_note = ""
-    if plan.preset.merge == "in_memory":
-        gui_note = (
-            "\nIn-memory merge in the GUI: `gui.json` passes `--base_weights` in additional parameters. Plain sd-scripts "
-            "then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's own runs use "
-            f"`{FIXED_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer `merge = \"checkpoint\"` for GUI use.\n"
-        )
-    write_file(plan.run_dir / "README.md", RUN_README.format(name=plan.preset.name, rows=rows, gui_note=gui_note))
+    write_file(plan.run_dir / "README.md", RUN_README.format(name=plan.preset.name, rows=rows, gui_note=gui_note(plan)))
     written += [plan.run_dir / "commands.sh", plan.run_dir / "preset.toml", plan.run_dir / "README.md"]
     return written

@@ -189,3 +189,38 @@ def test_demo_then_check_grids_metrics_report(sd_scripts, demo_assets, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     second = [Image.open(f).tobytes() for f in sorted((run / "check" / "gen" / "copy").glob("im_*.png"))]
     assert first == second  # fixed seeds: the same images
+
+
+def test_diff_lora_loads_in_diffusers_every_key_used(checkpoint_run, sd_scripts):
+    """diffusers' own kohya-LoRA converter maps every key to a U-Net module; weight 1 changes the output, weight 0 not."""
+    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft: `pip install peft==0.14.0` (make test does)")
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+    from safetensors.torch import load_file
+
+    if str(sd_scripts.path) not in sys.path:
+        sys.path.insert(0, str(sd_scripts.path))
+    from library import model_util
+
+    lora = load_file(str(checkpoint_run["dir"] / "diff-grayscale" / "grayscale.safetensors"))
+    converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(lora))  # raises on a key it cannot map
+    assert converted and all(k.startswith("unet.") for k in converted)
+    kohya_modules = {k.split(".", 1)[0] for k in lora}
+    targets = {k[len("unet."):].rsplit(".lora", 1)[0] for k in converted}
+    assert len(targets) == len(kohya_modules), "some kohya modules were merged or dropped by the conversion"
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)).eval()
+    modules = dict(unet.named_modules())
+    assert sorted(t for t in targets if t not in modules) == []  # every key maps to a module of the U-Net
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 768)
+    with torch.no_grad():
+        base = unet(x, t, ctx).sample
+        unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas, adapter_name="diff")
+        unet.set_adapters(["diff"], weights=[0.0])
+        zero = unet(x, t, ctx).sample
+        unet.set_adapters(["diff"], weights=[1.0])
+        one = unet(x, t, ctx).sample
+    assert torch.allclose(zero, base, atol=1e-6)
+    assert (one - base).abs().max() > 1e-4

@@ -1,0 +1,144 @@
+"""gui.json -> the sd-scripts options the kohya_ss GUI builds from it, the way its command builder does.
+
+Read from bmaltais/kohya_ss at commit 45088f04af78e11cec5407ff4652ea3ed2c14422:
+- kohya_gui/lora_gui.py `train_model` builds `config_toml_data` (a TOML passed as `--config_file`), then drops every
+  value in ("", False, None) (0 and 0.0 too: they compare equal to False), and sets `max_data_loader_n_workers`;
+- common_gui.py `run_cmd_advanced_training` appends `additional_parameters`: double quotes stripped, split on
+  whitespace, each piece `shlex.quote`d, run without a shell (a quoted piece keeps its quotes);
+- the widgets' defaults (class_basic_training.py, class_advanced_training.py, class_folders.py) stand in for keys a
+  gui.json leaves out.
+
+TABLE: gui.json key -> (sd-scripts option, conversion). GUI_DEFAULTS: keys cml's gui.json does not write and what
+the GUI then emits (none of them changes the run; tests/sdscripts/test_gui.py checks that against the parser).
+Only the "Standard" LoRA type and the SD1/SD2/SDXL checkboxes are modelled: that is all cml writes.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Callable
+
+Conv = Callable[[Any, dict], Any]
+
+
+def same(v, g):
+    return v
+
+
+def nonzero(v, g):
+    return v if v != 0 else None
+
+
+def unet_lr(v, g):
+    return float(v) if float(v) != 0.0 else None
+
+
+def text_encoder_lr(v, g):  # [te, te] when > 0, else left out; U-Net only then follows from unet_lr > 0
+    return [float(v), float(v)] if float(v) > 0 else None
+
+
+def warmup_steps(v, g):  # percent of max_train_steps, rounded back to steps
+    return round(float(v) * int(g["max_train_steps"]) / 100) if float(v) != 0 else 0
+
+
+def sdpa(v, g):
+    return True if v == "sdpa" else None
+
+
+def xformers(v, g):
+    return True if v == "xformers" else None
+
+
+def sdxl_only(v, g):
+    return True if g.get("sdxl") and v else None
+
+
+TABLE: dict[str, tuple[str | None, Conv]] = {
+    "LoRA_type": ("network_module", lambda v, g: "networks.lora" if v == "Standard" else v),
+    "pretrained_model_name_or_path": ("pretrained_model_name_or_path", same),
+    "v2": ("v2", same),
+    "v_parameterization": ("v_parameterization", same),
+    "sdxl": (None, same),  # picks sdxl_train_network.py
+    "dataset_config": ("dataset_config", same),
+    "output_dir": ("output_dir", same),
+    "output_name": ("output_name", same),
+    "save_model_as": ("save_model_as", same),
+    "save_precision": ("save_precision", same),
+    "save_every_n_epochs": ("save_every_n_epochs", nonzero),
+    "save_every_n_steps": ("save_every_n_steps", nonzero),
+    "network_dim": ("network_dim", same),
+    "network_alpha": ("network_alpha", same),
+    "learning_rate": ("learning_rate", lambda v, g: float(v)),
+    "unet_lr": ("unet_lr", unet_lr),
+    "text_encoder_lr": ("text_encoder_lr", text_encoder_lr),
+    "optimizer": ("optimizer_type", same),
+    "lr_scheduler": ("lr_scheduler", same),
+    "lr_warmup": ("lr_warmup_steps", warmup_steps),
+    "max_train_steps": ("max_train_steps", lambda v, g: int(v) if int(v) != 0 else None),
+    "max_train_epochs": ("max_train_epochs", lambda v, g: int(v) if int(v) != 0 else None),
+    "epoch": ("epoch", lambda v, g: int(v)),  # not an sd-scripts option: ignored by it
+    "train_batch_size": ("train_batch_size", same),  # the dataset TOML's batch_size wins
+    "seed": ("seed", lambda v, g: int(v) if int(v) != 0 else None),
+    "mixed_precision": ("mixed_precision", same),
+    "xformers": ("sdpa", sdpa),  # and "xformers" -> xformers = true (see gui_to_options)
+    "sdxl_no_half_vae": ("no_half_vae", sdxl_only),
+    "gradient_checkpointing": ("gradient_checkpointing", same),
+    "cache_latents": ("cache_latents", same),
+    "caption_extension": ("caption_extension", same),
+    "enable_bucket": ("enable_bucket", same),
+    "max_resolution": ("resolution", same),  # the dataset TOML's resolution wins
+    "sdxl_cache_text_encoder_outputs": ("cache_text_encoder_outputs", sdxl_only),
+    "max_data_loader_n_workers": ("max_data_loader_n_workers", lambda v, g: int(v)),
+    "log_with": ("log_with", same),
+    "logging_dir": ("logging_dir", same),
+    "additional_parameters": (None, same),  # appended to the command line, see gui_to_options
+}
+
+# Widget defaults of keys cml does not write, and what the builder emits for them (options that sd-scripts
+# already defaults to the same effect, or dataset keys that the dataset TOML overrides).
+GUI_DEFAULTS: dict[str, tuple[str, Any]] = {
+    "clip_skip": ("clip_skip", 1),  # 1 = the last layer, sd-scripts' default (None)
+    "max_token_length": ("max_token_length", 75),  # 75 (+2) = the tokenizer's 77, sd-scripts' default (None)
+    "loss_type": ("loss_type", "l2"),
+    "huber_c": ("huber_c", 0.1),
+    "huber_scale": ("huber_scale", 1.0),
+    "huber_schedule": ("huber_schedule", "snr"),
+    "max_grad_norm": ("max_grad_norm", 1.0),
+    "prior_loss_weight": ("prior_loss_weight", 1.0),
+    "lr_scheduler_num_cycles": ("lr_scheduler_num_cycles", 1),  # int(epoch)
+    "lr_scheduler_power": ("lr_scheduler_power", 1),
+    "min_bucket_reso": ("min_bucket_reso", 256),  # dataset TOML wins
+    "max_bucket_reso": ("max_bucket_reso", 2048),  # dataset TOML wins
+    "bucket_reso_steps": ("bucket_reso_steps", 64),  # dataset TOML wins
+    "noise_offset_type": ("noise_offset_type", "Original"),  # not an sd-scripts option
+    "network_args": ("network_args", []),
+    "optimizer_args": ("optimizer_args", []),
+    "lr_scheduler_args": ("lr_scheduler_args", []),
+}
+
+# Options of cml's train.toml that no gui.json key can carry, with what the GUI does instead (run README says so).
+NOT_EXPRESSIBLE = {
+    "tokenizer_cache_dir": "the GUI's run loads the tokenizer from the Hugging Face hub",
+    "network_module": "in-memory diff stages: cml trains with cml.kohya.lora_fixed, the GUI with networks.lora",
+    "base_weights_multiplier": "sd-scripts defaults each multiplier to 1.0, which is what cml writes",
+}
+
+
+def gui_to_options(gui: dict) -> tuple[dict, list[str]]:
+    """(config TOML data, extra command-line pieces) that the GUI builds from this gui.json."""
+    unknown = set(gui) - set(TABLE)
+    assert not unknown, f"gui.json keys the table does not model: {sorted(unknown)}"
+    cfg: dict[str, Any] = {}
+    for key, (option, default) in GUI_DEFAULTS.items():
+        cfg[option] = default
+    for key, value in gui.items():
+        option, conv = TABLE[key]
+        if option is not None:
+            cfg[option] = conv(value, gui)
+    cfg["xformers"] = xformers(gui.get("xformers", "xformers"), gui)
+    te = cfg.get("text_encoder_lr") or [0.0]
+    cfg["network_train_unet_only"] = float(te[0]) == 0.0 and (cfg.get("unet_lr") or 0.0) > 0
+    cfg = {k: v for k, v in cfg.items() if v not in ("", False, None)}  # the GUI's own filter
+    cfg["max_data_loader_n_workers"] = int(gui.get("max_data_loader_n_workers", 0))
+    extra = [shlex.quote(a) for a in gui.get("additional_parameters", "").replace('"', "").split()]
+    return cfg, extra

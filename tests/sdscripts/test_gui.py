@@ -1,0 +1,101 @@
+"""gui.json gives the same run as train.toml: both parsed by the trainer's own parser and compared option by option.
+
+gui.json is turned into options the way the kohya_ss GUI's command builder does (tests/kohya_gui.py, read from
+bmaltais/kohya_ss 45088f04); train.toml is what cml runs. No training here.
+"""
+
+import importlib
+import json
+import sys
+import tomllib
+
+import pytest
+import tomli_w
+
+from cml.kohya.render import render
+from tests.conftest import make_checkpoint
+from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options
+from tests.unit.test_render import plan_for
+
+# Dataset options: the dataset TOML's [general] value wins over the option (sd-scripts' config_util), so a
+# difference there has no effect as long as the dataset TOML sets it (checked below). option -> dataset key.
+DATASET_WINS = {"resolution": "resolution", "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
+                "bucket_reso_steps": "bucket_reso_steps", "enable_bucket": "enable_bucket", "caption_extension": "caption_extension",
+                "train_batch_size": "batch_size", "bucket_no_upscale": "bucket_no_upscale", "shuffle_caption": "shuffle_caption"}
+
+# Options whose values differ between the two namespaces with the same effect, and why.
+SAME_EFFECT = {
+    "config_file": "two different files",
+    "clip_skip": "GUI 1 = sd-scripts' None: the last CLIP layer",
+    "max_token_length": "GUI 75 = sd-scripts' None: 75 tokens + 2",
+    "epoch": "not an sd-scripts option (the GUI writes it; nothing reads it)",
+    "noise_offset_type": "not an sd-scripts option (the GUI writes it; nothing reads it)",
+    "network_args": "[] and None: no network arguments",
+    "optimizer_args": "[] and None: no optimizer arguments",
+    "lr_scheduler_args": "[] and None: no scheduler arguments",
+}
+
+
+def parse(script: str, sd_path, argv: list[str], monkeypatch):
+    from library import train_util
+
+    parser = importlib.import_module(script).setup_parser()
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])  # read_config_from_file re-parses sys.argv
+    args = parser.parse_args(argv)
+    return vars(train_util.read_config_from_file(args, parser))
+
+
+@pytest.mark.parametrize("family, merge", [("sd1", "checkpoint"), ("sd1", "in_memory"), ("sdxl", "checkpoint"), ("sdxl", "in_memory")])
+def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path, write_preset, family, merge, monkeypatch):
+    if str(sd_scripts.path) not in sys.path:
+        monkeypatch.syspath_prepend(str(sd_scripts.path))
+    script = "sdxl_train_network" if family == "sdxl" else "train_network"
+    model = make_checkpoint(tmp_path / f"{family}.safetensors", family)
+    plan = plan_for(write_preset(base_model=str(model), merge=merge, train={"resolution": 64, "steps": 40, "warmup_steps": 3, "precision": "fp16"}))
+    render(plan, sd_scripts.path)
+    checked = 0
+    for st in plan.stages:
+        if st.kind != "train":
+            continue
+        cml = parse(script, sd_scripts.path, ["--config_file", str(st.dir / "train.toml")], monkeypatch)
+        cfg, extra = gui_to_options(json.loads((st.dir / "gui.json").read_text()))
+        gui_toml = tmp_path / f"gui-{st.name}.toml"
+        gui_toml.write_text(tomli_w.dumps(cfg))
+        gui = parse(script, sd_scripts.path, ["--config_file", str(gui_toml), *extra], monkeypatch)
+        diffs = {k: (cml.get(k), gui.get(k)) for k in set(cml) | set(gui) if cml.get(k) != gui.get(k)}
+        general = tomllib.loads((st.dir / "dataset.toml").read_text())["general"]
+        unexplained = {
+            k: v for k, v in diffs.items()
+            if k not in SAME_EFFECT and k not in NOT_EXPRESSIBLE and not (k in DATASET_WINS and DATASET_WINS[k] in general)
+        }
+        assert not unexplained, f"{st.name}: the GUI's run differs from cml's in {unexplained}"
+        for k in set(diffs) & set(NOT_EXPRESSIBLE):
+            if k == "network_module":
+                assert st.base_weights, f"{st.name}: network_module differs outside the in-memory diff stage"
+            assert k in (st.dir.parent / "README.md").read_text() or k == "base_weights_multiplier"
+        # The points the GUI's defaults got wrong before, explicitly:
+        assert gui.get("sdpa") is True and not gui.get("xformers")
+        assert gui.get("save_every_n_epochs") is None and gui.get("save_every_n_steps") is None
+        assert gui["log_with"] == "tensorboard" and gui["logging_dir"] == cml["logging_dir"]
+        assert gui["mixed_precision"] == cml["mixed_precision"] == "fp16"
+        assert gui["lr_warmup_steps"] == cml["lr_warmup_steps"] == 3
+        if family == "sdxl":
+            assert gui["no_half_vae"] is cml["no_half_vae"] is True
+        if st.base_weights:
+            assert gui["base_weights"] == cml["base_weights"] == [p.as_posix() for p in st.base_weights]
+        checked += 1
+    assert checked == 2  # copy and diff
+
+
+def test_a_run_folder_with_a_space_is_warned_about(sd_scripts, tmp_path, write_preset):
+    from tests.conftest import run_cml
+
+    p = write_preset(merge="in_memory", output_dir=str(tmp_path / "my runs"))
+    r = run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path))
+    assert r.returncode == 0, r.stderr
+    assert "warning: diff-grayscale/gui.json: the kohya GUI splits and quotes additional parameters" in r.stderr
+    readme = (tmp_path / "my runs" / "t" / "README.md").read_text()
+    assert "Will not work as written" in readme
+    ok = write_preset(merge="in_memory", output_dir=str(tmp_path / "runs"), filename="ok.toml")
+    r = run_cml("plan", str(ok), "--sd-scripts", str(sd_scripts.path))
+    assert "kohya GUI splits" not in r.stderr
