@@ -207,17 +207,15 @@ def test_diff_lora_loads_in_diffusers_every_key_used(checkpoint_run, sd_scripts)
     converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(lora))  # raises on a key it cannot map
     assert converted and all(k.startswith("unet.") for k in converted)
     kohya_modules = {k.split(".", 1)[0] for k in lora}
-    targets = {k[len("unet."):].rsplit(".lora", 1)[0] for k in converted}
-    assert len(targets) == len(kohya_modules), "some kohya modules were merged or dropped by the conversion"
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)).eval()
-    modules = dict(unet.named_modules())
-    assert sorted(t for t in targets if t not in modules) == []  # every key maps to a module of the U-Net
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 768)
     with torch.no_grad():
         base = unet(x, t, ctx).sample
         unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas, adapter_name="diff")
+        injected = [n for n, m in unet.named_modules() if "diff" in getattr(m, "lora_A", {})]
+        assert len(injected) == len(kohya_modules), f"{len(kohya_modules)} kohya modules, {len(injected)} U-Net modules got one"
         unet.set_adapters(["diff"], weights=[0.0])
         zero = unet(x, t, ctx).sample
         unet.set_adapters(["diff"], weights=[1.0])
