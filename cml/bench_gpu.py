@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from cml.config import toml_value
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "presets" / "grayscale.toml"
 STAGE = re.compile(r"^cml: \[(\d+)/(\d+)\] (\S+): (.*)$")
@@ -113,7 +115,7 @@ def stage_entry(run_dir: Path, st: str, d: dict, mon: GpuMonitor | None, idle: i
 
 def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None, res: dict, save) -> None:
     """One `cml run`, its output time-stamped line by line, into ``res``; ``save()`` after every finished stage."""
-    argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={json.dumps(name)}", *(a for s in sets for a in ("--set", s))]
+    argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={toml_value(name)}", *(a for s in sets for a in ("--set", s))]
     run_dir = work / "runs" / name
     idle = mon.now() if mon else None
     t_launch = time.monotonic()
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mon = GpuMonitor() if shutil.which("nvidia-smi") and dev.get("name") else None
     results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": {}}
-    q = json.dumps
+    q = toml_value
     try:
         for r in runs:
             fam = "sdxl" if r == "sdxl" else "sd15"

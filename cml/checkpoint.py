@@ -71,8 +71,8 @@ def is_lora_keys(keys: list[str]) -> bool:
     return any(k.startswith(("lora_unet_", "lora_te", "lora_down", "lycoris_")) or ".lora_down." in k for k in keys)
 
 
-def inspect_model(path: Path, allow_pickle: bool = False) -> ModelInfo:
-    where = f"base_model {path}"
+def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = None) -> ModelInfo:
+    where = where or f"base_model {path}"
     if not path.exists():
         raise InputError("model not found", where, "set base_model to an SD checkpoint (.safetensors)")
     if path.is_dir():

@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from cml import __version__
+from cml.config import toml_value
 from cml.errors import CmlError, InputError
 from cml.runner import Terminated
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _toml_str(p: Path) -> str:
-    return json.dumps(str(p.expanduser().resolve()))  # a JSON string is a valid TOML basic string
+    return toml_value(str(p.expanduser().resolve()))
 
 
 def _with_output(args) -> list[str]:
@@ -109,9 +110,8 @@ def _finish(summary: dict) -> int:
     from cml.pipeline import say
 
     say(f"finished in {summary['seconds']:.0f} s; run folder: {summary['run_dir']}")
-    for name, path in summary["outputs"].items():
-        if name.startswith(("diff-", "resize-")):
-            say(f"  {name}: {path}")
+    for name, path in summary["kept_outputs"].items():
+        say(f"  {name}: {path}")
     for target, m in summary["method_check"].items():
         cm, base = m.get("against_copy_machine"), m.get("against_base")
         if cm is not None:
@@ -165,6 +165,7 @@ def dispatch(args) -> int:
     if args.cmd == "plan":
         from cml import pipeline
         from cml.kohya.render import render
+        from cml.runner import RunLock
 
         try:
             plan, sd = pipeline.prepare(args.preset, _with_output(args), args.sd_scripts)
@@ -174,8 +175,8 @@ def dispatch(args) -> int:
             # Planning needs no sd-scripts: write the files with the submodule path in commands.sh.
             pipeline.say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
             plan, sd = _plan_without_sd(args)
-        pipeline.check_writable(plan.run_dir)
-        files = render(plan, sd.path)
+        with RunLock(plan.run_dir):  # never rewrite the files of a run in progress
+            files = render(plan, sd.path)
         pipeline.say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
         for st in plan.stages:
             pipeline.say(f"  {st.name}: {st.what}")
@@ -190,9 +191,12 @@ def dispatch(args) -> int:
             raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
         # The folder may have moved since the run: locate the run by where it is now.
         here = args.run_dir.resolve()
-        sets = [f"output_dir={_toml_str(here.parent)}", f"name={json.dumps(here.name)}"]
-        plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts)
-        _check(plan, sd, "quiet" if args.quiet else "normal")
+        sets = [f"output_dir={_toml_str(here.parent)}", f"name={toml_value(here.name)}"]
+        plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts, for_check=True)
+        from cml.runner import RunLock
+
+        with RunLock(plan.run_dir):
+            _check(plan, sd, "quiet" if args.quiet else "normal")
         return 0
     if args.cmd == "grayscale":
         sets = _with_output(args) + [f"base_model={_toml_str(args.model)}", f"source={_toml_str(args.a)}"]
@@ -213,6 +217,7 @@ def _plan_without_sd(args):
     from cml.inputs import load_inputs
     from cml.kohya.render import gui_problems
     from cml.plan import build_plan
+    from cml.rundir import check_run_dir
     from cml.sdscripts import SUBMODULE, SdScripts
 
     preset, digest = load_preset(args.preset, _with_output(args))
@@ -222,6 +227,7 @@ def _plan_without_sd(args):
     plan = build_plan(preset, digest, inputs, None)
     for problem in gui_problems(plan):
         pipeline.say(f"warning: {problem}")
+    check_run_dir(plan.run_dir, preset_file=args.preset, inputs=pipeline.input_files(preset), sd_scripts=None)
     return plan, SdScripts(SUBMODULE, None, "not found")
 
 

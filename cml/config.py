@@ -11,7 +11,8 @@ import hashlib
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from types import UnionType
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -34,6 +35,14 @@ Transform = Literal["grayscale", "sepia", "invert", "blur"]
 Precision = Literal["auto", "fp16", "bf16", "fp32"]
 Scalar = str | int | float | bool
 
+# The optimizer_type names sd-scripts accepts at the pinned commit (library/train_util.py, get_optimizer): its own,
+# then any torch.optim class by name, or a full "module.Class" path.
+OPTIMIZERS = (
+    "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit", "SGDNesterov",
+    "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD",
+    "Prodigy", "Adafactor", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
+    "Adadelta", "Adagrad", "Adam", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
+)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -61,8 +70,27 @@ ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
 PathList = Annotated[list[Path], BeforeValidator(_one_or_many), AfterValidator(_resolve_each)]
 
 
+def _numeric(ann: Any) -> tuple[bool, bool]:
+    """(a number, a list of numbers) for a field annotation, through Optional[...]."""
+    args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) in (Union, UnionType) else [ann]
+    num = any(a in (int, float) for a in args)
+    lst = any(get_origin(a) is list and set(get_args(a)) <= {int, float} and get_args(a) for a in args)
+    return num, lst
+
+
 class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    # inf and nan are refused everywhere: they would reach sd-scripts (and gui.json, as non-JSON "Infinity")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            num, lst = _numeric(field.annotation)
+            if (num and isinstance(v, bool)) or (lst and isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+                raise ValueError("must be a number, not true/false")
+        return v
 
 
 class TrainSettings(Base):
@@ -101,9 +129,13 @@ class TrainSettings(Base):
 
     @field_validator("optimizer")
     @classmethod
-    def _optimizer_not_empty(cls, v: str) -> str:
+    def _optimizer_known(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must name an optimizer, e.g. 'AdamW8bit'")
+        if "." not in v and v.lower() not in {o.lower() for o in OPTIMIZERS}:
+            close = difflib.get_close_matches(v, OPTIMIZERS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; sd-scripts knows {', '.join(OPTIMIZERS)}, or a module.Class path"
+            raise ValueError(f"{v!r} is not an optimizer sd-scripts knows{hint}")
         return v
 
     @model_validator(mode="after")
@@ -171,6 +203,8 @@ class CheckSettings(Base):
     def _weights_not_empty(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("list at least one weight, e.g. [-1, 0, 1]")
+        if 0 not in v:
+            raise ValueError(f"{v} lacks 0: the metrics compare every weight with weight 0 (add 0, e.g. [-1, 0, 1])")
         return v
 
     @field_validator("seeds", "prompts")
@@ -263,6 +297,15 @@ class Preset(Base):
         return v
 
     @model_validator(mode="after")
+    def _resize_fits(self) -> "Preset":
+        if self.resize_to is not None:
+            for name in self.targets:
+                dim = self.diff_settings(name).dim
+                if self.resize_to > dim:
+                    raise ValueError(f"resize_to ({self.resize_to}) is above targets.{name}'s dim ({dim}): resizing can only lower the rank")
+        return self
+
+    @model_validator(mode="after")
     def _pairs(self) -> "Preset":
         for name, t in self.targets.items():
             if t.images and len(t.images) != len(self.source):
@@ -295,8 +338,19 @@ class Preset(Base):
 # ---------------------------------------------------------------- loading
 
 
+def toml_value(value: Any) -> str:
+    """A value as TOML text, written by tomli-w (any path, emoji included, becomes a valid TOML string)."""
+    import tomli_w
+
+    return tomli_w.dumps({"v": value})[len("v = "):].rstrip("\n")
+
+
+# A bare word (no quotes, brackets or spaces) that is not TOML is taken as a string: --set name=foo.
+BARE_WORD = re.compile(r"^[^\s\"'\[\]{}=#]+$")
+
+
 def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
-    """``KEY=VALUE`` pairs; VALUE is parsed as TOML, or taken as a string when it is not TOML."""
+    """``KEY=VALUE`` pairs; VALUE is TOML (a bare word is a string); anything else that is not TOML is an error."""
     out = []
     for item in items:
         key, sep, raw = item.partition("=")
@@ -304,10 +358,45 @@ def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
             raise InputError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set train.steps=100")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError as e:
+            if not BARE_WORD.match(raw):
+                raise InputError(
+                    f"--set {key}: {raw!r} is not a TOML value ({str(e).split(' (at')[0]})",
+                    fix="strings need quotes, lists brackets, tables braces: --set 'source=\"a b.png\"' --set 'check.weights=[-1, 0, 1]'",
+                ) from None
             value = raw
         out.append(([k.strip() for k in key.split(".")], value))
     return out
+
+
+def _absolute(model: Any, keys: list[str], value: Any, cwd: Path) -> Any:
+    """A --set value with its relative paths made absolute against ``cwd``: the user typed them there."""
+
+    def fix(v: Any) -> Any:
+        return str(cwd / Path(v).expanduser()) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v
+
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return value
+    if not keys:
+        return {k: _absolute(model, [k], v, cwd) for k, v in value.items()} if isinstance(value, dict) else value
+    fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+    if keys[0] not in fields:
+        return value
+    ann = fields[keys[0]].annotation
+    if get_origin(ann) in (Union, UnionType):
+        ann = next((a for a in get_args(ann) if a is not type(None)), ann)
+    if get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    if ann is Path and len(keys) == 1:
+        return fix(value)
+    if get_origin(ann) is list and get_args(ann) == (Path,) and len(keys) == 1:
+        return [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    if get_origin(ann) is dict:
+        inner = get_args(ann)[1]
+        if len(keys) == 1:
+            return {k: _absolute(inner, [], v, cwd) for k, v in value.items()} if isinstance(value, dict) else value
+        return _absolute(inner, keys[2:], value, cwd)
+    return _absolute(ann, keys[1:], value, cwd)
 
 
 def apply_set(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
@@ -375,13 +464,16 @@ def load_preset(path: Path | str, sets: list[str] | None = None) -> tuple[Preset
     if not path.is_file():
         raise InputError("preset not found" if not path.exists() else "preset is not a file", str(path), "give the path of a .toml preset, e.g. presets/grayscale.toml")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM (Windows editors) is fine
     except UnicodeDecodeError:
         raise InputError("preset is not UTF-8 text", str(path), "save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"not valid TOML: {e}", str(path), "fix the syntax (strings need quotes; see presets/grayscale.toml)") from None
-    if sets:
-        data = apply_set(data, parse_set(sets))
+    cwd = Path.cwd()
+    if sets:  # paths typed on the command line are relative to where they were typed
+        data = apply_set(data, [(keys, _absolute(Preset, keys, value, cwd)) for keys, value in parse_set(sets)])
+    if isinstance(data, dict) and "output_dir" not in data:
+        data["output_dir"] = str(cwd / "runs")  # the default: runs/ where cml is run, written out in show-config
     try:
         preset = Preset.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:

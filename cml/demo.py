@@ -61,12 +61,11 @@ def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
 
 
 def tokenizer_dir() -> Path:
-    """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for."""
+    """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for (SD1, SD2, SDXL)."""
     root = cache_dir() / f"tokenizers-v{DEMO_VERSION}"
-    sd = root / "openai_clip-vit-large-patch14"
-    if not (sd / "vocab.json").exists():
-        write_tokenizer(sd)
-        write_tokenizer(root / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", pad_token="!")
+    for name, pad in (("openai_clip-vit-large-patch14", "<|endoftext|>"), ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", "!"), ("stabilityai_stable-diffusion-2", "!")):
+        if not (root / name / "vocab.json").exists():
+            write_tokenizer(root / name, pad_token=pad)
     return root
 
 
@@ -132,7 +131,9 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
     if not a.exists():
         demo_image().save(a)
     preset = Path(__file__).resolve().parent.parent / "presets" / "demo.toml"
-    q = lambda p: json.dumps(str(p))  # noqa: E731  a JSON string is a TOML basic string
+    from cml.config import toml_value
+
+    q = lambda p: toml_value(str(p))  # noqa: E731
     return preset, [f"base_model={q(model)}", f"source={q(a)}", f"tokenizer_cache_dir={q(tok)}"]
 
 

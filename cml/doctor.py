@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from cml import PINNED_SD_SCRIPTS_COMMIT
 from cml.device import TORCH_FIX, nvidia_gpus, probe, unusable_gpu_message
 from cml.errors import InputError
-from cml.sdscripts import check_imports, locate
+from cml.kohya.render import default_tokenizer_cache
+from cml.sdscripts import check_imports, hub_reachable, locate, missing_tokenizers
 
 
 @dataclass
@@ -32,6 +33,15 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
             out.append(Finding("sd-scripts commit", False, f"{sd.commit or 'unknown'} is not the pinned {PINNED_SD_SCRIPTS_COMMIT[:10]}", "cml setup (or check out the pinned commit)", required=False))
         err = check_imports(sd)
         out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, "make setup (installs sd-scripts' requirements.txt)"))
+        cache = default_tokenizer_cache()
+        missing = missing_tokenizers("sd1", cache)
+        if not missing:
+            out.append(Finding("tokenizer", True, f"cached in {cache}"))
+        elif hub_reachable():
+            out.append(Finding("tokenizer", True, f"not cached yet: the first run downloads {missing[0]} into {cache}"))
+        else:
+            out.append(Finding("tokenizer", False, f"{missing[0]} is not in {cache} and huggingface.co cannot be reached (offline)",
+                               "run once with network, or set tokenizer_cache_dir in the preset to a folder that holds it"))
     except InputError as e:
         out.append(Finding("sd-scripts", False, e.what, e.fix or "make setup"))
     return out

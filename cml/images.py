@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +22,42 @@ ACCEPTED = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
 @dataclass
 class LoadedImage:
     path: Path
-    image: Image.Image  # RGB
+    image: Image.Image  # RGB, EXIF orientation applied
     sha256: str  # of the file's bytes: provenance
     notes: list[str] = field(default_factory=list)
+    orientation: int = 1  # the EXIF orientation tag (1 = none or upright)
+    raw: Image.Image | None = None  # RGB as stored, before the orientation tag was applied (only when it had one to apply)
+
+
+# EXIF orientation tag -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose does).
+ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def oriented(img: Image.Image, tag: int) -> Image.Image:
+    return img.transpose(ORIENT[tag]) if tag in ORIENT else img
+
+
+def luminance_match(a: Image.Image, b: Image.Image, size: int = 64) -> float:
+    """How well two images' luminance layouts agree: |correlation| at a small common size (an edit may invert)."""
+    x = np.asarray(a.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+    y = np.asarray(b.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+    if x.std() < 1e-6 or y.std() < 1e-6:
+        return 0.0
+    return float(abs(np.corrcoef(x, y)[0, 1]))
 
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
+    if mode == "F":  # 32-bit float: 0-1 (the usual scale of float TIFFs), else taken as 0-255
+        a = np.asarray(img, dtype=np.float64)
+        top = 1.0 if np.nanmax(a) <= 1.0 else 255.0
+        notes.append(f"32-bit float (0-{top:g}) converted to 8-bit RGB")
+        return Image.fromarray(np.clip(np.nan_to_num(a) / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
@@ -40,9 +68,13 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         img = img.convert("RGBA")
         mode = "P"
     if img.mode in ("RGBA", "LA", "PA"):
+        alpha = img.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] == 255:  # an alpha channel, but nothing transparent
+            notes.append(f"{mode} converted to RGB (its alpha channel is fully opaque)")
+            return img.convert("RGB")
         # Transparent pixels become white, as the kohya GUI's image tools do.
         bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        bg.paste(img.convert("RGBA"), mask=alpha)
         notes.append(f"{mode} with transparency composited on white")
         return bg
     notes.append(f"{mode} converted to RGB")
@@ -84,11 +116,16 @@ def load_image(path: Path, role: str) -> LoadedImage:
         img.load()
     except Exception as e:
         raise InputError(f"image is damaged or truncated ({e})", where, "re-export the image") from None
-    rotated = ImageOps.exif_transpose(img)
-    if rotated.size != img.size or rotated.tobytes() != img.tobytes():
-        notes.append("EXIF orientation applied")
-    img = _to_rgb(rotated, notes)
-    return LoadedImage(path=path, image=img, sha256=hashlib.sha256(data).hexdigest(), notes=notes)
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        kind = "page" if fmt == "TIFF" else "frame"
+        notes.append(f"{frames} {kind}s: the first {kind} is used")
+    tag = int(img.getexif().get(0x0112, 1) or 1)
+    rgb = _to_rgb(img, notes)
+    upright = oriented(rgb, tag)
+    if tag in ORIENT:
+        notes.append(f"EXIF orientation {tag} applied")
+    return LoadedImage(path=path, image=upright, sha256=hashlib.sha256(data).hexdigest(), notes=notes, orientation=tag, raw=rgb if tag in ORIENT else None)
 
 
 # ------------------------------------------------------------- transforms
@@ -134,3 +171,33 @@ def save_png(img: Image.Image, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     img.save(tmp, format="PNG")
     tmp.replace(path)
+
+
+def bucket(width: int, height: int, resolution: int, steps: int = 64) -> tuple[int, int] | None:
+    """The bucket sd-scripts gives an image (BucketManager.select_bucket with bucket_no_upscale, cml's dataset
+    settings), or None where sd-scripts would divide by zero or make an empty bucket. Mirrors the pinned commit's
+    code step by step; tests/sdscripts/test_validators.py checks it against BucketManager itself."""
+
+    def round_to_steps(x: float) -> int:
+        x = int(x + 0.5)
+        return x - x % steps
+
+    aspect = width / height
+    max_area = resolution * resolution
+    if width * height > max_area:
+        rw = math.sqrt(max_area * aspect)
+        rh = max_area / rw
+        bw_r = round_to_steps(rw)
+        bh_in_wr = round_to_steps(bw_r / aspect)
+        bh_r = round_to_steps(rh)
+        if bh_in_wr == 0 or bh_r == 0:
+            return None
+        bw_in_hr = round_to_steps(bh_r * aspect)
+        if abs(bw_r / bh_in_wr - aspect) < abs(bw_in_hr / bh_r - aspect):
+            resized = (bw_r, int(bw_r / aspect + 0.5))
+        else:
+            resized = (int(bh_r * aspect + 0.5), bh_r)
+    else:
+        resized = (width, height)
+    bw, bh = resized[0] - resized[0] % steps, resized[1] - resized[1] % steps
+    return (bw, bh) if bw > 0 and bh > 0 else None

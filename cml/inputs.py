@@ -9,8 +9,8 @@ from PIL import Image
 from cml.checkpoint import ModelInfo, inspect_model, resolve_family
 from cml.config import Preset
 from cml.device import Gpu, resolve_device
-from cml.errors import InputError
-from cml.images import TRANSFORMS, LoadedImage, load_image
+from cml.errors import ConfigErrors, InputError
+from cml.images import ORIENT, TRANSFORMS, LoadedImage, bucket, load_image, luminance_match, oriented
 
 
 @dataclass
@@ -32,37 +32,116 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
 
 
+def check_buckets(preset: Preset, source: list[LoadedImage]) -> None:
+    """Refuse, all at once, the images sd-scripts' bucketing would crash on (ZeroDivisionError in select_bucket)."""
+    resolutions = sorted({preset.copy_settings().resolution, *(preset.diff_settings(t).resolution for t in preset.targets)})
+    bad = []
+    for i, s in enumerate(source):
+        w, h = s.image.size
+        for res in resolutions:
+            if bucket(w, h, res) is None:
+                bad.append(f"source[{i}] {s.path.name} ({w}x{h}) at {res} px")
+    if bad:
+        raise InputError(
+            f"sd-scripts cannot bucket {'; '.join(bad)}: its aspect ratio leaves a side under 64 px at that training area",
+            "source",
+            "crop the image closer to square, or raise train.resolution (B images are checked with their A)",
+        )
+
+
+def align_b(a: LoadedImage, b: LoadedImage, where: str) -> tuple[Image.Image, str | None]:
+    """B upright the way A is. When their EXIF orientation tags disagree (an editor that kept A's raw pixels and
+    dropped the tag, or one that applied it), take the reading of B whose luminance layout matches A's."""
+    if a.orientation == b.orientation or (a.orientation not in ORIENT and b.orientation not in ORIENT):
+        return b.image, None
+    stored = b.raw if b.raw is not None else b.image
+    candidates = {
+        f"its own orientation tag ({b.orientation})": b.image,
+        f"A's orientation tag ({a.orientation})": oriented(stored, a.orientation),
+    }
+    scores = sorted(((luminance_match(a.image, img), how, img) for how, img in candidates.items()), key=lambda x: x[0], reverse=True)
+    (best, how, img), (second, _, _) = scores[0], scores[1]
+    if best < 0.5 or best - second < 0.1:
+        raise InputError(
+            f"B's EXIF orientation ({b.orientation}) differs from A's ({a.orientation}) and neither reading of B matches A "
+            f"(luminance correlation {scores[0][0]:.2f} vs {scores[1][0]:.2f})",
+            where, "save B upright as A shows, with the same orientation as A",
+        )
+    note = f"{b.path.name}: EXIF orientation differs from A's ({b.orientation} vs {a.orientation}); read with {how}, which matches A (luminance correlation {best:.2f} vs {second:.2f})"
+    return img, note
+
+
 def load_inputs(preset: Preset) -> Inputs:
-    """Open and check every input; all problems found become one InputError each (first one raised)."""
+    """Open and check every input; every bad image is named, all at once."""
     notes: list[str] = []
-    source = [load_image(p, f"source[{i}]") for i, p in enumerate(preset.source)]
-    for s in source:
+    errors: list[InputError] = []
+
+    def load(p, role) -> LoadedImage | None:
+        try:
+            return load_image(p, role)
+        except InputError as e:
+            errors.append(e)
+            return None
+
+    loaded = [load(p, f"source[{i}]") for i, p in enumerate(preset.source)]
+    seen: dict[str, int] = {}
+    for i, s in enumerate(loaded):
+        if s is None:
+            continue
         notes += [f"{s.path.name}: {n}" for n in s.notes]
+        if s.sha256 in seen:
+            notes.append(f"source[{i}] {s.path.name} is the same image as source[{seen[s.sha256]}]: listed twice")
+        seen.setdefault(s.sha256, i)
     targets: dict[str, TargetInputs] = {}
     for name, t in preset.targets.items():
         if t.transform:
-            fn = TRANSFORMS[t.transform]
-            targets[name] = TargetInputs(name, [fn(s.image) for s in source], [f"transform:{t.transform}"] * len(source))
+            if not errors:
+                fn = TRANSFORMS[t.transform]
+                targets[name] = TargetInputs(name, [fn(s.image) for s in loaded if s], [f"transform:{t.transform}"] * len(loaded))
             continue
         imgs, hashes = [], []
-        for i, (p, a) in enumerate(zip(t.images, source)):
-            b = load_image(p, f"targets.{name}.images[{i}]")
+        for i, (p, a) in enumerate(zip(t.images, loaded)):
+            where = f"targets.{name}.images[{i}] {p}"
+            b = load(p, f"targets.{name}.images[{i}]")
+            if b is None or a is None:
+                continue
             notes += [f"{b.path.name}: {n}" for n in b.notes]
-            img = b.image
+            try:
+                img, note = align_b(a, b, where)
+            except InputError as e:
+                errors.append(e)
+                continue
+            if note:
+                notes.append(note)
             if img.size != a.image.size:
                 if not preset.allow_resize:
-                    raise InputError(
+                    errors.append(InputError(
                         f"B is {img.size[0]}x{img.size[1]} but its A ({a.path.name}) is {a.image.size[0]}x{a.image.size[1]}",
-                        f"targets.{name}.images[{i}] {p}",
-                        "edit B from A without cropping, or set allow_resize = true to resize B to A's size",
-                    )
+                        where, "edit B from A without cropping, or set allow_resize = true to resize B to A's size",
+                    ))
+                    continue
                 notes.append(f"{b.path.name}: resized from {img.size[0]}x{img.size[1]} to A's {a.image.size[0]}x{a.image.size[1]}")
                 img = img.resize(a.image.size, Image.Resampling.LANCZOS)
+            if img.tobytes() == a.image.tobytes():
+                notes.append(f"warning: targets.{name}.images[{i}] {b.path.name} is identical to its A: the diff LoRA would learn nothing")
             imgs.append(img)
             hashes.append(b.sha256)
         targets[name] = TargetInputs(name, imgs, hashes)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors([e.line() for e in errors])
+    source = [s for s in loaded if s is not None]
+    check_buckets(preset, source)
     info = inspect_model(preset.base_model, preset.allow_pickle)
     family = resolve_family(info, preset.family)
+    for i, m in enumerate(preset.check.models):  # the sweep's models: checked now, not when the check starts
+        other = inspect_model(m, preset.allow_pickle, where=f"check.models[{i}] {m}")
+        if other.family is not None and other.family != family:
+            raise InputError(
+                f"the check model is {other.family} but the LoRAs are trained on {family}", f"check.models[{i}] {m}",
+                "list models of the base model's family",
+            )
     if info.kind == "diffusers" and preset.merge == "checkpoint":
         raise InputError(
             "merge_lora.py merges into single-file checkpoints only, not diffusers folders",

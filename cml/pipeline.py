@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -17,20 +18,22 @@ from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora,
 from cml.config import load_preset
 from cml.errors import InputError, StageFailed
 from cml.inputs import load_inputs
-from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, gui_problems, render, stage_argv
+from cml.kohya.options import check_extra
+from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, gui_problems, render, stage_argv, training_toml
 from cml.losses import early_loss, read_losses
-from cml.plan import Plan, Stage, build_plan
+from cml.plan import Plan, Role, Stage, build_plan
 from cml.device import gpu_memory
+from cml.rundir import check_run_dir
 from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, run_logged
-from cml.sdscripts import SdScripts, commit_warning, locate, python_env
+from cml.sdscripts import SdScripts, check_tokenizers, commit_warning, locate, python_env
 
 
 def say(msg: str) -> None:
     print(f"cml: {msg}", file=sys.stderr, flush=True)
 
 
-def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None) -> tuple[Plan, SdScripts]:
-    """Config -> inputs -> plan. Every input check happens here, before anything runs."""
+def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *, for_check: bool = False) -> tuple[Plan, SdScripts]:
+    """Config -> inputs -> plan. Every input check happens here, before anything runs or is written."""
     preset, digest = load_preset(preset_path, sets)
     sd = locate(sd_option)
     w = commit_warning(sd)
@@ -46,7 +49,21 @@ def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None) ->
             say(f"note: {st.name}: {n}")
     for problem in gui_problems(plan):
         say(f"warning: {problem}")
+    for st in plan.stages:
+        if st.settings is not None:
+            training_toml(plan, st)  # train.extra against the options cml manages: refused now, not mid-run
+    check_extra(plan, sd, lambda st: SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
+    check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
+    check_run_dir(plan.run_dir, preset_file=None if for_check else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
     return plan, sd
+
+
+def input_files(preset) -> list[Path]:
+    """The user's files a run reads: the run folder must not hold or contain them."""
+    out = [*preset.source, preset.base_model, *preset.check.models]
+    for t in preset.targets.values():
+        out += t.images
+    return out
 
 
 def device_line(plan: Plan) -> str:
@@ -59,14 +76,6 @@ def device_line(plan: Plan) -> str:
     return f"device: {where}; precision {', '.join(precs)}; optimizer {', '.join(opts)}"
 
 
-def check_writable(run_dir: Path) -> None:
-    probe = run_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError("output folder is not writable", str(probe), "set output_dir to a folder you can write to")
-
-
 # ----------------------------------------------------------------- records
 
 
@@ -77,21 +86,50 @@ def read_record(stage: Stage) -> dict | None:
         return None
 
 
-def output_still_good(stage: Stage, plan: Plan) -> bool:
+@dataclass
+class OutputState:
+    """What a stage's final file is, checked against its record (or, for a LoRA, against its own metadata)."""
+
+    good: bool  # finished, undamaged, made from exactly this stage's inputs and settings
+    why: str | None = None  # why not: missing | damaged (...) | made from other settings or inputs | no record
+    intact: bool = False  # an undamaged finished file is there (replacing it loses work)
+    adopt: bool = False  # good by its metadata, with no record: write one
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def output_state(stage: Stage, plan: Plan) -> OutputState:
+    out = stage.output
+    if not out.is_file():
+        return OutputState(False, "missing")
     rec = read_record(stage)
-    if not rec or rec.get("fingerprint") != stage.fingerprint or not stage.output.is_file():
-        return False
-    st = stage.output.stat()
-    if rec.get("output_size") != st.st_size or rec.get("output_mtime_ns") != st.st_mtime_ns:
-        return False
+    if rec and rec.get("output_sha256"):
+        size = out.stat().st_size
+        if size < rec.get("output_size", 0):
+            return OutputState(False, "damaged (truncated)")
+        if size != rec.get("output_size") or file_sha256(out) != rec["output_sha256"]:
+            return OutputState(False, "damaged (changed since it was made)")
+        if rec.get("fingerprint") != stage.fingerprint:
+            return OutputState(False, "made from other settings or inputs", intact=True)
+        return OutputState(True, intact=True)
     if stage.kind == "merge":
-        return True  # gigabytes: size and mtime as recorded suffice
+        return OutputState(False, "not checked (no record of it)")
+    # A LoRA without a usable record: its own metadata says what it was made from.
+    try:
+        meta = read_metadata(out)
+    except Exception:
+        return OutputState(False, "damaged (does not load)")
+    if meta.get("cml_fingerprint") != stage.fingerprint:
+        return OutputState(False, "made from other settings or inputs", intact=True)
     try:
         dim, alpha = expected_rank(plan, stage)
-        check_lora(stage.output, dim, alpha)
-    except CheckFailed:
-        return False
-    return True
+        check_lora(out, dim, alpha)
+    except CheckFailed as e:
+        return OutputState(False, f"damaged ({e})")
+    return OutputState(True, intact=True, adopt=True)
 
 
 def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float]:
@@ -113,7 +151,7 @@ def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
         "cml_base_model_hash": model_identity(plan.inputs.model),
         "cml_images_sha256": json.dumps(stage.inputs_sha256, sort_keys=True),
         "cml_sd_scripts_commit": plan.sd_scripts_commit or "unknown",
-        "cml_trained_against": "copy machine model" if stage.name.startswith("diff-") else "base model",
+        "cml_trained_against": stage.trained_against,
     }
     if stage.target:
         meta["cml_target"] = stage.target
@@ -160,7 +198,7 @@ def write_record(stage: Stage, facts: dict) -> None:
         "fingerprint": stage.fingerprint,
         "output": str(stage.output),
         "output_size": st.st_size,
-        "output_mtime_ns": st.st_mtime_ns,
+        "output_sha256": file_sha256(stage.output),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **facts,
     }
@@ -179,29 +217,49 @@ class RunOptions:
     from_stage: str | None = None
 
 
+def redo_verb(stage: Stage) -> str:
+    return {"merge": "merged again", "resize": "made again"}.get(stage.kind, "trained again")
+
+
 def stages_to_run(plan: Plan, opts: RunOptions) -> list[bool]:
+    """Which stages run; refuses (before anything is written) to replace finished work without --force."""
     names = [s.name for s in plan.stages]
     if opts.from_stage is not None and opts.from_stage not in names:
         raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
     forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
-    todo = []
-    for i, st in enumerate(plan.stages):
-        todo.append(i >= forced_from or not output_still_good(st, plan))
-    # A stage whose input stage re-runs must re-run too (fingerprints chain, but --from does not change them).
-    for i, st in enumerate(plan.stages):
-        if any(todo[names.index(d)] for d in st.depends if d in names):
+    states = [output_state(st, plan) for st in plan.stages]
+    todo = [i >= forced_from or not state.good for i, state in enumerate(states)]
+    cause: dict[str, str] = {}  # stage -> why it runs again
+    for i, (st, state) in enumerate(zip(plan.stages, states)):
+        rel = st.output.relative_to(plan.run_dir)
+        if i >= forced_from:
+            cause[st.name] = f"--from {opts.from_stage}"
+        elif state.why is not None and (state.why != "missing" or read_record(st) is not None):
+            cause[st.name] = state.why
+            if not state.intact:
+                say(f"{rel} is {state.why}: it will be {redo_verb(st)}")
+        # A stage whose input stage re-runs must re-run too (fingerprints chain, but --from and damage do not change them).
+        up = next((plan.stage(d) for d in st.depends if d in names and todo[names.index(d)]), None)
+        if up is not None:
             todo[i] = True
-    # Finished diff LoRAs are what users keep: never replace one made from other settings without --force.
+            why = f" ({cause[up.name]})" if up.name in cause else ""
+            if i < forced_from and (state.why is None or state.intact):  # the upstream change is the cause (fingerprints chain)
+                cause[st.name] = f"made from {up.output.relative_to(plan.run_dir)}, which will be {redo_verb(up)}{why}"
     if not opts.force:
-        for i, st in enumerate(plan.stages):
-            if todo[i] and i < forced_from and st.name.startswith(("diff-", "resize-")) and st.output.exists():
-                same = (read_record(st) or {}).get("fingerprint") == st.fingerprint
-                why = "an earlier stage it is made from must be redone" if same else "was made from other settings or inputs"
-                raise InputError(
-                    f"{st.output.name} exists and {why}",
-                    str(st.output),
-                    "re-run with --force to replace it, or set another name / output_dir",
-                )
+        lost = [
+            f"{st.output.relative_to(plan.run_dir)} ({cause.get(st.name, 'made from other settings or inputs')})"
+            for i, (st, state) in enumerate(zip(plan.stages, states))
+            if todo[i] and i < forced_from and st.kept and state.intact
+        ]
+        if lost:
+            raise InputError(
+                f"this would replace finished work: {'; '.join(lost)}",
+                str(plan.run_dir),
+                "re-run with --force to replace it, or set another name / output_dir",
+            )
+    for st, state, go in zip(plan.stages, states, todo):
+        if state.adopt and not go:
+            write_record(st, {"adopted": "found finished, with this stage's fingerprint in its metadata"})
     return todo
 
 
@@ -266,7 +324,7 @@ def diverged_fix(stage: Stage) -> str:
     return "lower train.learning_rate (e.g. to a third), then re-run the same command: finished stages are kept"
 
 
-def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict:
+def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd: int | None = None) -> dict:
     if stage.kind == "merge":
         disk_check(plan, stage)
         memory_note(plan, stage)
@@ -294,7 +352,10 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions) -> dict
     if plan.inputs.device == "cuda" and stage.kind == "train":
         gpu_memory_note(plan)
     try:
-        res = run_logged(argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress, progress_marker="steps:" if stage.kind == "train" else "")
+        res = run_logged(
+            argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress,
+            progress_marker="steps:" if stage.kind == "train" else "", keep_fds=(lock_fd,) if lock_fd is not None else (),
+        )
     except LossNotFinite as e:
         raise StageFailed(f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage)}", where=str(stage.log_path), fix=diverged_fix(stage)) from None
     produced = stage.work_dir / stage.output.name
@@ -327,7 +388,7 @@ def method_check(plan: Plan) -> dict:
     """Early diff-stage loss against the copy machine model (and the plain base, with baseline)."""
     out = {}
     for st in plan.stages:
-        if not st.name.startswith("diff-"):
+        if st.role is not Role.DIFF:
             continue
         rec = read_record(st) or {}
         entry = {"against_copy_machine": rec.get("early_loss")}
@@ -338,12 +399,11 @@ def method_check(plan: Plan) -> dict:
 
 
 def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
-    check_writable(plan.run_dir)
     if plan.inputs.device == "cpu":
         big = max(s.settings.resolution * s.settings.steps for s in plan.stages if s.settings)
         if big >= 512 * 100:
             say("warning: training on the CPU; real runs (512 px, 500 steps) take hours here. A CUDA GPU takes minutes.")
-    with RunLock(plan.run_dir):
+    with RunLock(plan.run_dir) as lock:
         todo = stages_to_run(plan, opts)  # refusals come before anything is written
         render(plan, sd.path)
         n = len(plan.stages)
@@ -356,7 +416,7 @@ def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
                 continue
             say(f"[{i}/{n}] {st.name}: {st.what}")
             say(f"        log: {st.log_path}")
-            facts = run_stage(plan, sd, st, opts)
+            facts = run_stage(plan, sd, st, opts, lock.fd)
             el = f", early loss {facts['early_loss']:.4f}" if facts.get("early_loss") is not None else ""
             say(f"[{i}/{n}] {st.name}: done in {fmt_seconds(facts['seconds'])}{el} -> {st.output}")
         summary = {
@@ -365,6 +425,7 @@ def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
             "stages_run": [s.name for s, go in zip(plan.stages, todo) if go],
             "stages_skipped": [s.name for s, go in zip(plan.stages, todo) if not go],
             "outputs": {s.name: str(s.output) for s in plan.stages},
+            "kept_outputs": {s.name: str(s.output) for s in plan.stages if s.role in (Role.DIFF, Role.RESIZE)},
             "method_check": method_check(plan),
             "sd_scripts": {"path": str(sd.path), "commit": sd.commit, "pinned": sd.commit == PINNED_SD_SCRIPTS_COMMIT},
         }

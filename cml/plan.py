@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from cml.checkpoint import model_identity
@@ -16,22 +17,63 @@ from cml.inputs import Inputs
 COPY_MACHINE = "copy_machine.safetensors"
 
 
-@dataclass
+class Role(StrEnum):
+    """What a stage is in the method."""
+
+    COPY = "copy"  # overfit image A on the base model: the copy LoRA
+    MERGE = "merge"  # the copy LoRA merged into the base: the copy machine model
+    DIFF = "diff"  # image B on the copy machine model: the diff LoRA, one per target
+    BASELINE = "baseline"  # image B on the plain base, briefly: the method check
+    RESIZE = "resize"  # a diff LoRA shrunk to a lower rank
+
+
+TRAINING = (Role.COPY, Role.DIFF, Role.BASELINE)
+# Finished files users keep: replacing one needs --force.
+KEPT = (Role.COPY, Role.DIFF, Role.RESIZE)
+
+
+@dataclass(kw_only=True)
 class Stage:
-    name: str  # folder name and --from value: copy, merge, diff-<t>, baseline-<t>, resize-<t>
-    kind: str  # train | merge | resize
+    role: Role
+    target: str | None = None  # the diff target a diff/baseline/resize stage belongs to
     what: str  # one line for people
-    dir: Path
-    output: Path  # the final file; written only by renaming a checked temporary file
-    model: Path  # the model trained against / merged into
+    run_dir: Path
+    output_name: str  # the final file's name; written only by renaming a checked temporary file
+    model: Path  # the model trained against / merged into / resized
     fingerprint: str = ""
     settings: TrainSettings | None = None
     images: list = field(default_factory=list)  # PIL images staged for a train stage
     base_weights: list[Path] = field(default_factory=list)  # in_memory merge: LoRAs merged before training
-    target: str | None = None
     inputs_sha256: dict[str, list[str]] = field(default_factory=dict)  # provenance: A/B file hashes
     depends: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Folder name and --from value: copy, merge, diff-<t>, baseline-<t>, resize-<t>."""
+        return str(self.role) if self.target is None else f"{self.role}-{self.target}"
+
+    @property
+    def kind(self) -> str:
+        """train | merge | resize: which sd-scripts script runs it."""
+        return "train" if self.role in TRAINING else str(self.role)
+
+    @property
+    def kept(self) -> bool:
+        return self.role in KEPT
+
+    @property
+    def trained_against(self) -> str:
+        """What the LoRA's weights are relative to (provenance)."""
+        return "copy machine model" if self.role in (Role.DIFF, Role.RESIZE) else "base model"
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def output(self) -> Path:
+        return self.dir / self.output_name
 
     @property
     def work_dir(self) -> Path:
@@ -126,48 +168,45 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
 
     copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs)
     copy = Stage(
-        "copy", "train", "copy LoRA: overfit image A on the base model", run_dir / "copy",
-        run_dir / "copy" / "copy.safetensors", preset.base_model, settings=copy_s,
-        images=[s.image for s in inputs.source], inputs_sha256={"A": a_files}, notes=copy_notes,
+        role=Role.COPY, what="copy LoRA: overfit image A on the base model", run_dir=run_dir, output_name="copy.safetensors",
+        model=preset.base_model, settings=copy_s, images=[s.image for s in inputs.source], inputs_sha256={"A": a_files}, notes=copy_notes,
     )
     copy.fingerprint = fingerprint({"stage": "copy", "settings": copy_s.model_dump(), "A": a_pixels, "base": base_id, **common})
     stages.append(copy)
 
     if preset.merge == "checkpoint":
         merge = Stage(
-            "merge", "merge", "merge the copy LoRA into the base: the copy machine model", run_dir / "merge",
-            run_dir / "merge" / COPY_MACHINE, preset.base_model, depends=["copy"],
+            role=Role.MERGE, what="merge the copy LoRA into the base: the copy machine model", run_dir=run_dir,
+            output_name=COPY_MACHINE, model=preset.base_model, depends=[copy.name],
         )
         merge.fingerprint = fingerprint({"stage": "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common})
         stages.append(merge)
-        machine, machine_fp, base_weights = merge.output, merge.fingerprint, []
+        machine, machine_fp, base_weights, machine_stage = merge.output, merge.fingerprint, [], merge.name
     else:
-        machine, machine_fp, base_weights = preset.base_model, copy.fingerprint, [copy.output]
+        machine, machine_fp, base_weights, machine_stage = preset.base_model, copy.fingerprint, [copy.output], copy.name
 
     for name, t in inputs.targets.items():
         s, notes = effective_settings(preset.diff_settings(name), inputs)
         b_pixels = [pixel_sha256(i) for i in t.images]
         diff = Stage(
-            f"diff-{name}", "train", f"diff LoRA '{name}': image B on the copy machine model", run_dir / f"diff-{name}",
-            run_dir / f"diff-{name}" / f"{name}.safetensors", machine, settings=s, images=t.images, base_weights=base_weights,
-            target=name, inputs_sha256={"A": a_files, "B": t.sha256}, depends=["merge" if preset.merge == "checkpoint" else "copy"], notes=notes,
+            role=Role.DIFF, target=name, what=f"diff LoRA '{name}': image B on the copy machine model", run_dir=run_dir,
+            output_name=f"{name}.safetensors", model=machine, settings=s, images=t.images, base_weights=base_weights,
+            inputs_sha256={"A": a_files, "B": t.sha256}, depends=[machine_stage], notes=notes,
         )
         diff.fingerprint = fingerprint({"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common})
         stages.append(diff)
         if preset.baseline:
             bs = s.model_copy(update={"steps": preset.baseline_steps, "warmup_steps": 0})
             base = Stage(
-                f"baseline-{name}", "train", f"baseline for '{name}': image B on the plain base (method check)", run_dir / f"baseline-{name}",
-                run_dir / f"baseline-{name}" / f"{name}_baseline.safetensors", preset.base_model, settings=bs, images=t.images,
-                target=name, inputs_sha256={"B": t.sha256},
+                role=Role.BASELINE, target=name, what=f"baseline for '{name}': image B on the plain base (method check)", run_dir=run_dir,
+                output_name=f"{name}_baseline.safetensors", model=preset.base_model, settings=bs, images=t.images, inputs_sha256={"B": t.sha256},
             )
             base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
             stages.append(base)
         if preset.resize_to:
             rs = Stage(
-                f"resize-{name}", "resize", f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)", run_dir / f"resize-{name}",
-                run_dir / f"resize-{name}" / f"{name}_r{preset.resize_to}.safetensors", diff.output, target=name, depends=[diff.name],
-                inputs_sha256=diff.inputs_sha256,
+                role=Role.RESIZE, target=name, what=f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)", run_dir=run_dir,
+                output_name=f"{name}_r{preset.resize_to}.safetensors", model=diff.output, depends=[diff.name], inputs_sha256=diff.inputs_sha256,
             )
             rs.fingerprint = fingerprint({"stage": "resize", "diff": diff.fingerprint, "rank": preset.resize_to})
             stages.append(rs)

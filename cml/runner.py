@@ -113,6 +113,19 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """For the child, before exec (Linux): SIGTERM when cml dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+
+    def in_child() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # cml died before the prctl took effect
+            os._exit(1)
+
+    return in_child
+
+
 def run_logged(
     argv: list[str],
     cwd: Path,
@@ -122,6 +135,7 @@ def run_logged(
     on_progress: Callable[[Progress], None] | None = None,
     tail_lines: int = 25,
     progress_marker: str = "",
+    keep_fds: tuple[int, ...] = (),
 ) -> Result:
     """Run ``argv`` in its own process group, copy its output to ``log_path`` (and the terminal)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +147,11 @@ def run_logged(
     with open(log_path, "ab") as log:
         log.write(f"$ (cd {cwd} && {' '.join(argv)})\n".encode())
         log.flush()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=keep_fds,  # the run lock: held as long as the trainer lives, even if cml is killed
+            preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
+        )
         try:
             pending = ""
             out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
@@ -192,7 +210,7 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Closed, not unlocked: a trainer started with this descriptor (pass_fds) keeps the lock while it lives.
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -63,6 +63,12 @@ def image_a(tmp_path) -> Path:
     return p
 
 
+def tokenizer_dir() -> Path:
+    from cml.demo import tokenizer_dir as demo_tokenizers
+
+    return demo_tokenizers()
+
+
 @pytest.fixture
 def write_preset(tmp_path, ckpt, image_a):
     """Write a preset (defaults: the tiny checkpoint, image A, one grayscale target) and return its path."""
@@ -76,6 +82,7 @@ def write_preset(tmp_path, ckpt, image_a):
             "device": "cpu",
             "targets": {"grayscale": {"transform": "grayscale"}},
             "train": {"steps": 3, "resolution": 64},
+            "tokenizer_cache_dir": str(tokenizer_dir()),  # offline: sd-scripts' tokenizers, cached
         }
         data.update(top)
         for k, v in (extra or {}).items():
@@ -87,10 +94,11 @@ def write_preset(tmp_path, ckpt, image_a):
     return write
 
 
-def run_cml(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m cml ...` as a user runs it; captured output."""
+def run_cml(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m cml ...` as a user runs it (from ``cwd``); captured output."""
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "cml", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), e.get("PYTHONPATH")]))  # this checkout's cml, from any folder
+    return subprocess.run([sys.executable, "-m", "cml", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture

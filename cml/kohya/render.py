@@ -18,6 +18,7 @@ from cml.errors import InputError
 from cml.images import save_png
 from cml.paths import cache_root
 from cml.plan import Plan, Stage, merge_precision
+from cml.rundir import mark
 
 SCRIPTS = {
     "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
@@ -28,13 +29,19 @@ RESIZE_SCRIPT = "networks/resize_lora.py"
 NETWORK_MODULE = "networks.lora"
 # networks.lora with the --base_weights module-list fix (see cml/kohya/lora_fixed.py).
 FIXED_NETWORK_MODULE = "cml.kohya.lora_fixed"
-# Keys cml sets itself; train.extra may not change them or the stage's files would go elsewhere.
-MANAGED_KEYS = {
-    "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "logging_dir", "log_with",
-    "network_module", "network_dim", "network_alpha", "base_weights", "network_train_unet_only", "max_train_steps",
-    "learning_rate", "unet_lr", "optimizer_type", "lr_scheduler", "lr_warmup_steps", "seed", "mixed_precision",
-    "save_model_as", "config_file", "sdxl", "v2", "v_parameterization", "gradient_checkpointing", "no_half_vae",
-}
+# Options that change what cml's own options mean: the step count (max_train_epochs), the files a stage writes
+# (save_*), the weights it starts from (network_weights, resume), the run itself (config_file, output_config).
+OVERRIDERS = frozenset({
+    "max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps",
+    "save_last_n_epochs_state", "save_last_n_steps_state", "save_state", "save_state_on_train_end", "network_weights",
+    "dim_from_weights", "resume", "config_file", "output_config", "network_train_text_encoder_only", "text_encoder_lr",
+})
+# Options cml writes only in some plans (SD2, v-prediction, SDXL, half precision, in-memory merge, ztsnr).
+# tests/unit/test_render.py renders every kind of plan and checks that each key cml writes is here or always written.
+CONDITIONAL = frozenset({
+    "v2", "v_parameterization", "cache_text_encoder_outputs", "no_half_vae", "zero_terminal_snr", "base_weights",
+    "base_weights_multiplier",
+})
 
 
 def default_tokenizer_cache() -> Path:
@@ -77,7 +84,23 @@ def dataset_toml(stage: Stage) -> dict:
     }
 
 
+def managed_keys(plan: Plan, stage: Stage) -> frozenset[str]:
+    """What train.extra may not set: every option cml writes, may write in another plan, or that overrides those."""
+    return frozenset(managed_options(plan, stage)) | CONDITIONAL | OVERRIDERS
+
+
 def training_toml(plan: Plan, stage: Stage) -> dict:
+    s = stage.settings
+    cfg = managed_options(plan, stage)
+    clash = sorted(set(s.extra) & managed_keys(plan, stage))
+    if clash:
+        raise InputError(f"train.extra sets {', '.join(clash)}, which cml manages", f"{stage.name} settings", "use the preset's own keys (train.steps, train.dim, ...) instead")
+    cfg.update(s.extra)
+    return cfg
+
+
+def managed_options(plan: Plan, stage: Stage) -> dict:
+    """The training options cml writes for a stage (train.extra not included)."""
     s = stage.settings
     fam = plan.inputs.family
     cfg: dict = {
@@ -120,10 +143,6 @@ def training_toml(plan: Plan, stage: Stage) -> dict:
     if stage.base_weights:
         cfg["base_weights"] = [str(p) for p in stage.base_weights]
         cfg["base_weights_multiplier"] = [1.0] * len(stage.base_weights)
-    clash = sorted(set(s.extra) & MANAGED_KEYS)
-    if clash:
-        raise InputError(f"train.extra sets {', '.join(clash)}, which cml manages", f"{stage.name} settings", "use the preset's own keys (train.steps, train.dim, ...) instead")
-    cfg.update(s.extra)
     return cfg
 
 
@@ -329,6 +348,8 @@ def stage_images(stage: Stage) -> None:
 def render(plan: Plan, sd_path: Path) -> list[Path]:
     """Write every kohya file of the plan into the run folder. Returns the files written."""
     written = []
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    mark(plan.run_dir)
     for st in plan.stages:
         st.dir.mkdir(parents=True, exist_ok=True)
         if st.kind == "train":

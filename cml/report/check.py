@@ -16,7 +16,7 @@ from PIL import Image
 
 from cml.errors import StageFailed
 from cml.kohya.render import NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, python
-from cml.plan import Plan
+from cml.plan import Plan, Role
 from cml.report.figures import grid, loss_plot
 from cml.report.metrics import EFFECTS, luminance_ssim, rgb_ssim
 from cml.runner import run_logged
@@ -123,7 +123,7 @@ def sweep(plan: Plan, sd: SdScripts, target: str, model: Path, mode: str) -> tup
 def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> dict:
     out = plan.run_dir / "check"
     out.mkdir(parents=True, exist_ok=True)
-    needed = [s.output for s in plan.stages if s.name == "copy" or s.name.startswith("diff-")]
+    needed = [s.output for s in plan.stages if s.role in (Role.COPY, Role.DIFF)]
     missing = [p for p in needed if not p.exists()]
     if missing:
         raise StageFailed(f"check: run the pipeline first; missing {missing[0]}", fix=f"cml run {plan.run_dir / 'preset.toml'}")

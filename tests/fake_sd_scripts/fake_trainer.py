@@ -1,6 +1,7 @@
 """A stand-in for sd-scripts' entry scripts, for orchestration tests: same argv, same outputs, scripted faults.
 
-FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | kill_at:<stage-name> | nanloss | infloss
+FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | stubborn | kill_at:<stage-name> | nanloss | infloss
+(stubborn: hangs and ignores SIGTERM/SIGINT, like a trainer that does not stop when asked)
 (nanloss/infloss: the loss turns NaN / -inf at step 3 of 200, 20 ms a step, as a diverging run prints it)
 FAKE_CALLS: a file each call appends its script name and output to (to see what ran).
 """
@@ -46,7 +47,7 @@ def main(script: str) -> int:
     calls = os.environ.get("FAKE_CALLS")
     if calls:
         with open(calls, "a") as f:
-            f.write(f"{script} {stage}\n")
+            f.write(f"{script} {stage} {os.getpid()}\n")
     print(f"fake {script}: loading model", flush=True)
     if mode == "importerror":
         print("Traceback (most recent call last):\nModuleNotFoundError: No module named 'diffusers'", flush=True)
@@ -62,6 +63,10 @@ def main(script: str) -> int:
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "hang":
             time.sleep(60)
+        if mode == "stubborn":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            time.sleep(120)
     sys.stderr.write("\n")
     if mode == "fail":
         print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory (fake)", flush=True)

@@ -116,3 +116,39 @@ def test_paths_round_trip_through_read_config_from_file(sd, tmp_path, write_pres
     args = train_util.read_config_from_file(parser.parse_args(["--config_file", str(copy.dir / "train.toml")]), parser)
     assert args.pretrained_model_name_or_path == str(model)
     assert args.output_dir == str(copy.work_dir) and Path(args.logging_dir) == copy.dir / "logs"
+
+
+def test_cml_bucket_rule_is_sd_scripts_bucket_manager(sd):
+    """cml.images.bucket refuses exactly the images BucketManager.select_bucket crashes on, and agrees on the rest."""
+    import random
+
+    from library.train_util import BucketManager
+
+    from cml.images import bucket
+
+    rng = random.Random(0)
+    sizes = [(96, 80, 64), (8192, 100, 512), (4000, 64, 128), (512, 768, 512), (64, 64, 64)]
+    sizes += [(rng.randint(16, 9000), rng.randint(16, 200 if i % 3 == 0 else 9000), rng.choice([64, 128, 512, 1024])) for i in range(2000)]
+    for w, h, res in sizes:
+        bm = BucketManager(True, (res, res), 256, 1024, 64)  # cml's dataset settings: bucket_no_upscale, steps 64
+        try:
+            theirs = bm.select_bucket(w, h)[0]
+            theirs = theirs if theirs[0] > 0 and theirs[1] > 0 else None
+        except ZeroDivisionError:
+            theirs = None
+        assert bucket(w, h, res) == theirs, (w, h, res)
+
+
+def test_train_extra_is_checked_against_the_trainers_own_parser(sd_scripts, write_preset, tmp_path):
+    from tests.conftest import run_cml
+
+    p = write_preset(train={"steps": 3, "resolution": 64, "extra": {"noise_ofset": 0.05}})
+    r = run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path))
+    assert r.returncode == 2 and "'noise_ofset' is not an option of train_network.py; did you mean 'noise_offset'?" in r.stderr
+    assert not (tmp_path / "runs").exists()
+    for managed in ("max_train_epochs", "save_every_n_steps", "base_weights_multiplier", "max_train_steps"):
+        p = write_preset(train={"steps": 3, "resolution": 64, "extra": {managed: 1}})
+        r = run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path))
+        assert r.returncode == 2 and f"train.extra sets {managed}, which cml manages" in r.stderr, r.stderr
+    p = write_preset(train={"steps": 3, "resolution": 64, "extra": {"noise_offset": 0.05}})
+    assert run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path)).returncode == 0

@@ -15,7 +15,7 @@ import pytest
 
 from cml.checks import read_metadata
 from cml.runner import RunLock
-from tests.conftest import ROOT, run_cml
+from tests.conftest import ROOT, run_cml, tokenizer_dir
 
 
 @pytest.fixture
@@ -61,7 +61,8 @@ def test_changing_one_target_retrains_only_it_and_needs_force_to_replace(fake, w
     changed = write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert", "train": {"steps": 2}}})
     refused = fake(changed)
     assert refused.returncode == 2 and refused.calls == []
-    assert "i.safetensors exists and was made from other settings" in refused.stderr and "--force" in refused.stderr
+    assert "this would replace finished work: diff-i/i.safetensors (made from other settings or inputs)" in refused.stderr
+    assert "--force" in refused.stderr
     forced = fake(changed, "--force")
     assert forced.returncode == 0 and forced.calls == ["diff-i"]
 
@@ -155,7 +156,12 @@ def test_output_folder_not_writable(fake, write_preset, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = fake(write_preset(output_dir=str(blocker / "runs")))
-    assert r.returncode == 2 and "output folder is not writable" in r.stderr
+    assert r.returncode == 2 and f"{blocker} is a file, not a folder" in r.stderr  # named as such, not "not writable"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        r = fake(write_preset(output_dir=str(locked)))
+        assert r.returncode == 2 and "output folder is not writable" in r.stderr
 
 
 def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch, tmp_path):
@@ -220,8 +226,9 @@ def test_broken_sd_scripts_dependencies_point_to_setup(fake, write_preset):
 
 def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_path):
     out = tmp_path / "out"
+    tok = f"tokenizer_cache_dir='{tokenizer_dir()}'"
     r = run_cml("grayscale", str(image_a), "--model", str(ckpt), "-o", str(out), "--sd-scripts", fake_sd, "--set", "device='cpu'",
-                "--set", "train.resolution=64", "--set", "train.steps=2")
+                "--set", "train.resolution=64", "--set", "train.steps=2", "--set", tok)
     assert r.returncode == 0, r.stderr
     run = out / "grayscale"
     import tomllib
@@ -235,7 +242,7 @@ def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_pa
 
     Image.open(image_a).convert("L").save(b)
     r2 = run_cml("grayscale", str(image_a), str(b), "--model", str(ckpt), "-o", str(tmp_path / "out2"), "--sd-scripts", fake_sd,
-                 "--set", "device='cpu'", "--set", "train.resolution=64", "--set", "train.steps=2")
+                 "--set", "device='cpu'", "--set", "train.resolution=64", "--set", "train.steps=2", "--set", tok)
     assert r2.returncode == 0, r2.stderr
     resolved = tomllib.loads((tmp_path / "out2" / "grayscale" / "preset.toml").read_text())
     assert resolved["targets"]["grayscale"]["images"] == [str(b)] and "transform" not in resolved["targets"]["grayscale"]
@@ -306,3 +313,70 @@ def test_the_fp16_hint_names_precision(fake, write_preset):
     plan = plan_for(write_preset(train={"steps": 3, "resolution": 64, "precision": "fp16"}))
     st = plan.stage("copy")
     assert "fp16 overflow" in diverged_cause(plan, st) and 'precision = "fp32"' in diverged_fix(st)
+
+
+def test_a_same_size_change_with_the_mtime_restored_is_not_trusted(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    lora = tmp_path / "runs" / "t" / "diff-g" / "g.safetensors"
+    st = lora.stat()
+    data = bytearray(lora.read_bytes())
+    data[-1] ^= 0x01  # one bit of a weight
+    lora.write_bytes(bytes(data))
+    os.utime(lora, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = fake(p)
+    assert r.returncode == 0, r.stderr
+    assert r.calls == ["diff-g"]  # only the damaged file is made again; no --force needed for it
+    assert "diff-g/g.safetensors is damaged (changed since it was made): it will be trained again" in r.stderr
+    assert "earlier stage" not in r.stderr and "other settings" not in r.stderr
+
+
+def test_a_truncated_or_missing_output_is_named_as_such(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    run = tmp_path / "runs" / "t"
+    lora = run / "diff-i" / "i.safetensors"
+    lora.write_bytes(lora.read_bytes()[:100])
+    r = fake(p)
+    assert r.returncode == 0 and r.calls == ["diff-i"]
+    assert "diff-i/i.safetensors is damaged (truncated): it will be trained again" in r.stderr
+    (run / "diff-g" / "g.safetensors").unlink()
+    r = fake(p)
+    assert r.returncode == 0 and r.calls == ["diff-g"]
+    assert "diff-g/g.safetensors is missing: it will be trained again" in r.stderr
+
+
+def test_a_lora_with_its_fingerprint_is_adopted_without_its_record(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    rec = tmp_path / "runs" / "t" / "diff-g" / "record.json"
+    rec.unlink()
+    r = fake(p)
+    assert r.returncode == 0 and r.calls == []
+    assert "adopted" in json.loads(rec.read_text())
+
+
+def test_replacing_the_copy_lora_needs_force_and_names_what_would_be_lost(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    other = two_targets(write_preset, copy={"steps": 5})
+    r = fake(other)
+    assert r.returncode == 2 and r.calls == []
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:"))
+    assert "this would replace finished work: copy/copy.safetensors (made from other settings or inputs)" in line
+    assert "diff-g/g.safetensors (made from merge/copy_machine.safetensors" in line and "diff-i/i.safetensors" in line
+    forced = fake(other, "--force")
+    assert forced.returncode == 0 and forced.calls == ["copy", "merge", "diff-g", "diff-i"]
+
+
+def test_a_damaged_copy_lora_is_redone_but_its_finished_diffs_need_force(fake, write_preset, tmp_path):
+    p = two_targets(write_preset)
+    assert fake(p).returncode == 0
+    copy = tmp_path / "runs" / "t" / "copy" / "copy.safetensors"
+    copy.write_bytes(copy.read_bytes()[:64])
+    r = fake(p)
+    assert r.returncode == 2
+    assert "copy/copy.safetensors is damaged (truncated): it will be trained again" in r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:"))
+    assert "diff-g/g.safetensors (made from merge/copy_machine.safetensors, which will be merged again" in line and "damaged (truncated)" in line
+    assert "other settings" not in line

@@ -160,3 +160,27 @@ def test_paths_survive_sd_scripts_toml_reader(tmp_path, write_preset, name, ckpt
     assert t["pretrained_model_name_or_path"] == str(model)
     assert t["output_dir"] == str(copy.work_dir)
     assert toml.load(copy.dir / "dataset.toml")["datasets"][0]["subsets"][0]["image_dir"] == str(copy.images_dir)
+
+
+def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tmp_path):
+    """The managed set is derived from the rendered options; this renders every kind of plan to see that it holds."""
+    from cml.device import Gpu
+    from cml.kohya.render import CONDITIONAL, managed_keys, managed_options
+    from cml.plan import build_plan
+    from tests.conftest import make_checkpoint
+
+    seen: set[str] = set()
+    for family in ("sd1", "sd2", "sdxl"):
+        model = make_checkpoint(tmp_path / f"{family}.safetensors", family, {"modelspec.prediction_type": "v"} if family != "sd1" else None)
+        for merge in ("checkpoint", "in_memory"):
+            preset, digest = load_preset(write_preset(base_model=str(model), merge=merge, baseline=True))
+            inputs = load_inputs(preset)
+            inputs.device, inputs.gpu = "cuda", Gpu("GPU", 8 * 2**30, (7, 5), None)
+            plan = build_plan(preset, digest, inputs, None)
+            for st in plan.stages:
+                if st.settings is not None:
+                    keys = set(managed_options(plan, st))
+                    assert keys <= managed_keys(plan, st)
+                    seen |= keys
+    always = set(managed_options(plan_for(write_preset()), plan_for(write_preset()).stage("copy")))
+    assert seen - always == set(CONDITIONAL) - {"zero_terminal_snr"}  # ztsnr: only with a marked base (test_checkpoint.py)

@@ -1,0 +1,66 @@
+"""The option names sd-scripts' trainers accept, read from their own argument parsers.
+
+The parser is built in a child process (importing sd-scripts means importing torch), once per sd-scripts
+commit and script, and cached; `train.extra` is checked against it at plan time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import subprocess
+import sys
+
+from cml.errors import InputError
+from cml.paths import cache_root
+
+CODE = "import importlib, json, sys; p = importlib.import_module(sys.argv[1]).setup_parser(); print(json.dumps(sorted({a.dest for a in p._actions})))"
+
+
+def trainer_options(sd, script: str) -> set[str] | None:
+    """The option names of ``script`` (e.g. "train_network"); None when they cannot be read (then nothing is checked)."""
+    from cml.sdscripts import python_env
+
+    key = sd.commit or "unknown"
+    cache = cache_root() / "sd-scripts-options" / f"{key}-{script}.json"
+    if sd.commit and cache.is_file():
+        try:
+            return set(json.loads(cache.read_text()))
+        except (OSError, json.JSONDecodeError):
+            pass
+    try:
+        p = subprocess.run([sys.executable, "-c", CODE, script], cwd=sd.path, env=python_env(sd), capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("[")), None)
+    if p.returncode != 0 or line is None:
+        return None
+    names = json.loads(line)
+    if sd.commit:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(names))
+            tmp.replace(cache)
+        except OSError:
+            pass  # a cache we cannot write only costs time
+    return set(names)
+
+
+def check_extra(plan, sd, script_of) -> None:
+    """train.extra: every key an option of the stage's trainer ("did you mean" otherwise), all errors at once."""
+    lines = []
+    for st in plan.stages:
+        if st.settings is None or not st.settings.extra:
+            continue
+        script = script_of(st)
+        known = trainer_options(sd, script)
+        if known is None:
+            continue
+        for key in sorted(st.settings.extra):
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                lines.append(f"{key!r} is not an option of {script}.py{hint}")
+    if lines:
+        raise InputError("train.extra: " + "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)")
