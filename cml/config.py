@@ -279,7 +279,7 @@ class Preset(Base):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         if not SAFE_NAME.match(v):
-            raise ValueError(f"{v!r} is not a safe folder name: use letters, digits, '_', '-', '.' (not first)")
+            raise ValueError(f"{v!r} is not a safe folder name: use 1 to 64 letters, digits, '_', '-' or '.' (not first)")
         return v
 
     @field_validator("targets")
@@ -290,7 +290,7 @@ class Preset(Base):
         seen: dict[str, str] = {}
         for name in v:
             if not SAFE_NAME.match(name):
-                raise ValueError(f"target name {name!r} is not a safe file name: use letters, digits, '_', '-', '.' (not first)")
+                raise ValueError(f"target name {name!r} is not a safe file name: use 1 to 64 letters, digits, '_', '-' or '.' (not first)")
             if name.lower() in seen:
                 raise ValueError(f"target names {seen[name.lower()]!r} and {name!r} collide on case-insensitive file systems")
             seen[name.lower()] = name

@@ -243,3 +243,8 @@ def test_offline_without_a_cached_tokenizer_is_one_line_before_anything_runs(wri
     assert "run once with network" in r.stderr and not (tmp_path / "runs").exists()
     d = run_cml("doctor", "--sd-scripts", fake_sd, env={**env, "CML_CACHE_DIR": str(tmp_path / "cache")})
     assert d.returncode == 1 and "!! tokenizer" in d.stdout
+
+
+def test_the_name_limit_is_stated(write_preset):
+    with pytest.raises(ConfigErrors, match="use 1 to 64 letters"):
+        load_preset(write_preset(name="x" * 65))
