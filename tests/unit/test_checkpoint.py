@@ -110,7 +110,7 @@ def test_v_prediction_from_the_v_pred_key(tmp_path):
 
 def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset, tmp_path):
     from cml.kohya.render import gui_json, training_toml
-    from tests.unit.test_render import plan_for
+    from tests.conftest import plan_for
 
     plan = plan_for(write_preset(base_model=str(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))))
     t = training_toml(plan, plan.stage("copy"))
