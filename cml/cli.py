@@ -51,15 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run folder (holds preset.toml)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("grayscale", parents=[sets, sd, running], help="the article's recipe on your images: A (and B, else A in grayscale)")
+    p = sub.add_parser("grayscale", parents=[sets, sd, out, running], help="the article's recipe on your images: A (and B, else A in grayscale)")
     p.add_argument("a", type=Path, help="image A")
     p.add_argument("b", type=Path, nargs="?", help="image B (default: A converted to grayscale)")
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=cmd_grayscale)
-    p = sub.add_parser("demo", parents=[sets, sd, running], help="the whole pipeline on a random SD1.5-architecture model at 64 px (CPU)")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("runs"))
-    p.set_defaults(func=cmd_demo)
+    sub.add_parser("demo", parents=[sets, sd, out, running], help="the whole pipeline on a random SD1.5-architecture model at 64 px (CPU)").set_defaults(
+        func=cmd_demo
+    )
     return ap
 
 
