@@ -22,7 +22,7 @@ CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
 TORCH_STAMP := $(VENV)/.torch-$(subst /,_,$(subst :,_,$(subst $(eval) ,_,$(subst ==,-,$(TORCH) $(TORCH_INDEX)))))
 
-.PHONY: setup setup-env sd-scripts demo test test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
+.PHONY: setup setup-env sd-scripts demo test lint test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
 
 ## the Python environment: venv, torch, cml (editable) with its test tools; quick when done
 setup-env: $(TORCH_STAMP) $(VENV)/.cml-installed
@@ -50,7 +50,14 @@ demo: setup
 test: setup-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"
 	@$(PY) -m pip install -q --no-deps peft==0.14.0  # diffusers' LoRA loading, for the loader test; its needs come with sd-scripts'
+	$(MAKE) lint PY=$(PY)
 	$(PY) -m pytest
+
+## ruff (lint and format) and mypy, configured in pyproject.toml
+lint: setup-env
+	$(PY) -m ruff check cml tests
+	$(PY) -m ruff format --check cml tests
+	$(PY) -m mypy
 
 test-slow: setup
 	$(PY) -m pytest -m slow

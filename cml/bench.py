@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -49,18 +50,24 @@ class Bench:
         self.work, self.reps = work, reps
         self.sd = locate()
         preset, sets = prepare_demo()
-        self.assets = dict(s.split("=", 1) for s in sets)  # base_model, source, tokenizer_cache_dir as TOML strings
+        from cml.config import parse_set
+
+        self.assets = {keys[0]: value for keys, value in parse_set(sets)}  # base_model, source, tokenizer_cache_dir
         self.copy_steps, self.diff_steps = copy_steps, diff_steps
 
     def preset(self, name: str, merge: str, targets: dict) -> Path:
         data = {
-            "name": name, "merge": merge, "output_dir": str(self.work / "runs"), "device": "cpu",
-            "train": {"resolution": 64, "steps": self.diff_steps}, "copy": {"steps": self.copy_steps}, "targets": targets,
+            **self.assets,
+            "name": name,
+            "merge": merge,
+            "output_dir": str(self.work / "runs"),
+            "device": "cpu",
+            "train": {"resolution": 64, "steps": self.diff_steps},
+            "copy": {"steps": self.copy_steps},
+            "targets": targets,
         }
-        # top-level keys must precede tables: the asset keys (already TOML values) go first
-        text = "".join(f"{k} = {v}\n" for k, v in self.assets.items()) + tomli_w.dumps(data)
         p = self.work / f"{name}.toml"
-        p.write_text(text)
+        p.write_text(tomli_w.dumps(data))
         return p
 
     def cml(self, preset: Path, *extra: str) -> dict:
@@ -74,16 +81,11 @@ class Bench:
 
         plan, sd = prepare(preset, [], None)
         render(plan, sd.path)
-        script = self.work / "direct.py"
-        steps = [{"argv": stage_argv(plan, st), "produced": str(st.work_dir / st.output.name), "output": str(st.output)} for st in plan.stages]
-        script.write_text(
-            "import json, os, subprocess, sys\n"
-            f"for s in json.loads({json.dumps(json.dumps(steps))}):\n"
-            "    os.makedirs(os.path.dirname(s['produced']), exist_ok=True)\n"
-            f"    subprocess.run(s['argv'], cwd={str(sd.path)!r}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-            "    os.replace(s['produced'], s['output'])\n"
+        steps = self.work / "direct.json"
+        steps.write_text(
+            json.dumps([{"argv": stage_argv(plan, st), "produced": str(st.work_dir / st.output.name), "output": str(st.output)} for st in plan.stages])
         )
-        return measure([sys.executable, str(script)], env=python_env(sd))
+        return measure([sys.executable, "-m", "cml.bench", "direct", str(steps), str(sd.path)], env=python_env(sd), cwd=ROOT)
 
     def clean(self, name: str) -> None:
         shutil.rmtree(self.work / "runs" / name, ignore_errors=True)
@@ -93,7 +95,19 @@ def med(xs: list[dict], key: str = "seconds") -> float:
     return statistics.median(x[key] for x in xs)
 
 
+def run_direct(steps_file: Path, cwd: Path) -> int:
+    """The bench's "no cml in the loop" side: each stage's argv run in turn, its output moved into place."""
+    for s in json.loads(steps_file.read_text()):
+        Path(s["produced"]).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(s["argv"], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.replace(s["produced"], s["output"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["direct"]:
+        return run_direct(Path(argv[1]), Path(argv[2]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--copy-steps", type=int, default=10)
@@ -142,17 +156,34 @@ def main(argv: list[str] | None = None) -> int:
         r["resume"].append(m)
 
     full = med(r["overhead"]["cml"])
-    res = {
+    res: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": versions(b.sd),
         "settings": {"reps": a.reps, "copy_steps": a.copy_steps, "diff_steps": a.diff_steps, "resolution": 64, "model": "random SD1.5 architecture"},
         "overhead": {"cml_s": full, "direct_s": med(r["overhead"]["direct"]), "ratio": full / med(r["overhead"]["direct"])},
         "merge_modes": {
-            "checkpoint": {"s": full, "peak_rss_gib": med(r["overhead"]["cml"], "peak_rss_kib") / 2**20, "disk_gib": med(r["overhead"]["cml"], "disk_bytes") / 2**30},
-            "in_memory": {"s": med(r["in_memory"]), "peak_rss_gib": med(r["in_memory"], "peak_rss_kib") / 2**20, "disk_gib": med(r["in_memory"], "disk_bytes") / 2**30},
+            "checkpoint": {
+                "s": full,
+                "peak_rss_gib": med(r["overhead"]["cml"], "peak_rss_kib") / 2**20,
+                "disk_gib": med(r["overhead"]["cml"], "disk_bytes") / 2**30,
+            },
+            "in_memory": {
+                "s": med(r["in_memory"]),
+                "peak_rss_gib": med(r["in_memory"], "peak_rss_kib") / 2**20,
+                "disk_gib": med(r["in_memory"], "disk_bytes") / 2**30,
+            },
         },
-        "resume": {"changed_one_target_s": med(r["resume"]), "full_two_target_run_s": r["two_targets"]["seconds"], "ratio": med(r["resume"]) / r["two_targets"]["seconds"]},
-        "many_targets": {"k": 2, "one_copy_machine_s": r["two_targets"]["seconds"], "separate_pipelines_s": 2 * full, "ratio": r["two_targets"]["seconds"] / (2 * full)},
+        "resume": {
+            "changed_one_target_s": med(r["resume"]),
+            "full_two_target_run_s": r["two_targets"]["seconds"],
+            "ratio": med(r["resume"]) / r["two_targets"]["seconds"],
+        },
+        "many_targets": {
+            "k": 2,
+            "one_copy_machine_s": r["two_targets"]["seconds"],
+            "separate_pipelines_s": 2 * full,
+            "ratio": r["two_targets"]["seconds"] / (2 * full),
+        },
         "gpu": gpu_note(),
         "raw": r,
     }
@@ -187,21 +218,21 @@ def markdown(r: dict) -> str:
     s = r["settings"]
     return f"""# cml benchmarks
 
-Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; torch {r['versions']['torch']};
-sd-scripts {str(r['versions']['sd_scripts'])[:10]}; cml {r['versions']['cml']}.
-Workload: {s['model']} checkpoint, {s['resolution']} px, copy {s['copy_steps']} steps, diff {s['diff_steps']} steps, CPU.
-Medians of {s['reps']} runs, all in one `make bench` run.
+Machine: {r["machine"]["platform"]}, {r["machine"]["cpus"]} CPUs, Python {r["machine"]["python"]}; torch {r["versions"]["torch"]};
+sd-scripts {str(r["versions"]["sd_scripts"])[:10]}; cml {r["versions"]["cml"]}.
+Workload: {s["model"]} checkpoint, {s["resolution"]} px, copy {s["copy_steps"]} steps, diff {s["diff_steps"]} steps, CPU.
+Medians of {s["reps"]} runs, all in one `make bench` run.
 
 | measure | value | ratio |
 |---|---|---|
-| overhead: `cml run` vs the same sd-scripts commands run directly | {o['cml_s']:.1f} s vs {o['direct_s']:.1f} s | **{o['ratio']:.3f}** (goal <= 1.03) |
-| merge modes, wall time: in_memory vs checkpoint | {m['in_memory']['s']:.1f} s vs {m['checkpoint']['s']:.1f} s | **{m['time_ratio_in_memory_vs_checkpoint']:.3f}** |
-| merge modes, peak RSS: in_memory vs checkpoint | {m['in_memory']['peak_rss_gib']:.1f} GiB vs {m['checkpoint']['peak_rss_gib']:.1f} GiB | {m['in_memory']['peak_rss_gib'] / m['checkpoint']['peak_rss_gib']:.3f} |
-| merge modes, disk written: in_memory vs checkpoint | {m['in_memory']['disk_gib']:.3f} GiB vs {m['checkpoint']['disk_gib']:.3f} GiB | {m['in_memory']['disk_gib'] / m['checkpoint']['disk_gib']:.3f} |
-| resume: change one target's setting, re-run vs the full 2-target run | {rs['changed_one_target_s']:.1f} s vs {rs['full_two_target_run_s']:.1f} s | **{rs['ratio']:.3f}** |
-| many targets: 2 targets on one copy machine vs 2 separate pipelines | {mt['one_copy_machine_s']:.1f} s vs {mt['separate_pipelines_s']:.1f} s | **{mt['ratio']:.3f}** |
+| overhead: `cml run` vs the same sd-scripts commands run directly | {o["cml_s"]:.1f} s vs {o["direct_s"]:.1f} s | **{o["ratio"]:.3f}** (goal <= 1.03) |
+| merge modes, wall time: in_memory vs checkpoint | {m["in_memory"]["s"]:.1f} s vs {m["checkpoint"]["s"]:.1f} s | **{m["time_ratio_in_memory_vs_checkpoint"]:.3f}** |
+| merge modes, peak RSS: in_memory vs checkpoint | {m["in_memory"]["peak_rss_gib"]:.1f} GiB vs {m["checkpoint"]["peak_rss_gib"]:.1f} GiB | {m["in_memory"]["peak_rss_gib"] / m["checkpoint"]["peak_rss_gib"]:.3f} |
+| merge modes, disk written: in_memory vs checkpoint | {m["in_memory"]["disk_gib"]:.3f} GiB vs {m["checkpoint"]["disk_gib"]:.3f} GiB | {m["in_memory"]["disk_gib"] / m["checkpoint"]["disk_gib"]:.3f} |
+| resume: change one target's setting, re-run vs the full 2-target run | {rs["changed_one_target_s"]:.1f} s vs {rs["full_two_target_run_s"]:.1f} s | **{rs["ratio"]:.3f}** |
+| many targets: 2 targets on one copy machine vs 2 separate pipelines | {mt["one_copy_machine_s"]:.1f} s vs {mt["separate_pipelines_s"]:.1f} s | **{mt["ratio"]:.3f}** |
 
-GPU: {r['gpu']}.
+GPU: {r["gpu"]}.
 """
 
 

@@ -56,12 +56,15 @@ class GpuMonitor:
         self.samples: list[tuple[float, int]] = []
         self.proc = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "100", "-i", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None  # stdout=PIPE
         for line in self.proc.stdout:
             try:
                 self.samples.append((time.monotonic(), int(float(line.strip()))))
@@ -129,6 +132,7 @@ def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None, res:
     current: str | None = None
     out_lines: list[str] = []
     pending = ""
+    assert proc.stdout is not None  # stdout=PIPE
     while True:
         chunk = os.read(proc.stdout.fileno(), 65536)
         if not chunk:
@@ -247,8 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             img = a.work / f"a-{res}.png"
             if not img.exists():
                 demo_image(res).save(img)
-            sets = [f"base_model={q(models[fam])}", f"source={q(str(img))}", f"tokenizer_cache_dir={q(models['tokenizer'])}",
-                    f"output_dir={q(str(a.work / 'runs'))}", f"device={q(a.device)}", f"train.resolution={res}"]
+            sets = [
+                f"base_model={q(models[fam])}",
+                f"source={q(str(img))}",
+                f"tokenizer_cache_dir={q(models['tokenizer'])}",
+                f"output_dir={q(str(a.work / 'runs'))}",
+                f"device={q(a.device)}",
+                f"train.resolution={res}",
+            ]
             if fam == "sdxl":
                 sets.append(f"train.steps={a.sdxl_steps}")
             elif a.steps:
@@ -289,11 +299,13 @@ def pipeline_seconds(run: dict, names: tuple[str, ...] = ("copy", "merge", "diff
 def markdown(r: dict) -> str:
     d = r["device"]
     lines = [
-        "# cml on a GPU (`make bench-gpu`)", "",
+        "# cml on a GPU (`make bench-gpu`)",
+        "",
         f"Device: **{d.get('name', 'no CUDA GPU')}** ({_f(d.get('total_gib'), '.0f')} GiB, compute capability "
         f"{'.'.join(map(str, d.get('capability', []))) or '-'}), driver {d.get('driver', '-')}; torch {d.get('torch')} (CUDA {d.get('torch_cuda')}); "
         f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}.",
-        f"Random-weight checkpoints (built in {r['models_build_s']:.0f} s); one run of each; all figures from this one `make bench-gpu`.", "",
+        f"Random-weight checkpoints (built in {r['models_build_s']:.0f} s); one run of each; all figures from this one `make bench-gpu`.",
+        "",
         "| run | stage | wall s | set-up s | steps | loop s | it/s | tail s | peak GPU GiB (over idle) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -317,7 +329,9 @@ def markdown(r: dict) -> str:
         cm, base = mc.get("against_copy_machine"), mc.get("against_base")
         lines.append(f"SD1.5 pipeline (start + copy + merge + diff, baseline left out): **{pipeline_seconds(sd):.1f} s** (goal: 90 s on an H100-class GPU).")
         if cm is not None and base:
-            lines.append(f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio **{cm / base:.3f}** (goal <= 0.3).")
+            lines.append(
+                f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio **{cm / base:.3f}** (goal <= 0.3)."
+            )
     mem = r["runs"].get("sd15-in-memory")
     if sd and sd.get("finished") and mem and mem.get("finished"):
         lines.append(f"In-memory merge: SD1.5 pipeline {pipeline_seconds(mem, ('copy', 'diff-grayscale')):.1f} s (no merge stage, no merged file).")

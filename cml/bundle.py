@@ -30,9 +30,25 @@ DEFAULT_DIR = ROOT / ".gpu-bundle"
 # pillow, opencv-python-headless, tensorboard, rich, scikit-image, matplotlib, psutil, filelock, pytest):
 # the sd-scripts pinned requirements that are imported on cml's paths, their pinned-range dependencies, and cml's own.
 PACKAGES = (
-    "accelerate", "transformers", "tokenizers", "huggingface-hub", "diffusers", "importlib-metadata", "safetensors",
-    "bitsandbytes", "einops", "ftfy", "wcwidth", "toml", "voluptuous", "imagesize",
-    "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "tomli-w",
+    "accelerate",
+    "transformers",
+    "tokenizers",
+    "huggingface-hub",
+    "diffusers",
+    "importlib-metadata",
+    "safetensors",
+    "bitsandbytes",
+    "einops",
+    "ftfy",
+    "wcwidth",
+    "toml",
+    "voluptuous",
+    "imagesize",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "tomli-w",
 )
 # Left out: the optimizers sd-scripts imports only when chosen (lion-pytorch, schedulefree, prodigyopt, ...),
 # and opencv-python (CUDA stacks ship opencv-python-headless, which provides the same cv2).
@@ -95,8 +111,23 @@ def build(out: Path, python_version: str, cuda: tuple[str, ...]) -> None:
     wheels.mkdir(parents=True)
     pins = [f"{d}=={local_version(d)}" for d in PACKAGES]
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-           "--implementation", "cp", *plat, "-d", str(wheels), *pins]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *plat,
+        "-d",
+        str(wheels),
+        *pins,
+    ]
     print(f"bundle: downloading {len(pins)} wheels for Python {python_version} ...", flush=True)
     subprocess.run(cmd, check=True)
     bnb = next(wheels.glob("bitsandbytes-*.whl"))
@@ -107,12 +138,15 @@ def build(out: Path, python_version: str, cuda: tuple[str, ...]) -> None:
     own = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
     tar_tree(ROOT, out / "project.tar.gz", [f for f in own if f and not f.startswith("sd-scripts")], "cml")
     manifest = {
-        "python": python_version, "cuda_builds_of_bitsandbytes": list(cuda), "sd_scripts_commit": sd.commit,
-        "wheels": sorted(p.name for p in wheels.glob("*.whl")), "pins": pins,
+        "python": python_version,
+        "cuda_builds_of_bitsandbytes": list(cuda),
+        "sd_scripts_commit": sd.commit,
+        "wheels": sorted(p.name for p in wheels.glob("*.whl")),
+        "pins": pins,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"bundle: {out} ({size / 2**20:.1f} MiB): {len(manifest['wheels'])} wheels, sd-scripts {str(sd.commit)[:10]}, the project")
+    print(f"bundle: {out} ({size / 2**20:.1f} MiB): {len(list(wheels.glob('*.whl')))} wheels, sd-scripts {str(sd.commit)[:10]}, the project")
 
 
 def install(bundle: Path, site: Path) -> None:
@@ -123,8 +157,10 @@ def install(bundle: Path, site: Path) -> None:
     site.mkdir(parents=True, exist_ok=True)
     # Byte-compiled at install: machines that set PYTHONDONTWRITEBYTECODE would otherwise compile transformers,
     # diffusers and sd-scripts again in every trainer process (measured on an H100 machine: ~14 s per stage).
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir",
-                    "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)],
+        check=True,
+    )
     dest = site.parent / "sd-scripts"
     if not (dest / "train_network.py").is_file():
         with tarfile.open(bundle / "sd-scripts.tar.gz") as tar:

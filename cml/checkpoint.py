@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cml.errors import InputError
+from cml.files import atomic_write
 from cml.paths import cache_root
 
 # Keys that only one family's single-file checkpoints have.
@@ -35,10 +35,10 @@ class ModelInfo:
 
 def read_safetensors_header(path: Path) -> tuple[list[str], dict[str, str], str | None]:
     """Keys, metadata and U-Net dtype of a .safetensors file; damaged files become InputError."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # type: ignore[attr-defined]  # exported at run time, not in its stub
 
     try:
-        with safe_open(str(path), framework="numpy") as f:
+        with safe_open(str(path), framework="numpy") as f:  # type: ignore[attr-defined]  # a context manager; its stub says not
             keys = list(f.keys())
             unet = next((k for k in keys if k.startswith(UNET_PREFIX) and k.endswith(".weight")), None)
             dtype = f.get_slice(unet).get_dtype() if unet else None
@@ -122,21 +122,25 @@ def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = No
 def resolve_family(info: ModelInfo, declared: str) -> str:
     if declared == "auto":
         if info.family is None:
-            raise InputError("family cannot be detected from a .ckpt without unpickling it", f"base_model {info.path}", "set family = \"sd1\", \"sd2\" or \"sdxl\"")
+            raise InputError("family cannot be detected from a .ckpt without unpickling it", f"base_model {info.path}", 'set family = "sd1", "sd2" or "sdxl"')
         return info.family
     if info.family is not None and info.family != declared:
         raise InputError(
             f"family is declared {FAMILY_NAMES[declared]} but the checkpoint is {FAMILY_NAMES[info.family]}",
             f"family (base_model {info.path})",
-            f"set family = \"{info.family}\" or \"auto\"",
+            f'set family = "{info.family}" or "auto"',
         )
     return declared
 
 
+def sha256_of(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime): base models are gigabytes."""
+    """sha256 of a base model, cached by (path, size, mtime): base models are gigabytes and users' own files."""
     cache_file = cache_root() / "sha256.json"
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -146,16 +150,9 @@ def file_sha256(path: Path) -> str:
         cache = {}
     if key in cache:
         return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    cache[key] = h.hexdigest()
+    cache[key] = sha256_of(path)
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(cache_file)
+        atomic_write(cache_file, json.dumps(cache))
     except OSError:
         pass  # a cache we cannot write only costs time
     return cache[key]

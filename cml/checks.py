@@ -51,7 +51,7 @@ def _load(path: Path) -> tuple[dict, str]:
         return {k: v.float().numpy() for k, v in load_pt(str(path)).items()}, "pt"
 
 
-def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> LoraSummary:
+def check_lora(path: Path, dim: int, alpha: float) -> LoraSummary:
     """A trained LoRA: loads, U-Net keys only, rank = dim, alpha as configured, finite, not all zero."""
     if not path.is_file():
         raise CheckFailed(f"no LoRA file was written ({path})")
@@ -68,10 +68,9 @@ def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> Lo
         if not m:
             raise CheckFailed(f"unexpected key {k!r} (not a kohya LoRA key)")
         modules.setdefault(m.group(1), set()).add(m.group(2))
-    if unet_only:
-        te = [m for m in modules if not m.startswith("lora_unet_")]
-        if te:
-            raise CheckFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
+    te = [m for m in modules if not m.startswith("lora_unet_")]
+    if te:
+        raise CheckFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
     any_up_nonzero = False
     for name, parts in modules.items():
         if parts != {"lora_down.weight", "lora_up.weight", "alpha"}:
@@ -88,10 +87,10 @@ def check_lora(path: Path, dim: int, alpha: float, unet_only: bool = True) -> Lo
         any_up_nonzero = any_up_nonzero or _finite_nonzero(up)[1]
     if not any_up_nonzero:
         raise CheckFailed("all lora_up weights are zero: the LoRA learned nothing")
-    return LoraSummary(len(modules), keys, dim, alpha)
+    return LoraSummary(len(modules), keys, int(down.shape[0]), a)  # as read from the file (the last module; all agree)
 
 
-_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.uint16}
+_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # BF16 is widened by _as_float itself
 # Exponent bits all set = Inf or NaN; tested on the integer bits (float16 arithmetic is slow in numpy).
 _EXP = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000), "F64": (np.uint64, 0x7FF0000000000000)}
 
@@ -155,17 +154,21 @@ def check_merged(merged: Path, base: Path) -> dict:
     if missing:
         raise CheckFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
     changed_unet, problem = 0, None
-    with open(merged, "rb") as fm, open(base, "rb") as fb:
-        with mmap.mmap(fm.fileno(), 0, access=mmap.ACCESS_READ) as mm, mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb:
-            for k in sorted(mk & bk):
-                problem, differs = _compare(k, hm[k], hb[k], mm, om, mb, ob)
-                if problem:
-                    break  # raised below: no array view may outlive the maps
-                if k.startswith(UNET_PREFIX):
-                    changed_unet += differs
-                elif differs:
-                    problem = f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net"
-                    break
+    with (
+        open(merged, "rb") as fm,
+        open(base, "rb") as fb,
+        mmap.mmap(fm.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb,
+    ):
+        for k in sorted(mk & bk):
+            problem, differs = _compare(k, hm[k], hb[k], mm, om, mb, ob)
+            if problem:
+                break  # raised below: no array view may outlive the maps
+            if k.startswith(UNET_PREFIX):
+                changed_unet += differs
+            elif differs:
+                problem = f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net"
+                break
     if problem:
         raise CheckFailed(problem)
     if changed_unet == 0:
@@ -173,19 +176,23 @@ def check_merged(merged: Path, base: Path) -> dict:
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}
 
 
-def carry_marker_keys(base: Path, merged: Path, dst: Path, keys: tuple[str, ...]) -> list[str]:
-    """Write ``merged`` to ``dst`` with the base's marker tensors (``v_pred``, ``ztsnr``) that the merge dropped.
+def dropped_markers(base: Path, merged: Path, keys: tuple[str, ...]) -> list[str]:
+    """The base's marker keys (``v_pred``, ``ztsnr``) that the merged file lacks."""
+    hb, _ = _layout(base)
+    hm, _ = _layout(merged)
+    return [k for k in keys if k in hb and k not in hm]
+
+
+def carry_marker_keys(base: Path, merged: Path, dst: Path, missing: list[str]) -> None:
+    """Write ``merged`` to ``dst`` with the base's marker tensors ``missing`` appended.
 
     Header-level: the merged file's tensor bytes are copied as they are and the markers appended, so a
-    checkpoint of gigabytes is never loaded. Returns the keys added; nothing is written when none is missing.
+    checkpoint of gigabytes is never loaded.
     """
     hb, ob = _layout(base)
     with open(merged, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
-    missing = [k for k in keys if k in hb and k not in header]
-    if not missing:
-        return []
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     blobs = []
     with open(base, "rb") as fb:
@@ -203,7 +210,6 @@ def carry_marker_keys(base: Path, merged: Path, dst: Path, keys: tuple[str, ...]
         shutil.copyfileobj(src, out, 1 << 24)
         for b in blobs:
             out.write(b)
-    return missing
 
 
 def add_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
@@ -212,15 +218,17 @@ def add_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     meta.update({k: str(v) for k, v in extra.items()})
     tensors, framework = _load(src)
     if framework == "numpy":
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save_file as save_numpy
 
-        save_file(tensors, str(dst), metadata=meta)
+        save_numpy(tensors, str(dst), metadata=meta)
     else:  # bf16: keep the file's dtypes
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+        from safetensors.torch import save_file as save_torch
 
-        save_file(load_file(str(src)), str(dst), metadata=meta)
+        save_torch(load_file(str(src)), str(dst), metadata=meta)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="numpy") as f:  # "pt" would import torch (~1 s) just to read a header
+    # "pt" would import torch (~1 s) just to read a header
+    with safe_open(str(path), framework="numpy") as f:  # type: ignore[attr-defined]  # a context manager; its stub says not
         return dict(f.metadata() or {})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -16,73 +15,50 @@ from cml.runner import Terminated
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sd-scripts", metavar="PATH", help="sd-scripts folder (else CML_SD_SCRIPTS, the submodule, cml setup's copy)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def _preset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", type=Path, help="preset TOML (see presets/)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a preset value; VALUE is TOML (repeatable)")
-
-
-def _run_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
+def build_parser() -> argparse.ArgumentParser:
+    # Shared option groups (argparse parents): each defined once.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    sd = argparse.ArgumentParser(add_help=False, parents=[debug])
+    sd.add_argument("--sd-scripts", metavar="PATH", help="sd-scripts folder (else CML_SD_SCRIPTS, the submodule, cml setup's copy)")
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a preset value; VALUE is TOML (repeatable)")
+    preset = argparse.ArgumentParser(add_help=False, parents=[sets])
+    preset.add_argument("preset", type=Path, help="preset TOML (see presets/)")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("-o", "--output-dir", type=Path, help="put the run folder under this folder (overrides output_dir)")
+    running = argparse.ArgumentParser(add_help=False)
+    g = running.add_mutually_exclusive_group()
     g.add_argument("-q", "--quiet", action="store_true", help="no trainer output: one progress line every few seconds")
     g.add_argument("-v", "--verbose", action="store_true", help="everything")
-    p.add_argument("--force", action="store_true", help="replace finished diff LoRAs made from other settings")
-    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on (copy, merge, diff-NAME, ...)")
-    p.add_argument("--baseline", action="store_true", help="also measure the diff stage's early loss against the plain base model")
+    running.add_argument("--force", action="store_true", help="replace finished LoRAs (copy, diff, resized) made from other settings")
+    running.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on (copy, merge, diff-NAME, ...)")
+    running.add_argument("--baseline", action="store_true", help="also measure the diff stage's early loss against the plain base model")
 
-
-def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cml", description="Copy Machine LoRA training over kohya sd-scripts.")
     ap.add_argument("--version", action="version", version=f"cml {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("setup", help="get sd-scripts at the pinned commit")
+    p = sub.add_parser("setup", parents=[debug], help="get sd-scripts at the pinned commit")
     p.add_argument("--source", metavar="URL_OR_PATH", help="clone from here (a URL or a local git directory) instead of the submodule's remote")
     p.add_argument("--deps", action="store_true", help="also pip-install sd-scripts' requirements.txt into this Python")
-    p.add_argument("--debug", action="store_true")
-
-    p = sub.add_parser("doctor", help="check that a run can work here")
-    _common(p)
-
-    p = sub.add_parser("show-config", help="print the fully resolved preset as TOML")
-    _preset_args(p)
-    p.add_argument("--debug", action="store_true")
-
-    p = sub.add_parser("plan", help="write every kohya file of a run; run nothing")
-    _preset_args(p)
-    _common(p)
-    p.add_argument("-o", "--output-dir", type=Path, help="put the run folder under this folder (overrides output_dir)")
-
-    p = sub.add_parser("run", help="run copy, merge and diff stages")
-    _preset_args(p)
-    _common(p)
-    _run_args(p)
-    p.add_argument("-o", "--output-dir", type=Path, help="put the run folder under this folder (overrides output_dir)")
-
-    p = sub.add_parser("check", help="copy check, weight sweep grids, metrics and report.md for a finished run")
+    p.set_defaults(func=cmd_setup)
+    sub.add_parser("doctor", parents=[sd], help="check that a run can work here").set_defaults(func=cmd_doctor)
+    sub.add_parser("show-config", parents=[preset, debug], help="print the fully resolved preset as TOML").set_defaults(func=cmd_show_config)
+    sub.add_parser("plan", parents=[preset, sd, out], help="write every kohya file of a run; run nothing").set_defaults(func=cmd_plan)
+    sub.add_parser("run", parents=[preset, sd, out, running], help="run copy, merge and diff stages").set_defaults(func=cmd_run)
+    p = sub.add_parser("check", parents=[sets, sd], help="copy check, weight sweep grids, metrics and report.md for a finished run")
     p.add_argument("run_dir", type=Path, help="a run folder (holds preset.toml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="e.g. check.weights=[-1,0,1]")
-    _common(p)
     p.add_argument("-q", "--quiet", action="store_true")
-
-    p = sub.add_parser("grayscale", help="the article's recipe on your images: A (and B, else A in grayscale)")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("grayscale", parents=[sets, sd, out, running], help="the article's recipe on your images: A (and B, else A in grayscale)")
     p.add_argument("a", type=Path, help="image A")
     p.add_argument("b", type=Path, nargs="?", help="image B (default: A converted to grayscale)")
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("runs"))
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    _common(p)
-    _run_args(p)
-
-    p = sub.add_parser("demo", help="the whole pipeline on a random SD1.5-architecture model at 64 px (CPU)")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("runs"))
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    _common(p)
-    _run_args(p)
+    p.set_defaults(func=cmd_grayscale)
+    sub.add_parser("demo", parents=[sets, sd, out, running], help="the whole pipeline on a random SD1.5-architecture model at 64 px (CPU)").set_defaults(
+        func=cmd_demo
+    )
     return ap
 
 
@@ -142,99 +118,84 @@ def _check(plan, sd, mode: str) -> None:
     say(f"  report: {plan.run_dir / 'report.md'}")
 
 
-def dispatch(args) -> int:
-    if args.cmd == "setup":
-        from cml.sdscripts import install_requirements, setup
+def cmd_setup(args) -> int:
+    from cml.sdscripts import install_requirements, setup
 
-        sd = setup(args.source)
-        if args.deps:
-            install_requirements(sd)
-        return 0
-    if args.cmd == "doctor":
-        from cml.doctor import diagnose, report
-
-        return report(diagnose(args.sd_scripts))
-    if args.cmd == "show-config":
-        import tomli_w
-
-        from cml.config import load_preset
-
-        preset, _ = load_preset(args.preset, args.sets)
-        sys.stdout.write(tomli_w.dumps(preset.to_toml_dict()))
-        return 0
-    if args.cmd == "plan":
-        from cml import pipeline
-        from cml.kohya.render import render
-        from cml.runner import RunLock
-
-        try:
-            plan, sd = pipeline.prepare(args.preset, _with_output(args), args.sd_scripts)
-        except InputError as e:
-            if not e.what.startswith("sd-scripts not found"):
-                raise
-            # Planning needs no sd-scripts: write the files with the submodule path in commands.sh.
-            pipeline.say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
-            plan, sd = _plan_without_sd(args)
-        with RunLock(plan.run_dir):  # never rewrite the files of a run in progress
-            files = render(plan, sd.path)
-        pipeline.say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
-        for st in plan.stages:
-            pipeline.say(f"  {st.name}: {st.what}")
-        return 0
-    if args.cmd == "run":
-        return _cmd_run(args, args.preset, _with_output(args))
-    if args.cmd == "check":
-        from cml import pipeline
-
-        preset = args.run_dir / "preset.toml"
-        if not preset.is_file():
-            raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
-        # The folder may have moved since the run: locate the run by where it is now.
-        here = args.run_dir.resolve()
-        sets = [f"output_dir={_toml_str(here.parent)}", f"name={toml_value(here.name)}"]
-        plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts, for_check=True)
-        from cml.runner import RunLock
-
-        with RunLock(plan.run_dir):
-            _check(plan, sd, "quiet" if args.quiet else "normal")
-        return 0
-    if args.cmd == "grayscale":
-        sets = _with_output(args) + [f"base_model={_toml_str(args.model)}", f"source={_toml_str(args.a)}"]
-        if args.b is not None:
-            sets.append(f"targets.grayscale={{images=[{_toml_str(args.b)}]}}")
-        return _cmd_run(args, PRESETS / "grayscale.toml", sets)
-    if args.cmd == "demo":
-        from cml.demo import prepare_demo
-
-        preset, sets = prepare_demo(args.sd_scripts)
-        return _cmd_run(args, preset, _with_output(args) + sets)
-    raise AssertionError(args.cmd)
+    sd = setup(args.source)
+    if args.deps:
+        install_requirements(sd)
+    return 0
 
 
-def _plan_without_sd(args):
-    from cml import pipeline
+def cmd_doctor(args) -> int:
+    from cml.doctor import diagnose, report
+
+    return report(diagnose(args.sd_scripts))
+
+
+def cmd_show_config(args) -> int:
+    import tomli_w
+
     from cml.config import load_preset
-    from cml.inputs import load_inputs
-    from cml.kohya.render import gui_problems
-    from cml.plan import build_plan
-    from cml.rundir import check_run_dir
-    from cml.sdscripts import SUBMODULE, SdScripts
 
-    preset, digest = load_preset(args.preset, _with_output(args))
-    inputs = load_inputs(preset)
-    for n in inputs.notes:
-        pipeline.say(f"note: {n}")
-    plan = build_plan(preset, digest, inputs, None)
-    for problem in gui_problems(plan):
-        pipeline.say(f"warning: {problem}")
-    check_run_dir(plan.run_dir, preset_file=args.preset, inputs=pipeline.input_files(preset), sd_scripts=None)
-    return plan, SdScripts(SUBMODULE, None, "not found")
+    preset, _ = load_preset(args.preset, args.sets)
+    sys.stdout.write(tomli_w.dumps(preset.to_toml_dict()))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from cml import pipeline
+    from cml.kohya.render import render
+    from cml.runner import RunLock
+
+    # Planning needs no sd-scripts: without it, commands.sh names the sd-scripts/ submodule.
+    plan, sd = pipeline.prepare(args.preset, _with_output(args), args.sd_scripts, need_sd=False)
+    with RunLock(plan.run_dir):  # never rewrite the files of a run in progress
+        files = render(plan, sd.path)
+    pipeline.say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
+    for st in plan.stages:
+        pipeline.say(f"  {st.name}: {st.what}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    return _cmd_run(args, args.preset, _with_output(args))
+
+
+def cmd_check(args) -> int:
+    from cml import pipeline
+    from cml.runner import RunLock
+
+    preset = args.run_dir / "preset.toml"
+    if not preset.is_file():
+        raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
+    # The folder may have moved since the run: locate the run by where it is now.
+    here = args.run_dir.resolve()
+    sets = [f"output_dir={_toml_str(here.parent)}", f"name={toml_value(here.name)}"]
+    plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts, for_check=True)
+    with RunLock(plan.run_dir):
+        _check(plan, sd, "quiet" if args.quiet else "normal")
+    return 0
+
+
+def cmd_grayscale(args) -> int:
+    sets = _with_output(args) + [f"base_model={_toml_str(args.model)}", f"source={_toml_str(args.a)}"]
+    if args.b is not None:
+        sets.append(f"targets.grayscale={{images=[{_toml_str(args.b)}]}}")
+    return _cmd_run(args, PRESETS / "grayscale.toml", sets)
+
+
+def cmd_demo(args) -> int:
+    from cml.demo import prepare_demo
+
+    preset, sets = prepare_demo(args.sd_scripts)
+    return _cmd_run(args, preset, _with_output(args) + sets)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return dispatch(args)
+        return args.func(args)
     except (KeyboardInterrupt, Terminated):
         print("cml: interrupted; finished stages are kept, re-run the same command to resume", file=sys.stderr)
         return 130

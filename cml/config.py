@@ -38,10 +38,39 @@ Scalar = str | int | float | bool
 # The optimizer_type names sd-scripts accepts at the pinned commit (library/train_util.py, get_optimizer): its own,
 # then any torch.optim class by name, or a full "module.Class" path.
 OPTIMIZERS = (
-    "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit", "SGDNesterov",
-    "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD",
-    "Prodigy", "Adafactor", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
-    "Adadelta", "Adagrad", "Adam", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
+    "AdamW",
+    "AdamW8bit",
+    "PagedAdamW",
+    "PagedAdamW8bit",
+    "PagedAdamW32bit",
+    "Lion",
+    "Lion8bit",
+    "PagedLion8bit",
+    "SGDNesterov",
+    "SGDNesterov8bit",
+    "DAdaptation",
+    "DAdaptAdamPreprint",
+    "DAdaptAdam",
+    "DAdaptAdaGrad",
+    "DAdaptAdan",
+    "DAdaptAdanIP",
+    "DAdaptLion",
+    "DAdaptSGD",
+    "Prodigy",
+    "Adafactor",
+    "RAdamScheduleFree",
+    "AdamWScheduleFree",
+    "SGDScheduleFree",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
 )
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -106,9 +135,7 @@ class TrainSettings(Base):
     """U-Net learning rate."""
     optimizer: str = "AdamW8bit"
     """sd-scripts optimizer_type. 8-bit optimizers fall back to their 32-bit twin without CUDA."""
-    scheduler: Literal[
-        "cosine", "constant", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"
-    ] = "cosine"
+    scheduler: Literal["cosine", "constant", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"] = "cosine"
     """lr_scheduler."""
     warmup_steps: int = Field(0, ge=0)
     """lr_warmup_steps."""
@@ -122,7 +149,7 @@ class TrainSettings(Base):
     """Training seed."""
     precision: Precision = "auto"
     """Mixed precision: auto = bf16 on GPUs with compute capability 8.0+ (Ampere and newer), fp16 on older GPUs, fp32 on a CPU."""
-    gradient_checkpointing: Optional[bool] = None
+    gradient_checkpointing: bool | None = None
     """Trade compute for GPU memory; empty means on for SDXL (sd-scripts' SDXL docs recommend it), off otherwise."""
     extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     """Further train_network.py options, written into the training TOML as they are."""
@@ -139,18 +166,18 @@ class TrainSettings(Base):
         return v
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainSettings":
+    def _warmup_fits(self) -> TrainSettings:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
         return self
 
 
 # Per-stage and per-target overrides: the same fields, all optional.
-TrainOverrides = create_model(
+TrainOverrides = create_model(  # type: ignore[call-overload]  # fields built at run time from TrainSettings
     "TrainOverrides",
     __base__=Base,
     **{
-        name: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation], Field(None, description=f.description))
+        name: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation], Field(None, description=f.description))  # noqa: UP045  # built at run time: X | None does not take a type variable
         for name, f in TrainSettings.model_fields.items()
     },
 )
@@ -168,13 +195,13 @@ class Target(Base):
 
     images: PathList = Field(default_factory=list)
     """B images, one per source image, in the same order."""
-    transform: Optional[Transform] = None
+    transform: Transform | None = None
     """Make B from A with a built-in transform instead of images."""
     train: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
     """Training settings for this target's diff stage only."""
 
     @model_validator(mode="after")
-    def _images_or_transform(self) -> "Target":
+    def _images_or_transform(self) -> Target:
         if bool(self.images) == bool(self.transform):
             raise ValueError("give either 'images' (B files) or 'transform' (one of grayscale, sepia, invert, blur), not both or neither")
         return self
@@ -185,33 +212,24 @@ class CheckSettings(Base):
 
     enabled: bool = False
     """Run the check after the diff stages."""
-    weights: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])
+    weights: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=1)
     """Diff LoRA weights of the sweep."""
-    seeds: list[int] = Field(default_factory=lambda: [1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     """Seeds of the copy check and the sweep."""
-    prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"])
+    prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"], min_length=1)
     """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
     models: PathList = Field(default_factory=list)
     """Models of the sweep; empty means the base model."""
     sampling_steps: int = Field(20, gt=0)
     """Sampler steps."""
-    resolution: Optional[int] = Field(None, ge=64, multiple_of=8)
+    resolution: int | None = Field(None, ge=64, multiple_of=8)
     """Image size; empty means the training resolution."""
 
     @field_validator("weights")
     @classmethod
-    def _weights_not_empty(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("list at least one weight, e.g. [-1, 0, 1]")
+    def _weights_have_zero(cls, v: list[float]) -> list[float]:
         if 0 not in v:
             raise ValueError(f"{v} lacks 0: the metrics compare every weight with weight 0 (add 0, e.g. [-1, 0, 1])")
-        return v
-
-    @field_validator("seeds", "prompts")
-    @classmethod
-    def _not_empty(cls, v: list) -> list:
-        if not v:
-            raise ValueError("must not be empty")
         return v
 
     @field_validator("prompts")
@@ -223,7 +241,6 @@ class CheckSettings(Base):
         return v
 
 
-
 class Preset(Base):
     """A whole copy-machine run: one copy stage, one merge, one diff stage per target."""
 
@@ -233,9 +250,9 @@ class Preset(Base):
     """SD checkpoint (.safetensors, .ckpt) or diffusers folder."""
     family: Family = "auto"
     """Model family; auto detects it from the checkpoint's keys."""
-    v_parameterization: Optional[bool] = None
+    v_parameterization: bool | None = None
     """v-prediction model (SD2 768-v); empty means detect from metadata, else no."""
-    source: PathList
+    source: Annotated[PathList, Field(min_length=1)]
     """Image A, or several images (a copy machine of a small set)."""
     targets: dict[str, Target]
     """Named targets; one copy machine serves them all."""
@@ -253,11 +270,11 @@ class Preset(Base):
     """Folder that holds run folders."""
     allow_resize: bool = False
     """Let B images of another size than A be resized to A's size."""
-    resize_to: Optional[int] = Field(None, gt=0)
+    resize_to: int | None = Field(None, gt=0)
     """Also write each diff LoRA shrunk to this rank (networks/resize_lora.py)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where to train; auto = CUDA when available."""
-    tokenizer_cache_dir: Optional[ResolvedPath] = None
+    tokenizer_cache_dir: ResolvedPath | None = None
     """sd-scripts --tokenizer_cache_dir; empty means cml's user cache (offline after the first run)."""
     allow_pickle: bool = False
     """Allow a .ckpt base model: sd-scripts unpickles it, which can run code. Prefer .safetensors."""
@@ -267,13 +284,6 @@ class Preset(Base):
     """Steps of the baseline and of the early-loss window."""
     check: CheckSettings = Field(default_factory=CheckSettings)
     """Copy check, sweep grid and metrics."""
-
-    @field_validator("source")
-    @classmethod
-    def _source_given(cls, v: list[Path]) -> list[Path]:
-        if not v:
-            raise ValueError("give at least one source image (image A)")
-        return v
 
     @field_validator("name")
     @classmethod
@@ -286,7 +296,7 @@ class Preset(Base):
     @classmethod
     def _targets(cls, v: dict[str, Target]) -> dict[str, Target]:
         if not v:
-            raise ValueError("add at least one target, e.g. [targets.grayscale] transform = \"grayscale\"")
+            raise ValueError('add at least one target, e.g. [targets.grayscale] transform = "grayscale"')
         seen: dict[str, str] = {}
         for name in v:
             if not SAFE_NAME.match(name):
@@ -297,7 +307,7 @@ class Preset(Base):
         return v
 
     @model_validator(mode="after")
-    def _resize_fits(self) -> "Preset":
+    def _resize_fits(self) -> Preset:
         if self.resize_to is not None:
             for name in self.targets:
                 dim = self.diff_settings(name).dim
@@ -306,7 +316,7 @@ class Preset(Base):
         return self
 
     @model_validator(mode="after")
-    def _pairs(self) -> "Preset":
+    def _pairs(self) -> Preset:
         for name, t in self.targets.items():
             if t.images and len(t.images) != len(self.source):
                 raise ValueError(
@@ -342,7 +352,7 @@ def toml_value(value: Any) -> str:
     """A value as TOML text, written by tomli-w (any path, emoji included, becomes a valid TOML string)."""
     import tomli_w
 
-    return tomli_w.dumps({"v": value})[len("v = "):].rstrip("\n")
+    return tomli_w.dumps({"v": value})[len("v = ") :].rstrip("\n")
 
 
 # A bare word (no quotes, brackets or spaces) that is not TOML is taken as a string: --set name=foo.
@@ -462,7 +472,9 @@ def load_preset(path: Path | str, sets: list[str] | None = None) -> tuple[Preset
     """Load, override and validate a preset. Returns the preset and the sha256 of its effective text."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("preset not found" if not path.exists() else "preset is not a file", str(path), "give the path of a .toml preset, e.g. presets/grayscale.toml")
+        raise InputError(
+            "preset not found" if not path.exists() else "preset is not a file", str(path), "give the path of a .toml preset, e.g. presets/grayscale.toml"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM (Windows editors) is fine
     except UnicodeDecodeError:

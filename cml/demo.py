@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cml.files import atomic_path
 from cml.paths import cache_root
 
 DEMO_VERSION = "1"  # bump when the demo assets change
@@ -24,22 +25,11 @@ def cache_dir() -> Path:
     return cache_root() / "demo"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable character.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
     """A CLIP tokenizer with a byte-level vocabulary and no merges: enough for sd-scripts offline."""
-    chars = list(_bytes_to_unicode().values())
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode  # GPT-2/CLIP's byte-level alphabet
+
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
@@ -48,10 +38,17 @@ def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
     (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dest / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     (dest / "tokenizer_config.json").write_text(
-        json.dumps({
-            "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token, "do_lower_case": True,
-        }),
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": pad_token,
+                "do_lower_case": True,
+            }
+        ),
         encoding="utf-8",
     )
     (dest / "special_tokens_map.json").write_text(
@@ -63,7 +60,11 @@ def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
 def tokenizer_dir() -> Path:
     """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for (SD1, SD2, SDXL)."""
     root = cache_dir() / f"tokenizers-v{DEMO_VERSION}"
-    for name, pad in (("openai_clip-vit-large-patch14", "<|endoftext|>"), ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", "!"), ("stabilityai_stable-diffusion-2", "!")):
+    for name, pad in (
+        ("openai_clip-vit-large-patch14", "<|endoftext|>"),
+        ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", "!"),
+        ("stabilityai_stable-diffusion-2", "!"),
+    ):
         if not (root / name / "vocab.json").exists():
             write_tokenizer(root / name, pad_token=pad)
     return root
@@ -82,6 +83,16 @@ def demo_image(size: int = 256) -> Image.Image:
     return img
 
 
+def clip_l_config():
+    """CLIP ViT-L/14's text encoder (SD1.x, and SDXL's first encoder)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    )  # fmt: skip
+
+
 def _cached_build(name: str, what: str, sd_scripts: Path, build, log) -> Path:
     """Build a random checkpoint once into the cache; written under a temporary name, then renamed."""
     out = cache_dir() / f"{name}-v{DEMO_VERSION}.safetensors"
@@ -89,10 +100,8 @@ def _cached_build(name: str, what: str, sd_scripts: Path, build, log) -> Path:
         return out
     log(f"building {what} (once): {out}")
     sys.path.insert(0, str(sd_scripts))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.safetensors")
-    build(str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        build(str(tmp))
     return out
 
 
@@ -102,23 +111,18 @@ def random_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
     def build(path: str) -> None:
         import torch
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextConfig, CLIPTextModel
-
         from library import model_util
         from library.original_unet import UNet2DConditionModel
+        from transformers import CLIPTextModel
 
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
         vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
-        te = CLIPTextModel._from_config(
-            CLIPTextConfig(
-                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-            )
-        )
+        te = CLIPTextModel._from_config(clip_l_config())
         model_util.save_stable_diffusion_checkpoint(False, path, te, unet, None, 0, 0, {"cml_demo": "random weights"}, torch.float16, vae)
 
     return _cached_build("random-sd15", "a random SD1.5-architecture checkpoint (~35 s, 2.1 GB)", sd_scripts, build, log)
+
 
 def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
     """The demo preset and the --set values that point it at the cached random model and tokenizer."""
@@ -148,19 +152,23 @@ def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
 
         import torch
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
         from library import model_util, sdxl_model_util, sdxl_original_unet
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
         torch.manual_seed(0)
         unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
-        te1 = CLIPTextModel._from_config(
-            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-        ).half()
+        te1 = CLIPTextModel._from_config(clip_l_config()).half()
         te2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                           max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_hidden_layers=32,
+                num_attention_heads=20,
+                max_position_embeddings=77,
+                hidden_act="gelu",
+                projection_dim=1280,
+            )
         ).half()
         vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
         logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)

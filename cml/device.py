@@ -123,7 +123,9 @@ def gpu_memory() -> tuple[int, int] | None:
     if not smi:
         return None
     try:
-        p = subprocess.run([smi, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits", "-i", "0"], capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            [smi, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits", "-i", "0"], capture_output=True, text=True, timeout=30
+        )
         free, total = (int(float(x)) * 2**20 for x in p.stdout.strip().splitlines()[0].split(","))
         return free, total
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -146,7 +148,9 @@ def probe(env: dict[str, str] | None = None, check_bnb: bool = True, python: str
         return Probe(None, None, None, d["error"])
     gpu = None
     if d.get("cuda"):
-        gpu = Gpu(d["name"], int(d["total_memory"]), (int(d["capability"][0]), int(d["capability"][1])), None if "bnb" in d else d.get("bnb_error", "not checked"))
+        gpu = Gpu(
+            d["name"], int(d["total_memory"]), (int(d["capability"][0]), int(d["capability"][1])), None if "bnb" in d else d.get("bnb_error", "not checked")
+        )
     return Probe(d.get("torch"), d.get("torch_cuda"), gpu, d.get("cuda_error"))
 
 
@@ -177,8 +181,10 @@ def resolve_device(requested: str, env: dict[str, str] | None = None) -> tuple[s
         return "cuda", pr.gpu, notes
     gpus = nvidia_gpus()
     if gpus:
-        raise InputError(unusable_gpu_message(gpus, pr), f"device = \"{requested}\"", TORCH_FIX)
+        raise InputError(unusable_gpu_message(gpus, pr), f'device = "{requested}"', TORCH_FIX)
     if requested == "cuda":
         why = pr.error or "no NVIDIA GPU found"
-        raise InputError(f"device = \"cuda\" but CUDA is not usable here ({why})", "device", "set device = \"auto\" or \"cpu\", or run on a machine with an NVIDIA GPU")
+        raise InputError(
+            f'device = "cuda" but CUDA is not usable here ({why})', "device", 'set device = "auto" or "cpu", or run on a machine with an NVIDIA GPU'
+        )
     return "cpu", None, ["no CUDA GPU found: training on the CPU (demo scale is fine; 512 px, 500 steps take hours)"]

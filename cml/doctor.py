@@ -27,10 +27,17 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
     out += device_findings()
     try:
         sd = locate(sd_option)
-        pinned = sd.commit == PINNED_SD_SCRIPTS_COMMIT
         out.append(Finding("sd-scripts", True, sd.describe()))
-        if not pinned:
-            out.append(Finding("sd-scripts commit", False, f"{sd.commit or 'unknown'} is not the pinned {PINNED_SD_SCRIPTS_COMMIT[:10]}", "cml setup (or check out the pinned commit)", required=False))
+        if not sd.pinned:
+            out.append(
+                Finding(
+                    "sd-scripts commit",
+                    False,
+                    f"{sd.commit or 'unknown'} is not the pinned {PINNED_SD_SCRIPTS_COMMIT[:10]}",
+                    "cml setup (or check out the pinned commit)",
+                    required=False,
+                )
+            )
         err = check_imports(sd)
         out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, "make setup (installs sd-scripts' requirements.txt)"))
         cache = default_tokenizer_cache()
@@ -40,8 +47,14 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
         elif hub_reachable():
             out.append(Finding("tokenizer", True, f"not cached yet: the first run downloads {missing[0]} into {cache}"))
         else:
-            out.append(Finding("tokenizer", False, f"{missing[0]} is not in {cache} and huggingface.co cannot be reached (offline)",
-                               "run once with network, or set tokenizer_cache_dir in the preset to a folder that holds it"))
+            out.append(
+                Finding(
+                    "tokenizer",
+                    False,
+                    f"{missing[0]} is not in {cache} and huggingface.co cannot be reached (offline)",
+                    "run once with network, or set tokenizer_cache_dir in the preset to a folder that holds it",
+                )
+            )
     except InputError as e:
         out.append(Finding("sd-scripts", False, e.what, e.fix or "make setup"))
     return out
@@ -58,13 +71,25 @@ def device_findings() -> list[Finding]:
         prec = "bf16" if g.bf16 else "fp16"
         out.append(Finding("device", True, f"CUDA: {g.describe()}; precision auto = {prec}"))
         ok = g.bnb_error is None
-        out.append(Finding("bitsandbytes", ok, "one AdamW8bit step ran on the GPU" if ok else f"AdamW8bit failed ({g.bnb_error}): it falls back to AdamW", "pip install -U bitsandbytes (a build for your CUDA)", required=False))
+        out.append(
+            Finding(
+                "bitsandbytes",
+                ok,
+                "one AdamW8bit step ran on the GPU" if ok else f"AdamW8bit failed ({g.bnb_error}): it falls back to AdamW",
+                "pip install -U bitsandbytes (a build for your CUDA)",
+                required=False,
+            )
+        )
         return out
     gpus = nvidia_gpus()
     if gpus:
         out.append(Finding("device", False, unusable_gpu_message(gpus, pr), TORCH_FIX))
         return out
-    out.append(Finding("device", True, "CPU only (no NVIDIA GPU found): demo-scale runs work; real 512 px runs take hours; AdamW8bit falls back to AdamW", required=False))
+    out.append(
+        Finding(
+            "device", True, "CPU only (no NVIDIA GPU found): demo-scale runs work; real 512 px runs take hours; AdamW8bit falls back to AdamW", required=False
+        )
+    )
     return out
 
 

@@ -41,7 +41,3 @@ class StageFailed(CmlError):
     """A stage's subprocess failed or its output did not pass the checks."""
 
     exit_code = 1
-
-
-class Interrupted(CmlError):
-    exit_code = 130

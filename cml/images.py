@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from cml.errors import InputError
+from cml.files import atomic_path
 
 MIN_SIDE = 64  # sd-scripts' smallest bucket; smaller images cannot be trained on
 MAX_SIDE = 8192  # larger images are refused: decoding them would take gigabytes
@@ -31,8 +32,13 @@ class LoadedImage:
 
 # EXIF orientation tag -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose does).
 ORIENT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -64,9 +70,8 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         notes.append(f"{mode} (16-bit) converted to 8-bit RGB")
         return img.convert("RGB")
-    if mode == "P":
+    if mode == "P":  # a palette may carry transparency: judged as RGBA below
         img = img.convert("RGBA")
-        mode = "P"
     if img.mode in ("RGBA", "LA", "PA"):
         alpha = img.convert("RGBA").getchannel("A")
         if alpha.getextrema()[0] == 255:  # an alpha channel, but nothing transparent
@@ -167,10 +172,8 @@ def save_png(img: Image.Image, path: Path) -> None:
                     return
         except Exception:
             pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def bucket(width: int, height: int, resolution: int, steps: int = 64) -> tuple[int, int] | None:

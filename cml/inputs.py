@@ -65,7 +65,8 @@ def align_b(a: LoadedImage, b: LoadedImage, where: str) -> tuple[Image.Image, st
         raise InputError(
             f"B's EXIF orientation ({b.orientation}) differs from A's ({a.orientation}) and neither reading of B matches A "
             f"(luminance correlation {scores[0][0]:.2f} vs {scores[1][0]:.2f})",
-            where, "save B upright as A shows, with the same orientation as A",
+            where,
+            "save B upright as A shows, with the same orientation as A",
         )
     note = f"{b.path.name}: EXIF orientation differs from A's ({b.orientation} vs {a.orientation}); read with {how}, which matches A (luminance correlation {best:.2f} vs {second:.2f})"
     return img, note
@@ -115,10 +116,13 @@ def load_inputs(preset: Preset) -> Inputs:
                 notes.append(note)
             if img.size != a.image.size:
                 if not preset.allow_resize:
-                    errors.append(InputError(
-                        f"B is {img.size[0]}x{img.size[1]} but its A ({a.path.name}) is {a.image.size[0]}x{a.image.size[1]}",
-                        where, "edit B from A without cropping, or set allow_resize = true to resize B to A's size",
-                    ))
+                    errors.append(
+                        InputError(
+                            f"B is {img.size[0]}x{img.size[1]} but its A ({a.path.name}) is {a.image.size[0]}x{a.image.size[1]}",
+                            where,
+                            "edit B from A without cropping, or set allow_resize = true to resize B to A's size",
+                        )
+                    )
                     continue
                 notes.append(f"{b.path.name}: resized from {img.size[0]}x{img.size[1]} to A's {a.image.size[0]}x{a.image.size[1]}")
                 img = img.resize(a.image.size, Image.Resampling.LANCZOS)
@@ -139,14 +143,21 @@ def load_inputs(preset: Preset) -> Inputs:
         other = inspect_model(m, preset.allow_pickle, where=f"check.models[{i}] {m}")
         if other.family is not None and other.family != family:
             raise InputError(
-                f"the check model is {other.family} but the LoRAs are trained on {family}", f"check.models[{i}] {m}",
+                f"the check model is {other.family} but the LoRAs are trained on {family}",
+                f"check.models[{i}] {m}",
                 "list models of the base model's family",
             )
+    if info.kind == "ckpt" and preset.merge == "checkpoint":
+        raise InputError(
+            "the checkpoint merge is checked against the base's tensors, which cml reads from .safetensors files only",
+            f"merge (base_model {preset.base_model})",
+            'convert the base to .safetensors, or set merge = "in_memory"',
+        )
     if info.kind == "diffusers" and preset.merge == "checkpoint":
         raise InputError(
             "merge_lora.py merges into single-file checkpoints only, not diffusers folders",
             f"merge (base_model {preset.base_model})",
-            "set merge = \"in_memory\", or convert the model to one .safetensors file",
+            'set merge = "in_memory", or convert the model to one .safetensors file',
         )
     vpred = preset.v_parameterization
     if vpred is None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -12,31 +10,41 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cml import PINNED_SD_SCRIPTS_COMMIT, __version__
-from cml.checkpoint import model_identity
-from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora, check_merged, read_metadata
+from cml import __version__
+from cml.checkpoint import model_identity, sha256_of
+from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora, check_merged, dropped_markers, read_metadata
 from cml.config import load_preset
+from cml.device import gpu_memory
 from cml.errors import InputError, StageFailed
+from cml.files import atomic_path, atomic_write
 from cml.inputs import load_inputs
 from cml.kohya.options import check_extra
 from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, gui_problems, render, stage_argv, training_toml
 from cml.losses import early_loss, read_losses
 from cml.plan import Plan, Role, Stage, build_plan
-from cml.device import gpu_memory
 from cml.rundir import check_run_dir
 from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, run_logged
-from cml.sdscripts import SdScripts, check_tokenizers, commit_warning, locate, python_env
+from cml.sdscripts import SUBMODULE, SdScripts, SdScriptsNotFound, check_tokenizers, commit_warning, locate, python_env
 
 
 def say(msg: str) -> None:
     print(f"cml: {msg}", file=sys.stderr, flush=True)
 
 
-def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *, for_check: bool = False) -> tuple[Plan, SdScripts]:
-    """Config -> inputs -> plan. Every input check happens here, before anything runs or is written."""
+def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *, for_check: bool = False, need_sd: bool = True) -> tuple[Plan, SdScripts]:
+    """Config -> inputs -> plan. Every input check happens here, before anything runs or is written.
+
+    need_sd=False (cml plan): without sd-scripts the plan names the submodule, and train.extra is not checked.
+    """
     preset, digest = load_preset(preset_path, sets)
-    sd = locate(sd_option)
-    w = commit_warning(sd)
+    try:
+        sd = locate(sd_option)
+    except SdScriptsNotFound:
+        if need_sd:
+            raise
+        say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
+        sd = SdScripts(SUBMODULE, None, "not found", present=False)
+    w = commit_warning(sd) if sd.present else None
     if w:
         say(w)
     inputs = load_inputs(preset)
@@ -52,7 +60,8 @@ def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *,
     for st in plan.stages:
         if st.settings is not None:
             training_toml(plan, st)  # train.extra against the options cml manages: refused now, not mid-run
-    check_extra(plan, sd, lambda st: SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
+    if sd.present:
+        check_extra(plan, sd, lambda st: SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
     check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
     check_run_dir(plan.run_dir, preset_file=None if for_check else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
     return plan, sd
@@ -71,8 +80,8 @@ def device_line(plan: Plan) -> str:
     g = plan.inputs.gpu
     where = f"cuda ({g.describe()})" if g else plan.inputs.device
     train = [s for s in plan.stages if s.settings is not None]
-    precs = sorted({s.settings.precision for s in train})
-    opts = sorted({s.settings.optimizer for s in train})
+    precs = sorted({s.train.precision for s in train})
+    opts = sorted({s.train.optimizer for s in train})
     return f"device: {where}; precision {', '.join(precs)}; optimizer {', '.join(opts)}"
 
 
@@ -96,11 +105,6 @@ class OutputState:
     adopt: bool = False  # good by its metadata, with no record: write one
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def output_state(stage: Stage, plan: Plan) -> OutputState:
     out = stage.output
     if not out.is_file():
@@ -110,7 +114,7 @@ def output_state(stage: Stage, plan: Plan) -> OutputState:
         size = out.stat().st_size
         if size < rec.get("output_size", 0):
             return OutputState(False, "damaged (truncated)")
-        if size != rec.get("output_size") or file_sha256(out) != rec["output_sha256"]:
+        if size != rec.get("output_size") or sha256_of(out) != rec["output_sha256"]:
             return OutputState(False, "damaged (changed since it was made)")
         if rec.get("fingerprint") != stage.fingerprint:
             return OutputState(False, "made from other settings or inputs", intact=True)
@@ -133,11 +137,12 @@ def output_state(stage: Stage, plan: Plan) -> OutputState:
 
 
 def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float]:
-    if stage.kind == "resize":
+    if stage.role is Role.RESIZE:
+        assert stage.target is not None and plan.preset.resize_to is not None  # a resize stage exists only then
         s = plan.preset.diff_settings(stage.target)
         r = plan.preset.resize_to
         return r, s.alpha / s.dim * r  # resize_lora.py keeps alpha/dim
-    return stage.settings.dim, stage.settings.alpha
+    return stage.train.dim, stage.train.alpha
 
 
 def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
@@ -164,14 +169,14 @@ def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
     try:
         if stage.kind == "merge":
             facts["merge_check"] = check_merged(produced, stage.model)
-            markers = plan.inputs.model.markers
-            if markers:  # sd-scripts' merge drops them: other programs would load a v-pred model as epsilon
-                tmp = stage.output.with_name(stage.output.name + ".tmp")
-                facts["markers_kept"] = carry_marker_keys(stage.model, produced, tmp, markers)
-                if facts["markers_kept"]:
-                    tmp.replace(stage.output)
-                    produced.unlink()
-                    return facts
+            # sd-scripts' merge drops the marker keys: other programs would load a v-pred model as epsilon
+            dropped = dropped_markers(stage.model, produced, plan.inputs.model.markers) if plan.inputs.model.markers else []
+            if dropped:
+                with atomic_path(stage.output) as tmp:
+                    carry_marker_keys(stage.model, produced, tmp, dropped)
+                produced.unlink()
+                facts["markers_kept"] = dropped
+                return facts
             produced.replace(stage.output)
             return facts
         dim, alpha = expected_rank(plan, stage)
@@ -184,9 +189,8 @@ def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
         # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
         meta["ss_network_module"] = NETWORK_MODULE
         meta["cml_network_module"] = FIXED_NETWORK_MODULE
-    tmp = stage.output.with_name(stage.output.name + ".tmp")
-    add_metadata(produced, tmp, meta)
-    tmp.replace(stage.output)
+    with atomic_path(stage.output) as tmp:
+        add_metadata(produced, tmp, meta)
     produced.unlink()
     return facts
 
@@ -198,13 +202,11 @@ def write_record(stage: Stage, facts: dict) -> None:
         "fingerprint": stage.fingerprint,
         "output": str(stage.output),
         "output_size": st.st_size,
-        "output_sha256": file_sha256(stage.output),
+        "output_sha256": sha256_of(stage.output),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **facts,
     }
-    tmp = stage.record_path.with_name("record.json.tmp")
-    tmp.write_text(json.dumps(rec, indent=2))
-    tmp.replace(stage.record_path)
+    atomic_write(stage.record_path, json.dumps(rec, indent=2))
 
 
 # ------------------------------------------------------------------- run
@@ -270,18 +272,16 @@ def disk_check(plan: Plan, stage: Stage) -> None:
         raise InputError(
             f"not enough disk space for the copy machine model: {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free",
             str(stage.dir),
-            "free space, set output_dir elsewhere, or use merge = \"in_memory\" (no merged file)",
+            'free space, set output_dir elsewhere, or use merge = "in_memory" (no merged file)',
         )
 
 
 def available_memory() -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 # Peak RSS of merge_lora.py / sdxl_merge_lora.py per byte of an fp16 base checkpoint (measured: SD1.5 2.1 GB ->
@@ -297,7 +297,7 @@ def memory_note(plan: Plan, stage: Stage) -> None:
         msg += f"; {free / 2**30:.0f} GiB available"
     say(f"        {msg}")
     if free is not None and free < need:
-        say("warning: the merge may be killed for lack of memory; merge = \"in_memory\" skips writing the copy machine model")
+        say('warning: the merge may be killed for lack of memory; merge = "in_memory" skips writing the copy machine model')
 
 
 def gpu_memory_note(plan: Plan) -> None:
@@ -310,7 +310,7 @@ def gpu_memory_note(plan: Plan) -> None:
 
 
 def diverged_cause(plan: Plan, stage: Stage) -> str:
-    s = stage.settings
+    s = stage.train
     if s.precision == "fp16":
         vae = " (for SDXL, also its VAE)" if plan.inputs.family == "sdxl" else ""
         return f"likely cause: fp16 overflow{vae}, or the learning rate {s.learning_rate:g} is too high for this model"
@@ -318,9 +318,11 @@ def diverged_cause(plan: Plan, stage: Stage) -> str:
 
 
 def diverged_fix(stage: Stage) -> str:
-    s = stage.settings
+    s = stage.train
     if s.precision == "fp16":
-        return "set train.precision = \"fp32\" (or \"bf16\" on GPUs of compute capability 8.0+), or lower train.learning_rate; then re-run: finished stages are kept"
+        return (
+            'set train.precision = "fp32" (or "bf16" on GPUs of compute capability 8.0+), or lower train.learning_rate; then re-run: finished stages are kept'
+        )
     return "lower train.learning_rate (e.g. to a third), then re-run the same command: finished stages are kept"
 
 
@@ -345,7 +347,7 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd
         if p.step == p.total or now - last_report[0] > 15:
             last_report[0] = now
             loss = f"  loss {p.loss:.4f}" if p.loss is not None else ""
-            say(f"  {stage.name}: step {p.step}/{p.total}{loss}  ETA {fmt_seconds(p.eta())}")
+            say(f"  {stage.name}: step {p.step}/{p.total}{loss}  ETA {fmt_seconds(p.remaining)}")
 
     if opts.mode == "verbose":
         say(f"        $ (cd {shlex.quote(str(sd.path))} && {shlex.join(argv)})")
@@ -353,8 +355,14 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd
         gpu_memory_note(plan)
     try:
         res = run_logged(
-            argv, sd.path, python_env(sd), stage.log_path, opts.mode, on_progress,
-            progress_marker="steps:" if stage.kind == "train" else "", keep_fds=(lock_fd,) if lock_fd is not None else (),
+            argv,
+            sd.path,
+            python_env(sd),
+            stage.log_path,
+            opts.mode,
+            on_progress,
+            progress_marker="steps:" if stage.kind == "train" else "",
+            keep_fds=(lock_fd,) if lock_fd is not None else (),
         )
     except LossNotFinite as e:
         raise StageFailed(f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage)}", where=str(stage.log_path), fix=diverged_fix(stage)) from None
@@ -400,7 +408,7 @@ def method_check(plan: Plan) -> dict:
 
 def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
     if plan.inputs.device == "cpu":
-        big = max(s.settings.resolution * s.settings.steps for s in plan.stages if s.settings)
+        big = max(s.train.resolution * s.train.steps for s in plan.stages if s.settings is not None)
         if big >= 512 * 100:
             say("warning: training on the CPU; real runs (512 px, 500 steps) take hours here. A CUDA GPU takes minutes.")
     with RunLock(plan.run_dir) as lock:
@@ -427,7 +435,7 @@ def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
             "outputs": {s.name: str(s.output) for s in plan.stages},
             "kept_outputs": {s.name: str(s.output) for s in plan.stages if s.role in (Role.DIFF, Role.RESIZE)},
             "method_check": method_check(plan),
-            "sd_scripts": {"path": str(sd.path), "commit": sd.commit, "pinned": sd.commit == PINNED_SD_SCRIPTS_COMMIT},
+            "sd_scripts": {"path": str(sd.path), "commit": sd.commit, "pinned": sd.pinned},
         }
         (plan.run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cml.checkpoint import model_identity
 from cml.config import Preset, TrainSettings
-from cml.images import pixel_sha256
 from cml.errors import InputError
+from cml.images import pixel_sha256
 from cml.inputs import Inputs
 
 COPY_MACHINE = "copy_machine.safetensors"
@@ -47,6 +47,13 @@ class Stage:
     inputs_sha256: dict[str, list[str]] = field(default_factory=dict)  # provenance: A/B file hashes
     depends: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def train(self) -> TrainSettings:
+        """The settings of a training stage (copy, diff, baseline)."""
+        if self.settings is None:
+            raise TypeError(f"{self.name} is not a training stage")
+        return self.settings
 
     @property
     def name(self) -> str:
@@ -124,8 +131,9 @@ def resolve_precision(requested: str, inputs: Inputs) -> str:
         return "bf16" if gpu is not None and gpu.bf16 else "fp16"
     if requested == "bf16" and gpu is not None and not gpu.bf16:
         raise InputError(
-            f"precision = \"bf16\" but {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16",
-            "train.precision", "use precision = \"auto\" or \"fp16\" on GPUs older than compute capability 8.0",
+            f'precision = "bf16" but {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16',
+            "train.precision",
+            'use precision = "auto" or "fp16" on GPUs older than compute capability 8.0',
         )
     return requested
 
@@ -168,16 +176,27 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
 
     copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs)
     copy = Stage(
-        role=Role.COPY, what="copy LoRA: overfit image A on the base model", run_dir=run_dir, output_name="copy.safetensors",
-        model=preset.base_model, settings=copy_s, images=[s.image for s in inputs.source], inputs_sha256={"A": a_files}, notes=copy_notes,
+        role=Role.COPY,
+        what="copy LoRA: overfit image A on the base model",
+        run_dir=run_dir,
+        output_name="copy.safetensors",
+        model=preset.base_model,
+        settings=copy_s,
+        images=[s.image for s in inputs.source],
+        inputs_sha256={"A": a_files},
+        notes=copy_notes,
     )
     copy.fingerprint = fingerprint({"stage": "copy", "settings": copy_s.model_dump(), "A": a_pixels, "base": base_id, **common})
     stages.append(copy)
 
     if preset.merge == "checkpoint":
         merge = Stage(
-            role=Role.MERGE, what="merge the copy LoRA into the base: the copy machine model", run_dir=run_dir,
-            output_name=COPY_MACHINE, model=preset.base_model, depends=[copy.name],
+            role=Role.MERGE,
+            what="merge the copy LoRA into the base: the copy machine model",
+            run_dir=run_dir,
+            output_name=COPY_MACHINE,
+            model=preset.base_model,
+            depends=[copy.name],
         )
         merge.fingerprint = fingerprint({"stage": "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common})
         stages.append(merge)
@@ -189,24 +208,46 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
         s, notes = effective_settings(preset.diff_settings(name), inputs)
         b_pixels = [pixel_sha256(i) for i in t.images]
         diff = Stage(
-            role=Role.DIFF, target=name, what=f"diff LoRA '{name}': image B on the copy machine model", run_dir=run_dir,
-            output_name=f"{name}.safetensors", model=machine, settings=s, images=t.images, base_weights=base_weights,
-            inputs_sha256={"A": a_files, "B": t.sha256}, depends=[machine_stage], notes=notes,
+            role=Role.DIFF,
+            target=name,
+            what=f"diff LoRA '{name}': image B on the copy machine model",
+            run_dir=run_dir,
+            output_name=f"{name}.safetensors",
+            model=machine,
+            settings=s,
+            images=t.images,
+            base_weights=base_weights,
+            inputs_sha256={"A": a_files, "B": t.sha256},
+            depends=[machine_stage],
+            notes=notes,
         )
         diff.fingerprint = fingerprint({"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common})
         stages.append(diff)
         if preset.baseline:
             bs = s.model_copy(update={"steps": preset.baseline_steps, "warmup_steps": 0})
             base = Stage(
-                role=Role.BASELINE, target=name, what=f"baseline for '{name}': image B on the plain base (method check)", run_dir=run_dir,
-                output_name=f"{name}_baseline.safetensors", model=preset.base_model, settings=bs, images=t.images, inputs_sha256={"B": t.sha256},
+                role=Role.BASELINE,
+                target=name,
+                what=f"baseline for '{name}': image B on the plain base (method check)",
+                run_dir=run_dir,
+                output_name=f"{name}_baseline.safetensors",
+                model=preset.base_model,
+                settings=bs,
+                images=t.images,
+                inputs_sha256={"B": t.sha256},
             )
             base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
             stages.append(base)
         if preset.resize_to:
             rs = Stage(
-                role=Role.RESIZE, target=name, what=f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)", run_dir=run_dir,
-                output_name=f"{name}_r{preset.resize_to}.safetensors", model=diff.output, depends=[diff.name], inputs_sha256=diff.inputs_sha256,
+                role=Role.RESIZE,
+                target=name,
+                what=f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)",
+                run_dir=run_dir,
+                output_name=f"{name}_r{preset.resize_to}.safetensors",
+                model=diff.output,
+                depends=[diff.name],
+                inputs_sha256=diff.inputs_sha256,
             )
             rs.fingerprint = fingerprint({"stage": "resize", "diff": diff.fingerprint, "rank": preset.resize_to})
             stages.append(rs)

@@ -14,7 +14,7 @@ from cml.errors import InputError
 
 MARKER = ".cml-run"
 # Files only cml writes: a folder holding one of them was made by cml (older versions wrote no MARKER).
-LEGACY_MARKERS = (".cml.lock", "run.json")
+LEGACY_MARKERS = (".cml.lock", ".cml.pid", "run.json")
 
 
 def _inside(path: Path, folder: Path) -> bool:

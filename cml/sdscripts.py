@@ -28,18 +28,20 @@ def data_dir() -> Path:
     return Path(base) / "cml" / "sd-scripts"
 
 
+class SdScriptsNotFound(InputError):
+    """No sd-scripts checkout anywhere cml looks."""
+
+
 @dataclass
 class SdScripts:
     path: Path
     commit: str | None  # None when not a git checkout
     found_by: str
+    present: bool = True  # False: not found; path is where the submodule would be (cml plan writes files anyway)
 
     @property
     def pinned(self) -> bool:
         return self.commit == PINNED_SD_SCRIPTS_COMMIT
-
-    def script(self, rel: str) -> Path:
-        return self.path / rel
 
     def describe(self) -> str:
         c = self.commit[:10] if self.commit else "unknown commit"
@@ -95,8 +97,8 @@ def locate(option: str | None = None) -> SdScripts:
             return SdScripts(path.resolve(), read_commit(path), how)
         if how in ("--sd-scripts", "CML_SD_SCRIPTS"):
             raise InputError(f"{path} is not an sd-scripts checkout (no train_network.py)", how, "point it at a kohya-ss/sd-scripts folder, or run `cml setup`")
-    raise InputError(
-        "sd-scripts not found (looked at --sd-scripts, CML_SD_SCRIPTS, the sd-scripts/ submodule and " f"{data_dir()})",
+    raise SdScriptsNotFound(
+        f"sd-scripts not found (looked at --sd-scripts, CML_SD_SCRIPTS, the sd-scripts/ submodule and {data_dir()})",
         None,
         "run `make setup` (or `cml setup --source URL_OR_PATH` offline)",
     )
@@ -118,9 +120,11 @@ def _missing_blobs(repo: Path, commit: str) -> list[str]:
     """Paths whose content the source lacks (snapshots leave out files of 4 MiB and more)."""
     tree = _git(["ls-tree", "-r", commit], cwd=repo).stdout.splitlines()
     entries = [(line.split()[2], line.split("\t", 1)[1]) for line in tree if line.split()[1] == "blob"]
-    p = subprocess.run(["git", "cat-file", "--batch-check"], cwd=repo, input="\n".join(sha for sha, _ in entries) + "\n", capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        ["git", "cat-file", "--batch-check"], cwd=repo, input="\n".join(sha for sha, _ in entries) + "\n", capture_output=True, text=True, timeout=120
+    )
     missing = []
-    for (sha, path), line in zip(entries, p.stdout.splitlines()):
+    for (_sha, path), line in zip(entries, p.stdout.splitlines()):
         if line.endswith("missing"):
             missing.append(path)
     return missing
@@ -218,11 +222,11 @@ def check_imports(sd: SdScripts, timeout: float = 300) -> str | None:
     return lines[-1] if lines else f"exit {p.returncode}"
 
 
-def install_requirements(sd: SdScripts, log=print) -> bool:
+def install_requirements(sd: SdScripts, log=print) -> None:
     """pip-install sd-scripts' pinned requirements.txt into this Python, once per requirements content.
 
     Its ``-e .`` line is left out: cml puts sd-scripts on PYTHONPATH instead, so one environment
-    serves whichever sd-scripts folder is found. Returns False when nothing needed doing.
+    serves whichever sd-scripts folder is found.
     """
     import hashlib
     import tempfile
@@ -234,7 +238,7 @@ def install_requirements(sd: SdScripts, log=print) -> bool:
     stamp = Path(sys.prefix) / ".cml-sd-scripts-requirements"
     if stamp.exists() and stamp.read_text().strip() == digest:
         log("sd-scripts requirements already installed; nothing to do")
-        return False
+        return
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     log(f"installing sd-scripts requirements ({req}) into {sys.prefix} ...")
@@ -243,7 +247,6 @@ def install_requirements(sd: SdScripts, log=print) -> bool:
     if p.returncode != 0:
         raise CmlError(f"pip could not install sd-scripts' requirements (exit {p.returncode})", fix="see pip's output above")
     stamp.write_text(digest + "\n")
-    return True
 
 
 # The tokenizers sd-scripts loads per family (library/strategy_sd.py, strategy_sdxl.py at the pinned commit), from

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,9 +63,17 @@ def image_a(tmp_path) -> Path:
 
 
 def tokenizer_dir() -> Path:
-    from cml.demo import tokenizer_dir as demo_tokenizers
+    """A tokenizer_cache_dir that passes cml's offline check (the folders sd-scripts looks for; empty: the fake
+    trainer never reads them). Tests that train for real use the demo's tokenizers (demo_assets)."""
+    import tempfile
 
-    return demo_tokenizers()
+    from cml.sdscripts import TOKENIZERS
+
+    root = Path(tempfile.gettempdir()) / "cml-test-tokenizers"
+    for ids in TOKENIZERS.values():
+        for model_id in ids:
+            (root / model_id.replace("/", "_")).mkdir(parents=True, exist_ok=True)
+    return root
 
 
 @pytest.fixture
@@ -92,6 +99,16 @@ def write_preset(tmp_path, ckpt, image_a):
         return p
 
     return write
+
+
+def plan_for(preset_path, sets=None):
+    """Config -> inputs -> plan for a preset file, in this process (no sd-scripts, nothing written)."""
+    from cml.config import load_preset
+    from cml.inputs import load_inputs
+    from cml.plan import build_plan
+
+    preset, digest = load_preset(preset_path, sets)
+    return build_plan(preset, digest, load_inputs(preset), "c0ffee")
 
 
 def run_cml(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -133,6 +150,23 @@ def demo_assets(sd_scripts):
     if not a.exists():
         demo_image().save(a)
     return {"model": model, "tokenizer": tokenizer_dir(), "a": a}
+
+
+def sd_preset(tmp: Path, assets: dict, **top) -> Path:
+    """A preset for the real sd-scripts on the demo assets at 64 px (tests/sdscripts)."""
+    data = {
+        "name": "e2e",
+        "base_model": str(assets["model"]),
+        "source": str(assets["a"]),
+        "tokenizer_cache_dir": str(assets["tokenizer"]),
+        "output_dir": str(tmp / "runs"),
+        "targets": {"grayscale": {"transform": "grayscale"}},
+        "train": {"resolution": 64, "steps": 4},
+    }
+    data.update(top)
+    p = tmp / "preset.toml"
+    p.write_text(tomli_w.dumps(data))
+    return p
 
 
 def read_json(p: Path) -> dict:

@@ -16,7 +16,8 @@ Only the "Standard" LoRA type and the SD1/SD2/SDXL checkboxes are modelled: that
 from __future__ import annotations
 
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Conv = Callable[[Any, dict], Any]
 
@@ -129,7 +130,7 @@ def gui_to_options(gui: dict) -> tuple[dict, list[str]]:
     unknown = set(gui) - set(TABLE)
     assert not unknown, f"gui.json keys the table does not model: {sorted(unknown)}"
     cfg: dict[str, Any] = {}
-    for key, (option, default) in GUI_DEFAULTS.items():
+    for option, default in GUI_DEFAULTS.values():
         cfg[option] = default
     for key, value in gui.items():
         option, conv = TABLE[key]

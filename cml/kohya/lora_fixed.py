@@ -9,7 +9,7 @@ list after each network built from weights. The files written are plain ``networ
 """
 
 from networks import lora as _lora
-from networks.lora import *  # noqa: F401,F403  (train_network.py calls create_network etc. on this module)
+from networks.lora import *  # noqa: F403  (train_network.py calls create_network etc. on this module)
 
 
 def create_network_from_weights(*args, **kwargs):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from cml.errors import InputError
+from cml.files import atomic_write
 from cml.paths import cache_root
 
 CODE = "import importlib, json, sys; p = importlib.import_module(sys.argv[1]).setup_parser(); print(json.dumps(sorted({a.dest for a in p._actions})))"
@@ -38,10 +39,7 @@ def trainer_options(sd, script: str) -> set[str] | None:
     names = json.loads(line)
     if sd.commit:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(names))
-            tmp.replace(cache)
+            atomic_write(cache, json.dumps(names))
         except OSError:
             pass  # a cache we cannot write only costs time
     return set(names)
@@ -63,4 +61,6 @@ def check_extra(plan, sd, script_of) -> None:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 lines.append(f"{key!r} is not an option of {script}.py{hint}")
     if lines:
-        raise InputError("train.extra: " + "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)")
+        raise InputError(
+            "train.extra: " + "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)"
+        )

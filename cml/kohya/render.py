@@ -15,6 +15,7 @@ from pathlib import Path
 import tomli_w
 
 from cml.errors import InputError
+from cml.files import atomic_write
 from cml.images import save_png
 from cml.paths import cache_root
 from cml.plan import Plan, Stage, merge_precision
@@ -31,17 +32,39 @@ NETWORK_MODULE = "networks.lora"
 FIXED_NETWORK_MODULE = "cml.kohya.lora_fixed"
 # Options that change what cml's own options mean: the step count (max_train_epochs), the files a stage writes
 # (save_*), the weights it starts from (network_weights, resume), the run itself (config_file, output_config).
-OVERRIDERS = frozenset({
-    "max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps",
-    "save_last_n_epochs_state", "save_last_n_steps_state", "save_state", "save_state_on_train_end", "network_weights",
-    "dim_from_weights", "resume", "config_file", "output_config", "network_train_text_encoder_only", "text_encoder_lr",
-})
+OVERRIDERS = frozenset(
+    {
+        "max_train_epochs",
+        "save_every_n_epochs",
+        "save_every_n_steps",
+        "save_last_n_epochs",
+        "save_last_n_steps",
+        "save_last_n_epochs_state",
+        "save_last_n_steps_state",
+        "save_state",
+        "save_state_on_train_end",
+        "network_weights",
+        "dim_from_weights",
+        "resume",
+        "config_file",
+        "output_config",
+        "network_train_text_encoder_only",
+        "text_encoder_lr",
+    }
+)
 # Options cml writes only in some plans (SD2, v-prediction, SDXL, half precision, in-memory merge, ztsnr).
 # tests/unit/test_render.py renders every kind of plan and checks that each key cml writes is here or always written.
-CONDITIONAL = frozenset({
-    "v2", "v_parameterization", "cache_text_encoder_outputs", "no_half_vae", "zero_terminal_snr", "base_weights",
-    "base_weights_multiplier",
-})
+CONDITIONAL = frozenset(
+    {
+        "v2",
+        "v_parameterization",
+        "cache_text_encoder_outputs",
+        "no_half_vae",
+        "zero_terminal_snr",
+        "base_weights",
+        "base_weights_multiplier",
+    }
+)
 
 
 def default_tokenizer_cache() -> Path:
@@ -50,7 +73,7 @@ def default_tokenizer_cache() -> Path:
 
 def mixed_precision(stage: Stage) -> str:
     """sd-scripts' --mixed_precision for the stage's resolved precision (plan.resolve_precision decides it)."""
-    p = stage.settings.precision
+    p = stage.train.precision
     assert p != "auto", "the plan resolves precision"
     return {"fp32": "no"}.get(p, p)
 
@@ -67,7 +90,7 @@ def zero_terminal_snr(plan: Plan) -> bool:
 
 
 def dataset_toml(stage: Stage) -> dict:
-    s = stage.settings
+    s = stage.train
     return {
         "general": {
             "resolution": s.resolution,
@@ -90,18 +113,22 @@ def managed_keys(plan: Plan, stage: Stage) -> frozenset[str]:
 
 
 def training_toml(plan: Plan, stage: Stage) -> dict:
-    s = stage.settings
+    s = stage.train
     cfg = managed_options(plan, stage)
     clash = sorted(set(s.extra) & managed_keys(plan, stage))
     if clash:
-        raise InputError(f"train.extra sets {', '.join(clash)}, which cml manages", f"{stage.name} settings", "use the preset's own keys (train.steps, train.dim, ...) instead")
+        raise InputError(
+            f"train.extra sets {', '.join(clash)}, which cml manages",
+            f"{stage.name} settings",
+            "use the preset's own keys (train.steps, train.dim, ...) instead",
+        )
     cfg.update(s.extra)
     return cfg
 
 
 def managed_options(plan: Plan, stage: Stage) -> dict:
     """The training options cml writes for a stage (train.extra not included)."""
-    s = stage.settings
+    s = stage.train
     fam = plan.inputs.family
     cfg: dict = {
         "pretrained_model_name_or_path": str(stage.model),
@@ -151,31 +178,46 @@ def save_precision(plan: Plan) -> str:
     return {"F16": "fp16", "BF16": "bf16"}.get(plan.inputs.model.dtype or "", "float")
 
 
-def python() -> str:
-    return sys.executable
-
-
 def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     """The exact argv of a stage, run with sd-scripts' folder as working directory."""
     fam = plan.inputs.family
     if stage.kind == "train":
-        return [python(), SCRIPTS[fam]["train"], "--config_file", str(stage.dir / "train.toml")]
+        return [sys.executable, SCRIPTS[fam]["train"], "--config_file", str(stage.dir / "train.toml")]
     if stage.kind == "merge":
         copy = plan.stage("copy")
         prec = merge_precision(plan.preset, plan.inputs)
-        argv = [python(), SCRIPTS[fam]["merge"]]
+        argv = [sys.executable, SCRIPTS[fam]["merge"]]
         if fam == "sd2":
             argv.append("--v2")
         argv += [
-            "--sd_model", str(stage.model), "--models", str(copy.output), "--ratios", "1.0",
-            "--save_to", str(stage.work_dir / stage.output.name), "--precision", prec, "--save_precision", save_precision(plan),
+            "--sd_model",
+            str(stage.model),
+            "--models",
+            str(copy.output),
+            "--ratios",
+            "1.0",
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            prec,
+            "--save_precision",
+            save_precision(plan),
         ]
         return argv
     if stage.kind == "resize":
         return [
-            python(), RESIZE_SCRIPT, "--model", str(stage.model), "--new_rank", str(plan.preset.resize_to),
-            "--save_to", str(stage.work_dir / stage.output.name), "--save_precision", "fp16",
-            "--device", "cuda" if plan.inputs.device == "cuda" else "cpu",
+            sys.executable,
+            RESIZE_SCRIPT,
+            "--model",
+            str(stage.model),
+            "--new_rank",
+            str(plan.preset.resize_to),
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--save_precision",
+            "fp16",
+            "--device",
+            "cuda" if plan.inputs.device == "cuda" else "cpu",
         ]
     raise ValueError(stage.kind)
 
@@ -193,7 +235,7 @@ def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
         extra += ["--base_weights", *(p.as_posix() for p in stage.base_weights)]
     if zero_terminal_snr(plan):
         extra.append("--zero_terminal_snr")  # no field for it in the GUI's LoRA presets
-    if stage.settings.seed == 0:
+    if stage.train.seed == 0:
         extra += ["--seed", "0"]  # the GUI leaves out seed = 0, and sd-scripts then picks a random seed
     return extra
 
@@ -208,7 +250,7 @@ def gui_problems(plan: Plan) -> list[str]:
         if bad:
             out.append(
                 f"{st.name}/gui.json: the kohya GUI splits and quotes additional parameters, so {bad[0]!r} would not arrive intact "
-                "(use a run folder whose path has only letters, digits and @%+=:,./- , or merge = \"checkpoint\")"
+                '(use a run folder whose path has only letters, digits and @%+=:,./- , or merge = "checkpoint")'
             )
     return out
 
@@ -219,7 +261,7 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
     Every key whose GUI default would change the run is written (tests/kohya_gui.py maps them the way the
     GUI's command builder does, and tests/sdscripts/test_gui.py checks the result against train.toml).
     """
-    s = stage.settings
+    s = stage.train
     fam = plan.inputs.family
     pct = 100 * s.warmup_steps / s.steps  # the GUI takes warm-up in percent and rounds it back to steps
     return {
@@ -318,7 +360,7 @@ def gui_note(plan: Plan) -> str:
             "- `network_module` of the in-memory diff stage: `gui.json` passes `--base_weights` in additional parameters, and "
             "plain sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's "
             f"own runs use `{FIXED_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer "
-            "`merge = \"checkpoint\"` for GUI use."
+            '`merge = "checkpoint"` for GUI use.'
         )
     for problem in gui_problems(plan):
         lines.append(f"- **Will not work as written:** {problem}.")
@@ -329,18 +371,15 @@ def write_file(path: Path, text: str) -> None:
     """Write only when the content changed (keeps mtimes stable for resumed runs)."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def stage_images(stage: Stage) -> None:
     for i, img in enumerate(stage.images):
         save_png(img, stage.images_dir / f"{i:03d}.png")
         cap = stage.images_dir / f"{i:03d}.txt"
-        if stage.settings.caption:
-            write_file(cap, stage.settings.caption)
+        if stage.train.caption:
+            write_file(cap, stage.train.caption)
         elif cap.exists():
             cap.unlink()  # sd-scripts refuses empty caption files; no file means an empty caption
 

@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from cml.errors import StageFailed
-from cml.kohya.render import NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, python
+from cml.kohya.render import NETWORK_MODULE, SCRIPTS, default_tokenizer_cache
 from cml.plan import Plan, Role
 from cml.report.figures import grid, loss_plot
 from cml.report.metrics import EFFECTS, luminance_ssim, rgb_ssim
@@ -44,10 +46,34 @@ def gen_argv(plan: Plan, model: Path, lora: Path, prompt_file: Path, outdir: Pat
     size = c.resolution or plan.preset.train.resolution
     fam = plan.inputs.family
     argv = [
-        python(), SCRIPTS[fam]["gen"], "--ckpt", str(model), "--outdir", str(outdir), "--from_file", str(prompt_file),
-        "--W", str(size), "--H", str(size), "--steps", str(c.sampling_steps), "--batch_size", "1", "--images_per_prompt", "1",
-        "--sequential_file_name", "--sdpa", "--network_module", NETWORK_MODULE, "--network_weights", str(lora), "--network_mul", "1.0",
-        "--tokenizer_cache_dir", str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
+        sys.executable,
+        SCRIPTS[fam]["gen"],
+        "--ckpt",
+        str(model),
+        "--outdir",
+        str(outdir),
+        "--from_file",
+        str(prompt_file),
+        "--W",
+        str(size),
+        "--H",
+        str(size),
+        "--steps",
+        str(c.sampling_steps),
+        "--batch_size",
+        "1",
+        "--images_per_prompt",
+        "1",
+        "--sequential_file_name",
+        "--sdpa",
+        "--network_module",
+        NETWORK_MODULE,
+        "--network_weights",
+        str(lora),
+        "--network_mul",
+        "1.0",
+        "--tokenizer_cache_dir",
+        str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
     ]
     if fam == "sd2":
         argv.append("--v2")
@@ -128,7 +154,7 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> dict:
     if missing:
         raise StageFailed(f"check: run the pipeline first; missing {missing[0]}", fix=f"cml run {plan.run_dir / 'preset.toml'}")
     models = plan.preset.check.models or [plan.preset.base_model]
-    result = {"settings": plan.preset.check.model_dump(mode="json"), "copy_check": copy_check(plan, sd, mode), "targets": {}, "grids": []}
+    result: dict[str, Any] = {"settings": plan.preset.check.model_dump(mode="json"), "copy_check": copy_check(plan, sd, mode), "targets": {}, "grids": []}
     for t in plan.preset.targets:
         result["targets"][t] = {}
         for m in models:
@@ -159,8 +185,16 @@ def write_report(plan: Plan, r: dict) -> Path:
             fmt = lambda v: f"{v:.4f}" if v is not None else "not measured (set baseline = true)"  # noqa: E731
             lines.append(f"| {t} | {fmt(m.get('against_copy_machine'))} | {fmt(m.get('against_base'))} |")
         lines.append("")
-    lines += ["## Copy check", "", "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed.", "",
-              f"![copy check]({rel(r['copy_check']['image'])})", "", "| seed | SSIM to A, base | SSIM to A, base + copy LoRA |", "|---|---|---|"]
+    lines += [
+        "## Copy check",
+        "",
+        "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed.",
+        "",
+        f"![copy check]({rel(r['copy_check']['image'])})",
+        "",
+        "| seed | SSIM to A, base | SSIM to A, base + copy LoRA |",
+        "|---|---|---|",
+    ]
     for s in r["copy_check"]["seeds"]:
         lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
     lines += ["", "## Weight sweeps", ""]
@@ -174,9 +208,17 @@ def write_report(plan: Plan, r: dict) -> Path:
             for w, vals in per_weight.items():
                 lines.append(f"| {w} | " + " | ".join(f"{vals[k]:.4f}" for k in keys) + " |")
             lines.append("")
-    lines += ["## Training loss", "", f"![loss curves]({rel(r['loss_plot'])})", "", "## Settings", "",
-              f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps, prompts {c['prompts']}. "
-              "Same seeds and settings give the same images.", ""]
+    lines += [
+        "## Training loss",
+        "",
+        f"![loss curves]({rel(r['loss_plot'])})",
+        "",
+        "## Settings",
+        "",
+        f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps, prompts {c['prompts']}. "
+        "Same seeds and settings give the same images.",
+        "",
+    ]
     path = plan.run_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

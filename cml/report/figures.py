@@ -11,7 +11,7 @@ HEADER_H = 24  # top row: column labels (weights)
 MIN_CELL = 128
 
 
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 

@@ -76,7 +76,11 @@ def main(script: str) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if script.endswith("train_network.py"):
         value = {"nan": float("nan"), "zero": 0.0}.get(mode, 0.02)
-        save_file(lora(cfg["network_dim"], cfg["network_alpha"], value), str(out), {"ss_network_module": cfg["network_module"], "ss_network_dim": str(cfg["network_dim"])})
+        save_file(
+            lora(cfg["network_dim"], cfg["network_alpha"], value),
+            str(out),
+            {"ss_network_module": cfg["network_module"], "ss_network_dim": str(cfg["network_dim"])},
+        )
     elif script.endswith("merge_lora.py"):
         from safetensors import safe_open
 

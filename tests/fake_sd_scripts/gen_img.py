@@ -1,4 +1,5 @@
 """Fake gen_img.py: one image per prompt line, named as --sequential_file_name names them; colour fades with --am."""
+
 import re
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from cml.checks import read_metadata
 from tests.conftest import run_cml
-from tests.sdscripts.test_e2e import preset
+from tests.conftest import sd_preset as preset
 
 # ss_* keys that differ between two trainings of the same settings: times, ids, the paths of the run folder, and the
 # hash of the model trained against (the copy machine model is itself a training output: on a CPU, two trainings with

@@ -12,27 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 from safetensors import safe_open
 
 from cml.checks import check_lora, read_metadata
 from tests.conftest import ROOT, read_json, run_cml
-
-
-def preset(tmp: Path, assets: dict, **top) -> Path:
-    data = {
-        "name": "e2e",
-        "base_model": str(assets["model"]),
-        "source": str(assets["a"]),
-        "tokenizer_cache_dir": str(assets["tokenizer"]),
-        "output_dir": str(tmp / "runs"),
-        "targets": {"grayscale": {"transform": "grayscale"}},
-        "train": {"resolution": 64, "steps": 4},
-    }
-    data.update(top)
-    p = tmp / "preset.toml"
-    p.write_text(tomli_w.dumps(data))
-    return p
+from tests.conftest import sd_preset as preset
 
 
 def run_ok(p: Path, *args: str) -> subprocess.CompletedProcess:
@@ -46,8 +30,12 @@ def checkpoint_run(demo_assets, tmp_path_factory):
     """Checkpoint merge, two targets on one copy machine, 100 copy steps, baseline on."""
     tmp = tmp_path_factory.mktemp("ckpt")
     p = preset(
-        tmp, demo_assets, baseline=True, baseline_steps=8,
-        copy={"steps": 100}, diff={"steps": 8},
+        tmp,
+        demo_assets,
+        baseline=True,
+        baseline_steps=8,
+        copy={"steps": 100},
+        diff={"steps": 8},
         targets={"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"}},
     )
     r = run_ok(p)
@@ -118,6 +106,7 @@ def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
     assert s.modules == 192
     assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
     assert read_metadata(small)["cml_stage"] == "resize-grayscale"
+    assert read_metadata(small)["cml_trained_against"] == "copy machine model"  # a resized diff LoRA is still a diff
 
 
 def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memory_run, sd_scripts, tmp_path):
@@ -129,7 +118,14 @@ def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memor
     cfg.update(network_module="networks.lora", output_dir=str(tmp_path), logging_dir=str(tmp_path / "logs"), max_train_steps=1)
     (tmp_path / "train.toml").write_text(w.dumps(cfg))
     env = dict(os.environ, PYTHONPATH=str(sd_scripts.path))
-    r = subprocess.run([sys.executable, "train_network.py", "--config_file", str(tmp_path / "train.toml")], cwd=sd_scripts.path, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "train_network.py", "--config_file", str(tmp_path / "train.toml")],
+        cwd=sd_scripts.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with safe_open(str(tmp_path / "grayscale.safetensors"), "numpy") as f:
         keys = set(f.keys())
@@ -139,8 +135,9 @@ def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memor
 def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     p = preset(tmp_path, demo_assets, diff={"steps": 60})
     run = tmp_path / "runs" / "e2e"
-    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cml", "run", str(p), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     log = run / "diff-grayscale" / "log.txt"
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not (log.exists() and "steps:" in log.read_text(errors="replace")):

@@ -13,15 +13,22 @@ import pytest
 import tomli_w
 
 from cml.kohya.render import render
-from tests.conftest import make_checkpoint
+from tests.conftest import make_checkpoint, plan_for
 from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options
-from tests.unit.test_render import plan_for
 
 # Dataset options: the dataset TOML's [general] value wins over the option (sd-scripts' config_util), so a
 # difference there has no effect as long as the dataset TOML sets it (checked below). option -> dataset key.
-DATASET_WINS = {"resolution": "resolution", "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
-                "bucket_reso_steps": "bucket_reso_steps", "enable_bucket": "enable_bucket", "caption_extension": "caption_extension",
-                "train_batch_size": "batch_size", "bucket_no_upscale": "bucket_no_upscale", "shuffle_caption": "shuffle_caption"}
+DATASET_WINS = {
+    "resolution": "resolution",
+    "min_bucket_reso": "min_bucket_reso",
+    "max_bucket_reso": "max_bucket_reso",
+    "bucket_reso_steps": "bucket_reso_steps",
+    "enable_bucket": "enable_bucket",
+    "caption_extension": "caption_extension",
+    "train_batch_size": "batch_size",
+    "bucket_no_upscale": "bucket_no_upscale",
+    "shuffle_caption": "shuffle_caption",
+}
 
 # Options whose values differ between the two namespaces with the same effect, and why.
 SAME_EFFECT = {
@@ -65,8 +72,7 @@ def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path
         diffs = {k: (cml.get(k), gui.get(k)) for k in set(cml) | set(gui) if cml.get(k) != gui.get(k)}
         general = tomllib.loads((st.dir / "dataset.toml").read_text())["general"]
         unexplained = {
-            k: v for k, v in diffs.items()
-            if k not in SAME_EFFECT and k not in NOT_EXPRESSIBLE and not (k in DATASET_WINS and DATASET_WINS[k] in general)
+            k: v for k, v in diffs.items() if k not in SAME_EFFECT and k not in NOT_EXPRESSIBLE and not (k in DATASET_WINS and DATASET_WINS[k] in general)
         }
         assert not unexplained, f"{st.name}: the GUI's run differs from cml's in {unexplained}"
         for k in set(diffs) & set(NOT_EXPRESSIBLE):

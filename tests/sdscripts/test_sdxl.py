@@ -19,10 +19,20 @@ def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
 
     model = random_sdxl_checkpoint(sd_scripts.path)
     p = tmp_path / "sdxl.toml"
-    p.write_text(tomli_w.dumps({
-        "name": "sdxl", "base_model": str(model), "source": str(demo_assets["a"]), "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
-        "output_dir": str(tmp_path / "runs"), "device": "cpu", "targets": {"grayscale": {"transform": "grayscale"}}, "train": {"resolution": 64, "steps": 3},
-    }))
+    p.write_text(
+        tomli_w.dumps(
+            {
+                "name": "sdxl",
+                "base_model": str(model),
+                "source": str(demo_assets["a"]),
+                "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
+                "output_dir": str(tmp_path / "runs"),
+                "device": "cpu",
+                "targets": {"grayscale": {"transform": "grayscale"}},
+                "train": {"resolution": 64, "steps": 3},
+            }
+        )
+    )
     r = run_cml("run", str(p), "--quiet", timeout=3600)
     assert r.returncode == 0, r.stderr[-4000:]
     run = tmp_path / "runs" / "sdxl"

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from cml.kohya.render import render
-from tests.conftest import make_checkpoint
-from tests.unit.test_render import plan_for
+from tests.conftest import make_checkpoint, plan_for
 
 
 @pytest.fixture(scope="module")

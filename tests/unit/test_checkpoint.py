@@ -110,7 +110,7 @@ def test_v_prediction_from_the_v_pred_key(tmp_path):
 
 def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset, tmp_path):
     from cml.kohya.render import gui_json, training_toml
-    from tests.unit.test_render import plan_for
+    from tests.conftest import plan_for
 
     plan = plan_for(write_preset(base_model=str(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))))
     t = training_toml(plan, plan.stage("copy"))
@@ -147,3 +147,16 @@ def test_copy_machine_model_keeps_the_markers(fake_sd, write_preset, tmp_path):
         assert (f.get_tensor(unet) == b.get_tensor(unet) + 1).all()  # the merged weights are untouched by the rewrite
     rec = json.loads((tmp_path / "runs" / "t" / "merge" / "record.json").read_text())
     assert rec["markers_kept"] == ["v_pred"]
+
+
+def test_a_ckpt_base_with_the_checkpoint_merge_is_refused_at_plan_time(write_preset, tmp_path):
+    from tests.conftest import run_cml
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really a pickle")
+    p = write_preset(base_model=str(ckpt), allow_pickle=True, family="sd1")
+    r = run_cml("plan", str(p))
+    assert r.returncode == 2 and "cml reads from .safetensors files only" in r.stderr and 'merge = "in_memory"' in r.stderr
+    assert not (tmp_path / "runs").exists()
+    ok = write_preset(base_model=str(ckpt), allow_pickle=True, family="sd1", merge="in_memory", filename="mem.toml")
+    assert run_cml("plan", str(ok)).returncode == 0

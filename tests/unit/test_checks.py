@@ -10,7 +10,11 @@ M = "lora_unet_mid_block_attentions_0_proj_in"
 
 
 def lora(path, dim=4, alpha=4.0, up=0.1, extra=None, drop=None):
-    sd = {f"{M}.lora_down.weight": torch.full((dim, 8), 0.1).half(), f"{M}.lora_up.weight": torch.full((8, dim), up).half(), f"{M}.alpha": torch.tensor(alpha).half()}
+    sd = {
+        f"{M}.lora_down.weight": torch.full((dim, 8), 0.1).half(),
+        f"{M}.lora_up.weight": torch.full((8, dim), up).half(),
+        f"{M}.alpha": torch.tensor(alpha).half(),
+    }
     sd.update(extra or {})
     if drop:
         del sd[drop]
@@ -19,8 +23,9 @@ def lora(path, dim=4, alpha=4.0, up=0.1, extra=None, drop=None):
 
 
 def test_good_lora(tmp_path):
-    s = check_lora(lora(tmp_path / "l.safetensors"), 4, 4.0)
-    assert s.modules == 1 and s.rank == 4
+    s = check_lora(lora(tmp_path / "l.safetensors", dim=4, alpha=2.0), 4, 2.0)
+    assert s.modules == 1 and s.keys == sorted([f"{M}.lora_down.weight", f"{M}.lora_up.weight", f"{M}.alpha"])
+    assert (s.rank, s.alpha) == (4, 2.0)  # read from the file
 
 
 @pytest.mark.parametrize(
@@ -32,9 +37,16 @@ def test_good_lora(tmp_path):
         ({"up": float("nan")}, "NaN or Inf"),
         ({"up": float("inf")}, "NaN or Inf"),
         ({"drop": f"{M}.alpha"}, "incomplete"),
-        ({"extra": {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8).half(),
+        (
+            {
+                "extra": {
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8).half(),
                     "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(8, 4).half(),
-                    "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0).half()}}, "text encoder module"),
+                    "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0).half(),
+                }
+            },
+            "text encoder module",
+        ),
         ({"extra": {"something_else": torch.zeros(1)}}, "unexpected key"),
     ],
 )

@@ -88,7 +88,10 @@ def test_not_toml_and_missing_file(tmp_path):
 
 def test_set_values_are_toml_or_strings(write_preset):
     assert parse_set(["train.steps=100", "name=foo", "train.learning_rate=2e-4", "check.weights=[-1.0, 1.0]"]) == [
-        (["train", "steps"], 100), (["name"], "foo"), (["train", "learning_rate"], 2e-4), (["check", "weights"], [-1.0, 1.0])
+        (["train", "steps"], 100),
+        (["name"], "foo"),
+        (["train", "learning_rate"], 2e-4),
+        (["check", "weights"], [-1.0, 1.0]),
     ]
     preset, _ = load_preset(write_preset(), ["train.steps=9", "targets.sepia={transform='sepia'}"])
     assert preset.train.steps == 9 and set(preset.targets) == {"grayscale", "sepia"}
@@ -197,7 +200,19 @@ def test_command_line_paths_resolve_where_they_were_typed(tmp_path, monkeypatch)
     assert preset.base_model == work / "model.safetensors" and preset.source == [work / "a.png"]
     assert preset.output_dir == work / "runs"  # runs/ where cml runs, as the README says
     tok = f"tokenizer_cache_dir='{tokenizer_dir()}'"
-    r = run_cml("plan", str(ROOT / "presets" / "grayscale.toml"), "--set", 'base_model="model.safetensors"', "--set", 'source="a.png"', "--set", 'device="cpu"', "--set", tok, cwd=work)
+    r = run_cml(
+        "plan",
+        str(ROOT / "presets" / "grayscale.toml"),
+        "--set",
+        'base_model="model.safetensors"',
+        "--set",
+        'source="a.png"',
+        "--set",
+        'device="cpu"',
+        "--set",
+        tok,
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
     assert (work / "runs" / "grayscale" / "copy" / "train.toml").is_file()
 

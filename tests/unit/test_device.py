@@ -117,7 +117,14 @@ def test_sdxl_in_half_precision_keeps_its_vae_in_fp32(write_preset, tmp_path, fa
     train, gui, _ = plan_files(write_preset, tmp_path, fake_sd, RTX2080, base_model=str(sdxl))
     assert train["mixed_precision"] == "fp16" and train["no_half_vae"] is True and gui["sdxl_no_half_vae"] is True
     assert train["gradient_checkpointing"] is True and gui["gradient_checkpointing"] is True  # SDXL default
-    train, gui, _ = plan_files(write_preset, tmp_path, fake_sd, RTX2080, base_model=str(sdxl), train={"steps": 3, "resolution": 64, "precision": "fp32", "gradient_checkpointing": False})
+    train, gui, _ = plan_files(
+        write_preset,
+        tmp_path,
+        fake_sd,
+        RTX2080,
+        base_model=str(sdxl),
+        train={"steps": 3, "resolution": 64, "precision": "fp32", "gradient_checkpointing": False},
+    )
     assert "no_half_vae" not in train and gui["sdxl_no_half_vae"] is False
     assert train["gradient_checkpointing"] is False  # a preset can turn it off
     train, gui, _ = plan_files(write_preset, tmp_path, fake_sd, RTX2080)  # SD1.5 in fp16: its VAE is fine
@@ -154,8 +161,10 @@ def test_gpu_memory_is_reported_before_each_training_stage(write_preset, fake_sd
 def test_cml_never_imports_torch_with_device_auto(write_preset, fake_sd):
     """The default device = "auto" probes in a child process: cml's own process never imports torch."""
     p = write_preset(device="auto")
-    code = ("import sys; from cml.cli import main; rc = main(['plan', sys.argv[1], '--sd-scripts', sys.argv[2]]); "
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    code = (
+        "import sys; from cml.cli import main; rc = main(['plan', sys.argv[1], '--sd-scripts', sys.argv[2]]); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(p), fake_sd], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "device: " in r.stderr  # the probe did run

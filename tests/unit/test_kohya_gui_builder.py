@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cml.kohya.render import gui_json
+from tests.conftest import plan_for
 from tests.kohya_gui import gui_to_options, warmup_steps
-from tests.unit.test_render import plan_for
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,15 @@ def gui_builder():
             del sys.modules[k]
 
 
-@pytest.mark.parametrize("extra", ["--base_weights /runs/t/copy/copy.safetensors", "--base_weights C:/Users/me/runs/t/copy/copy.safetensors --seed 0",
-                                   "--base_weights /my runs/t/copy.safetensors", '--base_weights "C:\\Users\\me\\copy.safetensors"'])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "--base_weights /runs/t/copy/copy.safetensors",
+        "--base_weights C:/Users/me/runs/t/copy/copy.safetensors --seed 0",
+        "--base_weights /my runs/t/copy.safetensors",
+        '--base_weights "C:\\Users\\me\\copy.safetensors"',
+    ],
+)
 def test_additional_parameters_as_the_gui_passes_them(gui_builder, extra):
     ours = gui_to_options({"additional_parameters": extra})[1]
     assert gui_builder.run_cmd_advanced_training(run_cmd=[], additional_parameters=extra) == ours

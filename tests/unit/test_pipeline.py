@@ -113,8 +113,15 @@ def test_bad_outputs_fail_the_stage_and_never_become_final(fake, write_preset, t
 def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_preset, fake_sd, tmp_path, fake):
     p = write_preset()
     env = dict(os.environ, FAKE_MODE="hang")
-    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     log = tmp_path / "runs" / "t" / "copy" / "log.txt"
     deadline = time.time() + 60
     while time.time() < deadline and not (log.exists() and "steps:" in log.read_text()):
@@ -133,8 +140,14 @@ def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_pre
 
 def test_sigterm_is_handled_like_ctrl_c(write_preset, fake_sd, tmp_path):
     p = write_preset()
-    proc = subprocess.Popen([sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd], cwd=ROOT,
-                            env=dict(os.environ, FAKE_MODE="hang"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd],
+        cwd=ROOT,
+        env=dict(os.environ, FAKE_MODE="hang"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = tmp_path / "runs" / "t" / "copy" / "log.txt"
     deadline = time.time() + 60
     while time.time() < deadline and not (log.exists() and "steps:" in log.read_text()):
@@ -169,7 +182,7 @@ def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch,
 
     from cml import pipeline
     from cml.errors import InputError
-    from tests.unit.test_render import plan_for
+    from tests.conftest import plan_for
 
     plan = plan_for(write_preset())
     merge = plan.stage("merge")
@@ -178,6 +191,24 @@ def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch,
     with pytest.raises(InputError, match="not enough disk space for the copy machine model") as e:
         pipeline.disk_check(plan, merge)
     assert "GiB needed" in e.value.line() and "in_memory" in e.value.line()
+
+
+def test_disk_space_check_comes_before_the_merge_runs(fake, write_preset, tmp_path):
+    """Through the real pipeline: the merge stage refuses before merge_lora.py starts, after the copy ran."""
+    code = (
+        "import shutil, sys; shutil.disk_usage = lambda p: shutil._ntuple_diskusage(10, 10, 10)\n"
+        "from cml.cli import main; sys.exit(main(['run', sys.argv[1], '--sd-scripts', sys.argv[2], '--quiet']))"
+    )
+    calls = tmp_path / "calls.txt"
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(write_preset()), str(ROOT / "tests" / "fake_sd_scripts")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, FAKE_CALLS=str(calls)),
+    )
+    assert r.returncode == 2 and "not enough disk space for the copy machine model" in r.stderr
+    assert [ln.split()[1] for ln in calls.read_text().splitlines()] == ["copy"]  # merge_lora.py never started
 
 
 def test_in_memory_mode_runs_no_merge_and_records_the_module(fake, write_preset, tmp_path):
@@ -209,10 +240,25 @@ def test_unpinned_sd_scripts_warns(fake, write_preset):
     assert "not the pinned 48d368fa55" in r.stderr
 
 
-def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path, monkeypatch):
+def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path):
+    """On any machine (a filled submodule included): cml's own lookup is pointed at empty folders."""
     p = write_preset()
-    r = run_cml("plan", str(p), "-o", str(tmp_path / "planned"), env={"CML_SD_SCRIPTS": "", "XDG_DATA_HOME": str(tmp_path / "none")})
+    code = (
+        "import sys; from pathlib import Path; import cml.sdscripts as s, cml.pipeline as p\n"
+        "s.SUBMODULE = p.SUBMODULE = Path(sys.argv[3]); s.data_dir = lambda: Path(sys.argv[3])\n"
+        "from cml.cli import main; sys.exit(main(['plan', sys.argv[1], '-o', sys.argv[2]]))"
+    )
+    empty = tmp_path / "no-sd-scripts"
+    empty.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(p), str(tmp_path / "planned"), str(empty)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, CML_SD_SCRIPTS=""),
+    )
     assert r.returncode == 0, r.stderr
+    assert "warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule" in r.stderr
     run = tmp_path / "planned" / "t"
     assert (run / "copy" / "train.toml").exists() and (run / "commands.sh").exists() and (run / "README.md").exists()
     assert not list(run.rglob("*.safetensors"))
@@ -225,10 +271,10 @@ def test_broken_sd_scripts_dependencies_point_to_setup(fake, write_preset):
 
 
 def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_path):
+    small = ["--sd-scripts", fake_sd, "--set", "device='cpu'", "--set", "train.resolution=64", "--set", "train.steps=2"]
+    small += ["--set", f"tokenizer_cache_dir='{tokenizer_dir()}'"]
     out = tmp_path / "out"
-    tok = f"tokenizer_cache_dir='{tokenizer_dir()}'"
-    r = run_cml("grayscale", str(image_a), "--model", str(ckpt), "-o", str(out), "--sd-scripts", fake_sd, "--set", "device='cpu'",
-                "--set", "train.resolution=64", "--set", "train.steps=2", "--set", tok)
+    r = run_cml("grayscale", str(image_a), "--model", str(ckpt), "-o", str(out), *small)
     assert r.returncode == 0, r.stderr
     run = out / "grayscale"
     import tomllib
@@ -241,8 +287,7 @@ def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_pa
     from PIL import Image
 
     Image.open(image_a).convert("L").save(b)
-    r2 = run_cml("grayscale", str(image_a), str(b), "--model", str(ckpt), "-o", str(tmp_path / "out2"), "--sd-scripts", fake_sd,
-                 "--set", "device='cpu'", "--set", "train.resolution=64", "--set", "train.steps=2", "--set", tok)
+    r2 = run_cml("grayscale", str(image_a), str(b), "--model", str(ckpt), "-o", str(tmp_path / "out2"), *small)
     assert r2.returncode == 0, r2.stderr
     resolved = tomllib.loads((tmp_path / "out2" / "grayscale" / "preset.toml").read_text())
     assert resolved["targets"]["grayscale"]["images"] == [str(b)] and "transform" not in resolved["targets"]["grayscale"]
@@ -284,8 +329,10 @@ def test_bad_input_at_the_cli_is_one_line_exit_2_and_nothing_written(write_prese
 def test_cml_itself_never_imports_torch(write_preset, fake_sd):
     """torch costs ~1 s and ~0.4 GB per import: cml's own process stays free of it (device given, not probed)."""
     p = write_preset(resize_to=4)
-    code = ("import sys; from cml.cli import main; rc = main(['run', sys.argv[1], '--sd-scripts', sys.argv[2], '--quiet']); "
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    code = (
+        "import sys; from cml.cli import main; rc = main(['run', sys.argv[1], '--sd-scripts', sys.argv[2], '--quiet']); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(p), fake_sd], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
@@ -308,7 +355,7 @@ def test_a_non_finite_loss_stops_the_stage_within_a_few_steps(fake, write_preset
 
 def test_the_fp16_hint_names_precision(fake, write_preset):
     from cml.pipeline import diverged_cause, diverged_fix
-    from tests.unit.test_render import plan_for
+    from tests.conftest import plan_for
 
     plan = plan_for(write_preset(train={"steps": 3, "resolution": 64, "precision": "fp16"}))
     st = plan.stage("copy")
@@ -380,3 +427,23 @@ def test_a_damaged_copy_lora_is_redone_but_its_finished_diffs_need_force(fake, w
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:"))
     assert "diff-g/g.safetensors (made from merge/copy_machine.safetensors, which will be merged again" in line and "damaged (truncated)" in line
     assert "other settings" not in line
+
+
+def test_stage_roles_give_names_protection_and_provenance(fake, write_preset, tmp_path):
+    from cml.plan import Role
+    from tests.conftest import plan_for
+
+    plan = plan_for(write_preset(baseline=True, resize_to=4))
+    assert [(s.role, s.target, s.name) for s in plan.stages] == [
+        (Role.COPY, None, "copy"), (Role.MERGE, None, "merge"), (Role.DIFF, "grayscale", "diff-grayscale"),
+        (Role.BASELINE, "grayscale", "baseline-grayscale"), (Role.RESIZE, "grayscale", "resize-grayscale"),
+    ]  # fmt: skip
+    assert [s.kept for s in plan.stages] == [True, False, True, False, True]
+    assert r_ok(fake(write_preset(resize_to=4)))
+    meta = read_metadata(tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors")
+    assert meta["cml_trained_against"] == "copy machine model"  # it was "base model" for resized LoRAs
+
+
+def r_ok(r) -> bool:
+    assert r.returncode == 0, r.stderr
+    return True

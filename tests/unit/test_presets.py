@@ -7,8 +7,7 @@ import pytest
 
 from cml.config import load_preset
 from cml.kohya.render import render
-from tests.conftest import make_checkpoint
-from tests.unit.test_render import plan_for
+from tests.conftest import make_checkpoint, plan_for
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent.parent / "presets").glob("*.toml"))
 
@@ -39,6 +38,14 @@ def test_grayscale_preset_is_the_articles_recipe(tmp_path, image_a):
     preset, _ = load_preset(PRESETS[[p.name for p in PRESETS].index("grayscale.toml")], [f"base_model='{model}'", f"source='{image_a}'"])
     s = preset.copy_settings()
     assert (s.dim, s.alpha, s.steps, s.learning_rate, s.optimizer, s.scheduler, s.warmup_steps, s.resolution, s.caption) == (
-        16, 16.0, 500, 1e-3, "AdamW8bit", "cosine", 0, 512, ""
+        16,
+        16.0,
+        500,
+        1e-3,
+        "AdamW8bit",
+        "cosine",
+        0,
+        512,
+        "",
     )
     assert preset.diff_settings("grayscale") == s and preset.merge == "checkpoint"

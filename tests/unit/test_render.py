@@ -11,13 +11,13 @@ from cml.errors import InputError
 from cml.inputs import load_inputs
 from cml.kohya.render import FIXED_NETWORK_MODULE, dataset_toml, gui_json, render, stage_argv, training_toml
 from cml.plan import build_plan
+from tests.conftest import plan_for
 
-GUI_KEYS = {ln.strip() for ln in (Path(__file__).parent.parent / "data" / "kohya_ss_lora_preset_keys.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")}
-
-
-def plan_for(preset_path, sets=None):
-    preset, digest = load_preset(preset_path, sets)
-    return build_plan(preset, digest, load_inputs(preset), "c0ffee")
+GUI_KEYS = {
+    ln.strip()
+    for ln in (Path(__file__).parent.parent / "data" / "kohya_ss_lora_preset_keys.txt").read_text().splitlines()
+    if ln.strip() and not ln.startswith("#")
+}
 
 
 def test_stages_of_both_merge_modes(write_preset):
@@ -94,22 +94,50 @@ def test_exact_argv(write_preset):
     copy, merge = p.stage("copy"), p.stage("merge")
     assert stage_argv(p, copy) == [sys.executable, "train_network.py", "--config_file", str(copy.dir / "train.toml")]
     assert stage_argv(p, merge) == [
-        sys.executable, "networks/merge_lora.py", "--sd_model", str(p.preset.base_model), "--models", str(copy.output),
-        "--ratios", "1.0", "--save_to", str(merge.work_dir / "copy_machine.safetensors"), "--precision", "float", "--save_precision", "fp16",
+        sys.executable,
+        "networks/merge_lora.py",
+        "--sd_model",
+        str(p.preset.base_model),
+        "--models",
+        str(copy.output),
+        "--ratios",
+        "1.0",
+        "--save_to",
+        str(merge.work_dir / "copy_machine.safetensors"),
+        "--precision",
+        "float",
+        "--save_precision",
+        "fp16",
     ]
     rs = p.stage("resize-grayscale")
     assert stage_argv(p, rs) == [
-        sys.executable, "networks/resize_lora.py", "--model", str(p.stage("diff-grayscale").output), "--new_rank", "4",
-        "--save_to", str(rs.work_dir / "grayscale_r4.safetensors"), "--save_precision", "fp16", "--device", "cpu",
+        sys.executable,
+        "networks/resize_lora.py",
+        "--model",
+        str(p.stage("diff-grayscale").output),
+        "--new_rank",
+        "4",
+        "--save_to",
+        str(rs.work_dir / "grayscale_r4.safetensors"),
+        "--save_precision",
+        "fp16",
+        "--device",
+        "cpu",
     ]
 
 
 def test_sdxl_and_sd2_scripts(tmp_path, write_preset):
-    from tests.conftest import make_checkpoint
+    from tests.conftest import make_checkpoint, plan_for
 
     x = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "xl.safetensors", "sdxl"))))
     assert stage_argv(x, x.stage("copy"))[1] == "sdxl_train_network.py"
-    assert stage_argv(x, x.stage("merge"))[1:6] == ["networks/sdxl_merge_lora.py", "--sd_model", str(tmp_path / "xl.safetensors"), "--models", str(x.stage("copy").output)]
+    assert stage_argv(x, x.stage("merge"))[1:6] == [
+        "networks/sdxl_merge_lora.py",
+        "--sd_model",
+        str(tmp_path / "xl.safetensors"),
+        "--models",
+        str(x.stage("copy").output),
+    ]
     assert "--precision" in stage_argv(x, x.stage("merge")) and stage_argv(x, x.stage("merge"))[-3] == "fp16"  # float does not fit 24 GiB
     assert training_toml(x, x.stage("copy"))["cache_text_encoder_outputs"] is True
     v = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "v.safetensors", "sd2", {"modelspec.prediction_type": "v"}))))
@@ -166,8 +194,7 @@ def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tm
     """The managed set is derived from the rendered options; this renders every kind of plan to see that it holds."""
     from cml.device import Gpu
     from cml.kohya.render import CONDITIONAL, managed_keys, managed_options
-    from cml.plan import build_plan
-    from tests.conftest import make_checkpoint
+    from tests.conftest import make_checkpoint, plan_for
 
     seen: set[str] = set()
     for family in ("sd1", "sd2", "sdxl"):

@@ -49,6 +49,9 @@ def test_grid_size_is_rows_by_columns_by_image_size():
 
 
 def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_preset, fake_sd, tmp_path):
+    """A wiring test: the fake gen_img.py draws by a formula, so the figures here only show that images, metrics,
+    grids and the report are connected. tests/sdscripts/test_e2e.py::test_demo_then_check_grids_metrics_report
+    checks the same on real sd-scripts output."""
     p = write_preset(
         targets={"grayscale": {"transform": "grayscale"}, "inv": {"transform": "invert"}},
         check={"weights": [-1.0, 0.0, 1.0], "seeds": [1, 2], "prompts": ["", "a red car"], "sampling_steps": 2},
@@ -60,7 +63,7 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
     assert c.returncode == 0, c.stderr
     metrics = json.loads((run / "check" / "metrics.json").read_text())
     assert set(metrics["targets"]) == {"grayscale", "inv"}
-    for t, per_model in metrics["targets"].items():
+    for per_model in metrics["targets"].values():
         per_weight = per_model["base"]
         assert list(per_weight) == ["-1", "0", "1"]
     sat = {w: v["mean_saturation"] for w, v in metrics["targets"]["grayscale"]["base"].items()}

@@ -99,8 +99,13 @@ def alive(pid: int) -> bool:
 
 def start_run(preset: Path, fake_sd: str, calls: Path, mode: str) -> subprocess.Popen:
     env = dict(os.environ, FAKE_MODE=mode, FAKE_CALLS=str(calls))
-    return subprocess.Popen([sys.executable, "-m", "cml", "run", str(preset), "--sd-scripts", fake_sd, "--quiet"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cml", "run", str(preset), "--sd-scripts", fake_sd, "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")

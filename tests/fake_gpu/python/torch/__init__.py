@@ -16,7 +16,7 @@ _cfg = json.loads(os.environ.get("FAKE_CUDA", "{}"))
 
 def _available() -> bool:
     if "error" in _cfg:
-        warnings.warn(_cfg["error"], UserWarning)
+        warnings.warn(_cfg["error"], UserWarning, stacklevel=2)
         return False
     return "name" in _cfg
 
