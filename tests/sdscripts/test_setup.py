@@ -43,7 +43,12 @@ def test_setup_from_a_snapshot_lacking_large_files_then_doctor(snapshot, tmp_pat
     again = run_cml("setup", "--source", str(snapshot), env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
-    doc = run_cml("doctor", env={"CML_SD_SCRIPTS": str(dest)})
+    import shutil
+
+    from cml.demo import tokenizer_dir
+
+    shutil.copytree(tokenizer_dir(), tmp_path / "cache" / "tokenizers")  # offline here: the tokenizer must be cached
+    doc = run_cml("doctor", env={"CML_SD_SCRIPTS": str(dest), "CML_CACHE_DIR": str(tmp_path / "cache")})
     assert doc.returncode == 0, doc.stdout + doc.stderr
     assert "CPU only" in doc.stdout or "CUDA:" in doc.stdout
     assert PINNED_SD_SCRIPTS_COMMIT[:10] in doc.stdout and "sd-scripts imports" in doc.stdout

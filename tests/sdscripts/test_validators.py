@@ -56,7 +56,8 @@ def test_every_training_toml_key_is_an_option_with_an_acceptable_value(sd, tmp_p
     from library import train_util
 
     model = make_checkpoint(tmp_path / f"{family}.safetensors", family)
-    plan = plan_for(write_preset(base_model=str(model), merge=merge, baseline=True, train={"resolution": 64, "extra": {"noise_offset": 0.05}}))
+    vpred = {"v_parameterization": False} if family == "sd2" else {}  # an SD2 file says nothing: the preset must
+    plan = plan_for(write_preset(base_model=str(model), merge=merge, baseline=True, train={"resolution": 64, "extra": {"noise_offset": 0.05}}, **vpred))
     render(plan, sd.path)
     parser = _parser(script)
     actions = {a.dest: a for a in parser._actions}
