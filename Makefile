@@ -18,6 +18,8 @@ PY ?= $(VENV)/bin/python
 SETUP := $(if $(NO_SETUP),,setup)
 GPU_SITE ?= /tmp/cml-gpu/site
 GPU_BUNDLE ?= .gpu-bundle
+# e.g. BENCH_GPU_ARGS="--only sdxl": a part of the GPU proof (a lease whose commands stop at 10 minutes)
+BENCH_GPU_ARGS ?=
 CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
 TORCH_STAMP := $(VENV)/.torch-$(subst /,_,$(subst :,_,$(subst $(eval) ,_,$(subst ==,-,$(TORCH) $(TORCH_INDEX)))))
@@ -67,11 +69,11 @@ test-gpu: $(SETUP)
 	$(PY) -m pytest -m gpu tests/gpu
 
 bench-gpu: $(SETUP)
-	$(PY) -m cml.bench_gpu
+	$(PY) -m cml.bench_gpu $(BENCH_GPU_ARGS)
 
 ## the GPU spent once: bench-gpu's runs, then test-gpu asserting on them
 gpu-proof: $(SETUP)
-	$(PY) -m cml.bench_gpu
+	$(PY) -m cml.bench_gpu $(BENCH_GPU_ARGS)
 	CML_GPU_RESULTS=bench/results-gpu.json $(PY) -m pytest -m gpu tests/gpu
 
 ## wheels (GPU machine's Python 3.12), sd-scripts without .git and the project, for a CUDA machine without network

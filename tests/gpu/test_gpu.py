@@ -24,6 +24,15 @@ def train_stages(run: dict) -> list[str]:
     return [s for s in run["stages"] if s != "merge"]
 
 
+def get_run(results: dict, name: str) -> dict:
+    """A run of this bench; a run left out (BENCH_GPU_ARGS="--only ...") skips its tests, saying so."""
+    run = results["runs"].get(name)
+    if run is None:
+        pytest.skip(f"the bench run {name!r} is not in these results (BENCH_GPU_ARGS --only)")
+    assert run.get("finished", True), f"{name} was cut short: {run.get('failed')}"
+    return run
+
+
 def test_doctor_is_ready_and_adamw8bit_steps_on_the_gpu(gpu, tmp_path):
     import shutil
 
@@ -38,7 +47,7 @@ def test_doctor_is_ready_and_adamw8bit_steps_on_the_gpu(gpu, tmp_path):
 
 @pytest.mark.parametrize("name", ["sd15", "sd15-in-memory", "sdxl"])
 def test_trainer_log_shows_cuda_precision_adamw8bit_sdpa(gpu_results, gpu, name):
-    run = gpu_results["runs"][name]
+    run = get_run(gpu_results, name)
     want = "bfloat16" if gpu.bf16 else "float16"
     for st in train_stages(run):
         stage_dir = Path(run["run_dir"]) / st
@@ -59,7 +68,7 @@ def test_trainer_log_shows_cuda_precision_adamw8bit_sdpa(gpu_results, gpu, name)
 
 @pytest.mark.parametrize("name", ["sd15", "sd15-in-memory", "sdxl"])
 def test_losses_are_finite_and_loras_pass_their_check(gpu_results, name):
-    run = gpu_results["runs"][name]
+    run = get_run(gpu_results, name)
     for st in train_stages(run):
         assert run["stages"][st]["losses_finite"], f"{name}/{st}"
         rec = json.loads((Path(run["run_dir"]) / st / "record.json").read_text())
@@ -70,7 +79,7 @@ def test_losses_are_finite_and_loras_pass_their_check(gpu_results, name):
 
 @pytest.mark.parametrize("name,limit", [("sd15", SD15_PEAK_GIB), ("sd15-in-memory", SD15_PEAK_GIB), ("sdxl", SDXL_PEAK_GIB)])
 def test_peak_gpu_memory_fits_the_card(gpu_results, name, limit):
-    run = gpu_results["runs"][name]
+    run = get_run(gpu_results, name)
     for st in train_stages(run):
         peak = run["stages"][st]["peak_gpu_mib_over_idle"]
         assert peak is not None and peak > 0, f"{name}/{st}: no GPU memory samples"
@@ -79,14 +88,14 @@ def test_peak_gpu_memory_fits_the_card(gpu_results, name, limit):
 
 @pytest.mark.parametrize("name", ["sd15", "sdxl"])
 def test_copy_machine_model_passes_its_check(gpu_results, name):
-    run = gpu_results["runs"][name]
+    run = get_run(gpu_results, name)
     rec = json.loads((Path(run["run_dir"]) / "merge" / "record.json").read_text())
     assert rec["merge_check"]["unet_tensors_changed"] > 0
     assert (Path(run["run_dir"]) / "merge" / "copy_machine.safetensors").is_file()
 
 
 def test_method_check_diff_starts_near_b_on_the_copy_machine(gpu_results):
-    mc = gpu_results["runs"]["sd15"]["method_check"]["grayscale"]
+    mc = get_run(gpu_results, "sd15")["method_check"]["grayscale"]
     ratio = mc["against_copy_machine"] / mc["against_base"]
     assert ratio <= 0.3, mc
 
@@ -94,7 +103,7 @@ def test_method_check_diff_starts_near_b_on_the_copy_machine(gpu_results):
 def test_both_merge_modes_train_the_same_modules(gpu_results):
     keys = []
     for name in ("sd15", "sd15-in-memory"):
-        lora = Path(gpu_results["runs"][name]["run_dir"]) / "diff-grayscale" / "grayscale.safetensors"
+        lora = Path(get_run(gpu_results, name)["run_dir"]) / "diff-grayscale" / "grayscale.safetensors"
         keys.append(set(check_lora(lora, 16, 16.0).keys))
     assert keys[0] == keys[1]
 
