@@ -116,7 +116,11 @@ def stage_entry(run_dir: Path, st: str, d: dict, mon: GpuMonitor | None, idle: i
     return e
 
 
-def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None, res: dict, save) -> None:
+# Settings that name files of this machine: left out of the results, which are committed.
+MACHINE_PATHS = ("base_model", "source", "tokenizer_cache_dir", "output_dir")
+
+
+def run_cml(name: str, sets: list[str], work: Path, out: Path, mon: GpuMonitor | None, res: dict, save) -> None:
     """One `cml run`, its output time-stamped line by line, into ``res``; ``save()`` after every finished stage."""
     argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={toml_value(name)}", *(a for s in sets for a in ("--set", s))]
     run_dir = work / "runs" / name
@@ -127,7 +131,16 @@ def run_cml(name: str, sets: list[str], work: Path, mon: GpuMonitor | None, res:
     stop = threading.Event()
     watcher = threading.Thread(target=watch_libcuda, args=(proc.pid, cuda_maps, stop), daemon=True)
     watcher.start()
-    res.update({"run_dir": str(run_dir), "settings": sets, "idle_mib": idle, "cml_libcuda": cuda_maps, "stages": {}, "finished": False})
+    res.update(
+        {
+            "run_dir": os.path.relpath(run_dir, out),  # from the results file's folder
+            "settings": [s for s in sets if s.split("=", 1)[0] not in MACHINE_PATHS],
+            "idle_mib": idle,
+            "cml_libcuda": cuda_maps,
+            "stages": {},
+            "finished": False,
+        }
+    )
     stages: dict[str, dict] = {}
     current: str | None = None
     out_lines: list[str] = []
@@ -270,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{r}: cml run {PRESET.name} ({res} px)")
             results["runs"][r] = {}
             # written after every stage: a run cut short (time limit, failure) keeps what was measured
-            run_cml(r, sets, a.work, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
+            run_cml(r, sets, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
     finally:
         if mon:
             mon.stop()

@@ -99,12 +99,17 @@ ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
 PathList = Annotated[list[Path], BeforeValidator(_one_or_many), AfterValidator(_resolve_each)]
 
 
+def _unwrap(ann: Any) -> Any:
+    """A field's type through Optional[...] and Annotated[...] (the overrides wrap both)."""
+    if get_origin(ann) in (Union, UnionType):
+        ann = next((a for a in get_args(ann) if a is not type(None)), ann)
+    return get_args(ann)[0] if get_origin(ann) is Annotated else ann
+
+
 def _numeric(ann: Any) -> tuple[bool, bool]:
-    """(a number, a list of numbers) for a field annotation, through Optional[...]."""
-    args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) in (Union, UnionType) else [ann]
-    num = any(a in (int, float) for a in args)
-    lst = any(get_origin(a) is list and set(get_args(a)) <= {int, float} and get_args(a) for a in args)
-    return num, lst
+    """(a number, a list of numbers) for a field annotation."""
+    a = _unwrap(ann)
+    return a in (int, float), get_origin(a) is list and bool(get_args(a)) and set(get_args(a)) <= {int, float}
 
 
 class Base(BaseModel):
@@ -392,11 +397,7 @@ def _absolute(model: Any, keys: list[str], value: Any, cwd: Path) -> Any:
     fields = {(f.alias or n): f for n, f in model.model_fields.items()}
     if keys[0] not in fields:
         return value
-    ann = fields[keys[0]].annotation
-    if get_origin(ann) in (Union, UnionType):
-        ann = next((a for a in get_args(ann) if a is not type(None)), ann)
-    if get_origin(ann) is Annotated:
-        ann = get_args(ann)[0]
+    ann = _unwrap(fields[keys[0]].annotation)
     if ann is Path and len(keys) == 1:
         return fix(value)
     if get_origin(ann) is list and get_args(ann) == (Path,) and len(keys) == 1:

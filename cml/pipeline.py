@@ -61,7 +61,7 @@ def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *,
         if st.settings is not None:
             training_toml(plan, st)  # train.extra against the options cml manages: refused now, not mid-run
     if sd.present:
-        check_extra(plan, sd, lambda st: SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
+        check_extra(plan, sd, SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
     check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
     check_run_dir(plan.run_dir, preset_file=None if for_check else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
     return plan, sd
@@ -229,7 +229,8 @@ def stages_to_run(plan: Plan, opts: RunOptions) -> list[bool]:
     if opts.from_stage is not None and opts.from_stage not in names:
         raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
     forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
-    states = [output_state(st, plan) for st in plan.stages]
+    # --from re-runs those stages anyway: their outputs are not hashed (gigabytes for the copy machine model)
+    states = [output_state(st, plan) if i < forced_from else OutputState(False, "--from") for i, st in enumerate(plan.stages)]
     todo = [i >= forced_from or not state.good for i, state in enumerate(states)]
     cause: dict[str, str] = {}  # stage -> why it runs again
     for i, (st, state) in enumerate(zip(plan.stages, states)):

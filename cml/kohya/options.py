@@ -45,17 +45,15 @@ def trainer_options(sd, script: str) -> set[str] | None:
     return set(names)
 
 
-def check_extra(plan, sd, script_of) -> None:
-    """train.extra: every key an option of the stage's trainer ("did you mean" otherwise), all errors at once."""
+def check_extra(plan, sd, script: str) -> None:
+    """train.extra: every key an option of the trainer ("did you mean" otherwise), all errors at once."""
+    extras = [st.settings.extra for st in plan.stages if st.settings is not None and st.settings.extra]
+    known = trainer_options(sd, script) if extras else None  # one parser read for all stages
+    if known is None:
+        return
     lines = []
-    for st in plan.stages:
-        if st.settings is None or not st.settings.extra:
-            continue
-        script = script_of(st)
-        known = trainer_options(sd, script)
-        if known is None:
-            continue
-        for key in sorted(st.settings.extra):
+    for extra in extras:
+        for key in sorted(extra):
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""

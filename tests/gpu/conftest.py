@@ -34,9 +34,9 @@ def gpu_results(gpu, sd_scripts, tmp_path_factory):
     if reuse:
         r = json.loads(Path(reuse).read_text())
         assert r["device"].get("name") == gpu.name, f"{reuse} was measured on {r['device'].get('name')}, not this {gpu.name}"
-        return r
+        return {**r, "base": str(Path(reuse).resolve().parent)}
     from cml.bench_gpu import main
 
     out = tmp_path_factory.mktemp("bench-gpu")
     assert main(["--out", str(out), "--work", str(out / "work")]) == 0
-    return json.loads((out / "results-gpu.json").read_text())
+    return {**json.loads((out / "results-gpu.json").read_text()), "base": str(out)}

@@ -30,7 +30,7 @@ def get_run(results: dict, name: str) -> dict:
     if run is None:
         pytest.skip(f"the bench run {name!r} is not in these results (BENCH_GPU_ARGS --only)")
     assert run.get("finished", True), f"{name} was cut short: {run.get('failed')}"
-    return run
+    return {**run, "run_dir": str(Path(results["base"]) / run["run_dir"])}  # stored relative to the results file
 
 
 def test_doctor_is_ready_and_adamw8bit_steps_on_the_gpu(gpu, tmp_path):

@@ -17,7 +17,7 @@ from tests.kohya_gui import gui_to_options, warmup_steps
 
 
 @pytest.fixture(scope="module")
-def gui_builder():
+def gui_builder(tmp_path_factory):
     root = os.environ.get("CML_KOHYA_SS")
     if not root or not (Path(root) / "kohya_gui" / "common_gui.py").is_file():
         pytest.skip("set CML_KOHYA_SS to a bmaltais/kohya_ss checkout (commit 45088f04) to test against the GUI's own builder")
@@ -26,12 +26,15 @@ def gui_builder():
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["easygui"].msgbox = sys.modules["easygui"].ynbox = lambda *a, **k: None
     sys.path.insert(0, root)
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("kohya_gui"))  # its logging setup writes setup.log into the current folder
     try:
         import kohya_gui.common_gui as cg
     except Exception as e:  # another GUI version, missing dependencies
         pytest.skip(f"kohya_gui.common_gui does not import from {root}: {type(e).__name__}: {e}")
     finally:
         sys.path.remove(root)
+        os.chdir(here)
     yield cg
     for k in set(sys.modules) - set(saved):
         if k.startswith(("kohya_gui", "gradio", "easygui")):
