@@ -195,12 +195,12 @@ def build_models(families: list[str]) -> dict[str, str]:
     """The random checkpoints, built once into cml's cache by a child process (torch stays out of this one)."""
     code = (
         "import json, sys\n"
-        "from cml.demo import random_sd15_checkpoint, random_sdxl_checkpoint, tokenizer_dir\n"
+        "from cml.demo import demo_sd15_checkpoint, random_sdxl_checkpoint, tokenizer_dir\n"
         "from cml.sdscripts import locate\n"
         "sd = locate()\n"
         "out = {'tokenizer': str(tokenizer_dir())}\n"
         "fams = sys.argv[1:]\n"
-        "if 'sd15' in fams: out['sd15'] = str(random_sd15_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
+        "if 'sd15' in fams: out['sd15'] = str(demo_sd15_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
         "if 'sdxl' in fams: out['sdxl'] = str(random_sdxl_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
         "print(json.dumps(out))\n"
     )

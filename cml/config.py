@@ -212,6 +212,13 @@ class Target(Base):
         return self
 
 
+# gen_img.py's --sampler choices (sd1/sd2 and SDXL alike)
+Sampler = Literal[
+    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+]  # fmt: skip
+
+
 class CheckSettings(Base):
     """`cml check`: copy check, weight sweep and metrics (sd-scripts' gen_img.py)."""
 
@@ -224,9 +231,17 @@ class CheckSettings(Base):
     prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"], min_length=1)
     """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
     models: PathList = Field(default_factory=list)
-    """Models of the sweep; empty means the base model."""
+    """Models of the sweep besides the copy machine model; empty means the base model."""
+    copy_machine: bool = True
+    """Also sweep on the copy machine model (merged file, or base + copy LoRA when merge = "in_memory"): where A -> B shows cleanest."""
     sampling_steps: int = Field(20, gt=0)
     """Sampler steps."""
+    guidance_scale: float = Field(7.5, ge=0)
+    """Classifier-free guidance (gen_img --scale). At 1 or below gen_img skips the unconditional pass: half the time, and the same images for the empty prompt."""
+    batch_size: int = Field(1, gt=0)
+    """Images per generator batch (same weight, different seeds); more is faster where memory allows."""
+    sampler: Sampler = "ddim"
+    """gen_img.py's sampler. Ancestral ones (euler_a) add fresh noise at every step, so the seed's starting noise counts less."""
     resolution: int | None = Field(None, ge=64, multiple_of=8)
     """Image size; empty means the training resolution."""
 

@@ -9,6 +9,7 @@ Everything is cached outside the repository (``CML_CACHE_DIR``, default ``~/.cac
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw
 from cml.files import atomic_path
 from cml.paths import cache_root
 
-DEMO_VERSION = "1"  # bump when the demo assets change
+DEMO_VERSION = "2"  # bump when the demo assets change
 
 
 def cache_dir() -> Path:
@@ -83,45 +84,28 @@ def demo_image(size: int = 256) -> Image.Image:
     return img
 
 
-def clip_l_config():
-    """CLIP ViT-L/14's text encoder (SD1.x, and SDXL's first encoder)."""
-    from transformers import CLIPTextConfig
+def _cached_build(name: str, what: str, sd_scripts: Path, log) -> Path:
+    """Build a demo checkpoint once into the cache, in a child process (torch stays out of cml's process);
+    written under a temporary name, then renamed."""
+    from cml.errors import StageFailed
+    from cml.sdscripts import SdScripts, python_env
 
-    return CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-    )  # fmt: skip
-
-
-def _cached_build(name: str, what: str, sd_scripts: Path, build, log) -> Path:
-    """Build a random checkpoint once into the cache; written under a temporary name, then renamed."""
     out = cache_dir() / f"{name}-v{DEMO_VERSION}.safetensors"
     if out.exists():
         return out
     log(f"building {what} (once): {out}")
-    sys.path.insert(0, str(sd_scripts))
+    env = python_env(SdScripts(sd_scripts, None, "demo"))
     with atomic_path(out) as tmp:
-        build(str(tmp))
+        p = subprocess.run([sys.executable, "-m", "cml.demo_model", name.split("-")[-1], str(tmp)], cwd=sd_scripts, env=env, capture_output=True, text=True)
+        if p.returncode != 0 or not tmp.exists():
+            tail = "\n".join(f"    {ln}" for ln in (p.stdout + p.stderr).splitlines()[-12:])
+            raise StageFailed(f"building the demo model failed (exit code {p.returncode})\n{tail}")
     return out
 
 
-def random_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """A randomly initialised SD1.5-architecture single-file checkpoint, fp16 (2.1 GB, ~35 s)."""
-
-    def build(path: str) -> None:
-        import torch
-        from diffusers import AutoencoderKL
-        from library import model_util
-        from library.original_unet import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
-        vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
-        te = CLIPTextModel._from_config(clip_l_config())
-        model_util.save_stable_diffusion_checkpoint(False, path, te, unet, None, 0, 0, {"cml_demo": "random weights"}, torch.float16, vae)
-
-    return _cached_build("random-sd15", "a random SD1.5-architecture checkpoint (~35 s, 2.1 GB)", sd_scripts, build, log)
+def demo_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
+    """The SD1.5-architecture demo model (2.1 GB fp16): see cml/demo_model.py for what it is and why."""
+    return _cached_build("demo-sd15", "the SD1.5-architecture demo model (~40 s, 2.1 GB)", sd_scripts, log)
 
 
 def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
@@ -129,7 +113,7 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
     from cml.sdscripts import locate
 
     sd = locate(sd_option)
-    model = random_sd15_checkpoint(sd.path)
+    model = demo_sd15_checkpoint(sd.path)
     tok = tokenizer_dir()
     a = cache_dir() / "demo-a.png"
     if not a.exists():
@@ -142,36 +126,5 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
 
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM).
-
-    Each module is cast to fp16 as soon as it is built: building all in fp32 first does not fit 24 GiB.
-    """
-
-    def build(path: str) -> None:
-        import math
-
-        import torch
-        from diffusers import AutoencoderKL
-        from library import model_util, sdxl_model_util, sdxl_original_unet
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-        torch.manual_seed(0)
-        unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
-        te1 = CLIPTextModel._from_config(clip_l_config()).half()
-        te2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_hidden_layers=32,
-                num_attention_heads=20,
-                max_position_embeddings=77,
-                hidden_act="gelu",
-                projection_dim=1280,
-            )
-        ).half()
-        vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
-        logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)
-        sdxl_model_util.save_stable_diffusion_checkpoint(path, te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
-
-    return _cached_build("random-sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, build, log)
+    """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM)."""
+    return _cached_build("random-sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, log)

@@ -143,9 +143,9 @@ def sd_scripts():
 
 @pytest.fixture(scope="session")
 def demo_assets(sd_scripts):
-    from cml.demo import cache_dir, demo_image, random_sd15_checkpoint, tokenizer_dir
+    from cml.demo import cache_dir, demo_image, demo_sd15_checkpoint, tokenizer_dir
 
-    model = random_sd15_checkpoint(sd_scripts.path)
+    model = demo_sd15_checkpoint(sd_scripts.path)
     a = cache_dir() / "demo-a.png"
     if not a.exists():
         demo_image().save(a)

@@ -34,14 +34,24 @@ EMPTY_PROMPT = "()"
 class Job:
     prompt: str
     seed: int
-    weight: float
+    weight: float  # of the last LoRA; LoRAs before it (the copy LoRA, for a copy machine made in memory) at 1
 
 
-def prompt_line(job: Job) -> str:
-    return f"{job.prompt.strip() or EMPTY_PROMPT} --d {job.seed} --am {job.weight}"
+@dataclass(frozen=True)
+class SweepModel:
+    """A model of the weight sweep: a checkpoint, and the LoRAs applied at weight 1 that make it what it is."""
+
+    label: str
+    model: Path
+    fixed: tuple[Path, ...] = ()
 
 
-def gen_argv(plan: Plan, model: Path, lora: Path, prompt_file: Path, outdir: Path) -> list[str]:
+def prompt_line(job: Job, fixed: int = 0) -> str:
+    muls = ",".join(["1.0"] * fixed + [f"{job.weight}"])
+    return f"{job.prompt.strip() or EMPTY_PROMPT} --d {job.seed} --am {muls}"
+
+
+def gen_argv(plan: Plan, model: Path, loras: list[Path], prompt_file: Path, outdir: Path) -> list[str]:
     c = plan.preset.check
     size = c.resolution or plan.preset.train.resolution
     fam = plan.inputs.family
@@ -60,18 +70,22 @@ def gen_argv(plan: Plan, model: Path, lora: Path, prompt_file: Path, outdir: Pat
         str(size),
         "--steps",
         str(c.sampling_steps),
+        "--sampler",
+        c.sampler,
         "--batch_size",
-        "1",
+        str(c.batch_size),
+        "--scale",
+        str(c.guidance_scale),
         "--images_per_prompt",
         "1",
         "--sequential_file_name",
         "--sdpa",
         "--network_module",
-        NETWORK_MODULE,
+        *[NETWORK_MODULE] * len(loras),
         "--network_weights",
-        str(lora),
+        *map(str, loras),
         "--network_mul",
-        "1.0",
+        *["1.0"] * len(loras),
         "--tokenizer_cache_dir",
         str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
     ]
@@ -84,16 +98,17 @@ def gen_argv(plan: Plan, model: Path, lora: Path, prompt_file: Path, outdir: Pat
     return argv
 
 
-def generate(plan: Plan, sd: SdScripts, name: str, model: Path, lora: Path, jobs: list[Job], mode: str) -> list[Image.Image]:
-    """One gen_img run for a list of jobs (one model load); images in job order."""
+def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path], jobs: list[Job], mode: str) -> list[Image.Image]:
+    """One gen_img run for a list of jobs (one model load); images in job order. The last LoRA is at each
+    job's weight, the others at 1."""
     work = plan.run_dir / "check" / "gen" / name
     if work.exists():
         for old in work.glob("im_*.png"):
             old.unlink()
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / "prompts.txt"
-    prompts.write_text("\n".join(prompt_line(j) for j in jobs) + "\n", encoding="utf-8")
-    res = run_logged(gen_argv(plan, model, lora, prompts, work), sd.path, python_env(sd), work / "log.txt", mode)
+    prompts.write_text("\n".join(prompt_line(j, len(loras) - 1) for j in jobs) + "\n", encoding="utf-8")
+    res = run_logged(gen_argv(plan, model, loras, prompts, work), sd.path, python_env(sd), work / "log.txt", mode)
     if res.returncode != 0:
         tail = "\n".join(f"    {ln}" for ln in res.tail[-12:])
         raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
@@ -103,45 +118,72 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, lora: Path, jobs
     return [Image.open(f).convert("RGB") for f in files]
 
 
+def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Image.Image:
+    """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference."""
+    out = plan.run_dir / "check"
+    a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
+    plan.inputs.source[0].image.convert("RGB").save(a_path)
+    argv = [sys.executable, "-m", "cml.kohya.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
+    res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", mode)
+    if res.returncode != 0 or not rt_path.is_file():
+        tail = "\n".join(f"    {ln}" for ln in res.tail[-12:])
+        raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
+    return Image.open(rt_path).convert("RGB")
+
+
 def copy_check(plan: Plan, sd: SdScripts, mode: str) -> dict:
-    seeds = plan.preset.check.seeds
+    """Base model with and without the copy LoRA, empty prompt, every seed: SSIM to A as the VAE returns it."""
+    c = plan.preset.check
+    seeds = c.seeds
     copy = plan.stage("copy")
-    jobs = [Job("", s, w) for s in seeds for w in (0.0, 1.0)]
-    imgs = generate(plan, sd, "copy", plan.preset.base_model, copy.output, jobs, mode)
+    jobs = [Job("", s, w) for w in (0.0, 1.0) for s in seeds]  # by weight: gen_img batches only equal weights
+    imgs = generate(plan, sd, "copy", plan.preset.base_model, [copy.output], jobs, mode)
+    ref = vae_roundtrip(plan, sd, imgs[0].width, mode)
     a = plan.inputs.source[0].image
     rows, scores = [], []
     for i, s in enumerate(seeds):
-        base_img, copy_img = imgs[2 * i], imgs[2 * i + 1]
-        sc = {"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, a), "ssim_base": rgb_ssim(base_img, a)}
+        base_img, copy_img = imgs[i], imgs[len(seeds) + i]
+        sc = {"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, ref), "ssim_base": rgb_ssim(base_img, ref)}
         scores.append(sc)
-        rows.append([a.resize(copy_img.size, Image.Resampling.LANCZOS), base_img, copy_img])
-    labels = [f"seed {s['seed']}\nSSIM to A\nbase {s['ssim_base']:.3f}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
+        rows.append([a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, base_img, copy_img])
+    labels = [f"seed {s['seed']}\nSSIM to A (VAE)\nbase {s['ssim_base']:.3f}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
     path = plan.run_dir / "check" / "copy_check.png"
-    grid(rows, labels, ["A", "base", "+ copy LoRA"], "copy check").save(path)
-    return {"image": str(path), "seeds": scores}
+    grid(rows, labels, ["A", "A (VAE)", "base", "+ copy LoRA"], "copy check").save(path)
+    return {"image": str(path), "reference": str(plan.run_dir / "check" / "a_vae_roundtrip.png"), "seeds": scores}
 
 
-def sweep(plan: Plan, sd: SdScripts, target: str, model: Path, mode: str) -> tuple[Path, dict]:
+def sweep_models(plan: Plan) -> list[SweepModel]:
+    """The copy machine model (if the check asks for it), then check.models or the base model."""
+    out = []
+    if plan.preset.check.copy_machine:
+        if plan.preset.merge == "checkpoint":
+            out.append(SweepModel("copy_machine", plan.stage("merge").output))
+        else:  # in memory: the base with the copy LoRA at weight 1 is what the diff stages trained against
+            out.append(SweepModel("copy_machine", plan.preset.base_model, (plan.stage("copy").output,)))
+    out += [SweepModel(m.stem, m) for m in plan.preset.check.models or [plan.preset.base_model]]
+    return out
+
+
+def sweep(plan: Plan, sd: SdScripts, target: str, on: SweepModel, mode: str) -> tuple[Path, dict]:
     c = plan.preset.check
     diff = plan.stage(f"diff-{target}")
     rows_def = [(p, s) for p in c.prompts for s in c.seeds]
-    jobs = [Job(p, s, w) for p, s in rows_def for w in c.weights]
-    imgs = generate(plan, sd, f"sweep-{target}-{model.stem}", model, diff.output, jobs, mode)
-    n = len(c.weights)
-    cells = [imgs[r * n : (r + 1) * n] for r in range(len(rows_def))]
+    jobs = [Job(p, s, w) for w in c.weights for p, s in rows_def]  # by weight: gen_img batches only equal weights
+    imgs = generate(plan, sd, f"sweep-{target}-{on.label}", on.model, [*on.fixed, diff.output], jobs, mode)
+    n = len(rows_def)
+    cells = [[imgs[col * n + r] for col in range(len(c.weights))] for r in range(n)]
     labels = [f"{p or '(empty prompt)'}\nseed {s}" for p, s in rows_def]
-    path = plan.run_dir / "check" / f"sweep-{target}-{model.stem}.png"
-    grid(cells, labels, [f"w={w:+g}" for w in c.weights], target).save(path)
+    path = plan.run_dir / "check" / f"sweep-{target}-{on.label}.png"
+    grid(cells, labels, [f"w={w:+g}" for w in c.weights], f"on {on.label.replace('_', ' ')}").save(path)
     transform = plan.preset.targets[target].transform
     effect_name, effect = EFFECTS[transform]
-    zero = c.weights.index(0.0) if 0.0 in c.weights else None
+    zero = c.weights.index(0.0)
     per_weight = {}
     for col, w in enumerate(c.weights):
         eff, ssim = [], []
         for row in cells:
-            ref = row[zero] if zero is not None else row[col]
-            eff.append(effect(row[col], ref))
-            ssim.append(luminance_ssim(row[col], ref))
+            eff.append(effect(row[col], row[zero]))
+            ssim.append(luminance_ssim(row[col], row[zero]))
         per_weight[f"{w:g}"] = {effect_name: sum(eff) / len(eff), "luminance_ssim_vs_0": sum(ssim) / len(ssim)}
     return path, per_weight
 
@@ -153,13 +195,12 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> dict:
     missing = [p for p in needed if not p.exists()]
     if missing:
         raise StageFailed(f"check: run the pipeline first; missing {missing[0]}", fix=f"cml run {plan.run_dir / 'preset.toml'}")
-    models = plan.preset.check.models or [plan.preset.base_model]
     result: dict[str, Any] = {"settings": plan.preset.check.model_dump(mode="json"), "copy_check": copy_check(plan, sd, mode), "targets": {}, "grids": []}
     for t in plan.preset.targets:
         result["targets"][t] = {}
-        for m in models:
-            path, per_weight = sweep(plan, sd, t, m, mode)
-            result["targets"][t][m.stem] = per_weight
+        for on in sweep_models(plan):
+            path, per_weight = sweep(plan, sd, t, on, mode)
+            result["targets"][t][on.label] = per_weight
             result["grids"].append(str(path))
     curves = {}
     for st in plan.stages:
@@ -188,25 +229,37 @@ def write_report(plan: Plan, r: dict) -> Path:
     lines += [
         "## Copy check",
         "",
-        "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed.",
+        "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed. "
+        "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better.",
         "",
         f"![copy check]({rel(r['copy_check']['image'])})",
         "",
-        "| seed | SSIM to A, base | SSIM to A, base + copy LoRA |",
+        "| seed | SSIM to A (VAE), base | SSIM to A (VAE), base + copy LoRA |",
         "|---|---|---|",
     ]
     for s in r["copy_check"]["seeds"]:
         lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
-    lines += ["", "## Weight sweeps", ""]
+    lines += [
+        "",
+        "## Weight sweeps",
+        "",
+        "Each diff LoRA at every weight, same seeds and prompts; on the copy machine model the change A -> B shows cleanest.",
+        "",
+    ]
     for g in r["grids"]:
         lines += [f"![{Path(g).stem}]({rel(g)})", ""]
     lines += ["## Metrics", ""]
     for t, per_model in r["targets"].items():
         for m, per_weight in per_model.items():
             keys = list(next(iter(per_weight.values())))
-            lines += [f"### {t} on {m}", "", "| weight | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            ratio = "mean_saturation" in keys and per_weight["0"]["mean_saturation"] > 0  # grayscale: x of weight 0's
+            head = keys + (["saturation vs weight 0"] if ratio else [])
+            lines += [f"### {t} on {m.replace('_', ' ')}", "", "| weight | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
             for w, vals in per_weight.items():
-                lines.append(f"| {w} | " + " | ".join(f"{vals[k]:.4f}" for k in keys) + " |")
+                cells = [f"{vals[k]:.4f}" for k in keys]
+                if ratio:
+                    cells.append(f"{vals['mean_saturation'] / per_weight['0']['mean_saturation']:.2f}x")
+                lines.append(f"| {w} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += [
         "## Training loss",
@@ -215,7 +268,7 @@ def write_report(plan: Plan, r: dict) -> Path:
         "",
         "## Settings",
         "",
-        f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps, prompts {c['prompts']}. "
+        f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps ({c['sampler']}), prompts {c['prompts']}. "
         "Same seeds and settings give the same images.",
         "",
     ]

@@ -15,7 +15,7 @@ size = int(arg("--W"))
 out = Path(arg("--outdir"))
 lines = [ln for ln in Path(arg("--from_file")).read_text().splitlines() if ln.strip()]
 for i, line in enumerate(lines, 1):
-    w = float(re.search(r"--am ([-\d.]+)", line).group(1))
+    w = float(re.search(r"--am ([-\d.,]+)", line).group(1).split(",")[-1])  # the last network's weight
     seed = int(re.search(r"--d (\d+)", line).group(1))
     sat = max(0.0, min(1.0, 0.5 - 0.4 * w))  # a positive weight "desaturates", like a grayscale LoRA
     g = 120 + seed

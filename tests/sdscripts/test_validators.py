@@ -152,3 +152,14 @@ def test_train_extra_is_checked_against_the_trainers_own_parser(sd_scripts, writ
         assert r.returncode == 2 and f"train.extra sets {managed}, which cml manages" in r.stderr, r.stderr
     p = write_preset(train={"steps": 3, "resolution": 64, "extra": {"noise_offset": 0.05}})
     assert run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path)).returncode == 0
+
+
+@pytest.mark.parametrize("script", ["gen_img", "sdxl_gen_img"])
+def test_check_sampler_choices_are_gen_imgs_own(sd, script):
+    """check.sampler offers exactly what gen_img.py / sdxl_gen_img.py accept, so a preset cannot fail mid-check."""
+    from typing import get_args
+
+    from cml.config import Sampler
+
+    action = next(a for a in _parser(script)._actions if a.dest == "sampler")
+    assert list(get_args(Sampler)) == list(action.choices)

@@ -64,8 +64,11 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
     metrics = json.loads((run / "check" / "metrics.json").read_text())
     assert set(metrics["targets"]) == {"grayscale", "inv"}
     for per_model in metrics["targets"].values():
-        per_weight = per_model["base"]
-        assert list(per_weight) == ["-1", "0", "1"]
+        assert list(per_model) == ["copy_machine", "base"]  # the copy machine model first, then the base
+        for per_weight in per_model.values():
+            assert list(per_weight) == ["-1", "0", "1"]
+    sweep_log = (run / "check" / "gen" / "sweep-grayscale-copy_machine" / "log.txt").read_text()
+    assert str(run / "merge" / "copy_machine.safetensors") in sweep_log  # the merged file is the copy machine model
     sat = {w: v["mean_saturation"] for w, v in metrics["targets"]["grayscale"]["base"].items()}
     assert sat["-1"] > sat["0"] > sat["1"]  # the fake generator desaturates with weight
     assert "mean_pixel_change" in metrics["targets"]["inv"]["base"]["1"]
@@ -74,12 +77,33 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
         k = cell_scale(64)
         assert img.size == (LABEL_W + 3 * 64 * k, HEADER_H + 4 * 64 * k)  # 2 prompts x 2 seeds rows, 3 weights
     assert len(metrics["copy_check"]["seeds"]) == 2
+    # The copy check measures against A as the model's VAE returns it (the fake VAE halves the contrast).
+    a = np.asarray(Image.open(run / "check" / "a.png"), dtype=np.float32)
+    ref = np.asarray(Image.open(metrics["copy_check"]["reference"]), dtype=np.float32)
+    assert ref.shape == (64, 64, 3) and ref.std() < 0.75 * a.std()
     report = (run / "report.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", report)
-    assert len(links) == 4 and all((run / link).is_file() for link in links)  # copy check, 2 grids, losses
+    assert len(links) == 6 and all((run / link).is_file() for link in links)  # copy check, 4 grids, losses
     prompts = (run / "check" / "gen" / "copy" / "prompts.txt").read_text().splitlines()
-    assert prompts == ["() --d 1 --am 0.0", "() --d 1 --am 1.0", "() --d 2 --am 0.0", "() --d 2 --am 1.0"]
+    assert prompts == ["() --d 1 --am 0.0", "() --d 2 --am 0.0", "() --d 1 --am 1.0", "() --d 2 --am 1.0"]  # by weight: batches
     assert "grayscale on base" in c.stderr  # the terminal table
+
+
+def test_check_sweeps_the_in_memory_copy_machine_as_base_plus_copy_lora(write_preset, fake_sd, tmp_path):
+    """merge = "in_memory" writes no copy machine file: the sweep applies the copy LoRA at 1, then the diff LoRA."""
+    p = write_preset(merge="in_memory", check={"weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 1})
+    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet").returncode == 0
+    run = tmp_path / "runs" / "t"
+    c = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet")
+    assert c.returncode == 0, c.stderr
+    gen = run / "check" / "gen" / "sweep-grayscale-copy_machine"
+    assert (gen / "prompts.txt").read_text().splitlines() == ["() --d 1 --am 1.0,0.0", "() --d 1 --am 1.0,1.0"]
+    argv = (gen / "log.txt").read_text().splitlines()[0]
+    copy, diff = run / "copy" / "copy.safetensors", run / "diff-grayscale" / "grayscale.safetensors"
+    assert f"--network_weights {copy} {diff} --network_mul 1.0 1.0" in argv
+    assert "networks.lora networks.lora" in argv
+    base_prompts = (run / "check" / "gen" / "sweep-grayscale-base" / "prompts.txt").read_text().splitlines()
+    assert base_prompts == ["() --d 1 --am 0.0", "() --d 1 --am 1.0"]  # the plain base: the diff LoRA alone
 
 
 def test_check_on_a_folder_that_is_not_a_run(tmp_path):

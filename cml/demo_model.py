@@ -1,0 +1,194 @@
+"""Builds the demo checkpoints (run as a child process in sd-scripts' Python: cml's own process never imports torch).
+
+    python -m cml.demo_model sd15 OUT.safetensors
+    python -m cml.demo_model sdxl OUT.safetensors
+
+No real weights can be downloaded here, and sd-scripts' U-Nets have fixed channel sizes, so the demo
+models are full size with weights that are random or set by hand. What the SD1.5 demo model is, and why:
+
+**VAE, set by hand** (``hand_built_vae``). A random VAE cannot decode what a U-Net learned: the copy check
+gave SSIM 0.04 with and without the copy LoRA. This one is an ``AutoencoderKL`` with the SD config whose
+residual branches and attention outputs are zero, whose ``conv_in``/``conv_out``/shortcuts are identities
+on the first three channels, whose down-sampling convs are 2x2 box filters and whose up-sampling convs
+are 3x3 [1 2 1]/4 smoothing filters; GroupNorm biases of +20 keep SiLU linear (taken off again in the
+next conv's bias). It returns an image at 1/8 resolution, smoothly upsampled (per-channel correlation
+0.98-0.99 with A's box-downsampled version at 64-128 px), keeps gray exactly gray, and changes only
+global brightness and contrast (GroupNorm). ``quant_conv`` scales the latents so that, times sd-scripts'
+0.18215, they have about unit variance like a real SD VAE's: with the first hand-built VAE they were
+~0.1, the noise drowned A, and a copy LoRA reached a low loss without learning A (400 steps, loss 0.05,
+copy-check SSIM 0.11-0.15).
+
+**U-Net, random with an identity path** (``identity_path_unet``). Measured at 64 px with sd-scripts'
+LoRA (dim 16, lr 1e-3, cosine, 1 image), copy-check SSIM to A's round trip at seeds 1/2/3 (DDIM 20 steps):
+
+- plain random U-Net, 150 steps: 0.17 / 0.43 / 0.41; 400 steps: 0.22 / 0.49 / 0.77 (loss 0.08-0.10).
+  The loss by timestep shows why: even at t = 900 it stays ~0.12, where predicting eps = x_t alone
+  gives ~0.02. A rank-16 LoRA on the attention layers cannot turn a random network into an identity,
+  so every seed's starting noise shows through.
+- min-SNR weighting (gamma 5): no change (200 steps: 0.30 / 0.57 / 0.58). 8 copies of A per step
+  (batch 8, 80 steps, same wall time as 200 steps): no better (0.28 / 0.51 / 0.51).
+- **identity path**: channels 0-3 of the residual stream carry x_t from ``conv_in`` to ``conv_out``
+  through every block; the random branches (ResNet ``conv2``, attention ``proj_out``, shortcuts) write
+  only into channels 10 and up, channels 4-9 stay empty (the rest of the output GroupNorm's first group).
+  The base model predicts eps = x_t (it knows nothing of images: sampling gives noise, SSIM < 0.12), and
+  a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68; see ``bench/`` and the
+  README for the demo's own step counts and figures.
+
+The text encoder is random (CLIP ViT-L config): the empty prompt is all the demo uses.
+"""
+
+from __future__ import annotations
+
+import sys
+
+VAE_BIAS = 20.0  # GroupNorm bias that keeps SiLU linear: silu(x + 20) = x + 20 within 1e-7 for |x| < 5
+LATENT_GAIN = 2.4  # hand-built latents (std ~2.3 after GroupNorm) x 2.4 x 0.18215 ~ unit variance
+RESERVED = 10  # U-Net channels 0-9: x_t in 0-3, 4-9 empty (the output GroupNorm's first group at 320 channels)
+
+
+def _identity(conv, n: int, gain: float = 1.0) -> None:
+    k = conv.weight.shape[-1]
+    for c in range(n):
+        conv.weight[c, c, k // 2, k // 2] = gain
+
+
+def hand_built_vae():
+    """An SD-config AutoencoderKL that returns the image at 1/8 resolution, weights set analytically."""
+    import torch
+    from diffusers import AutoencoderKL
+    from library import model_util
+    from torch import nn
+
+    vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        for m in vae.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.fill_(1.0)
+                m.bias.fill_(VAE_BIAS)
+            shortcut = getattr(m, "conv_shortcut", None)
+            if shortcut is not None:
+                _identity(shortcut, 3)
+        enc, dec = vae.encoder, vae.decoder
+        _identity(enc.conv_in, 3)
+        for block in enc.down_blocks:
+            for down in block.downsamplers or []:
+                for c in range(3):
+                    down.conv.weight[c, c, 0:2, 0:2] = 0.25  # 2x2 box; diffusers pads right and bottom
+        _identity(enc.conv_out, 3)
+        enc.conv_out.bias[:3] = -VAE_BIAS
+        enc.conv_out.bias[4:] = -30.0  # log-variance: a deterministic encoder
+        _identity(vae.quant_conv, 4, LATENT_GAIN)
+        vae.quant_conv.bias[4:] = -30.0
+        _identity(vae.post_quant_conv, 3, 1.0 / LATENT_GAIN)
+        _identity(dec.conv_in, 3)
+        smooth = torch.outer(torch.tensor([0.25, 0.5, 0.25]), torch.tensor([0.25, 0.5, 0.25]))
+        for block in dec.up_blocks:
+            for up in block.upsamplers or []:
+                for c in range(3):
+                    up.conv.weight[c, c] = smooth
+        out_gain = 0.45  # decoded images span about [-1, 1]
+        _identity(dec.conv_out, 3, out_gain)
+        dec.conv_out.bias[:3] = -VAE_BIAS * out_gain
+    return vae
+
+
+def identity_path_unet(unet):
+    """Give sd-scripts' SD1 U-Net (random weights) a path that carries x_t from input to output unchanged."""
+    import torch
+
+    r = RESERVED
+    with torch.no_grad():
+        unet.conv_in.weight[:r] = 0
+        unet.conv_in.bias[:r] = 0
+        _identity(unet.conv_in, 4)
+        for m in unet.modules():
+            kind = type(m).__name__
+            if kind == "ResnetBlock2D":
+                m.conv2.weight[:r] = 0
+                m.conv2.bias[:r] = 0
+                if m.conv_shortcut is not None:  # input = concat(stream, skip): keep the stream's channels 0-3
+                    m.conv_shortcut.weight[:r] = 0
+                    m.conv_shortcut.bias[:r] = 0
+                    _identity(m.conv_shortcut, 4)
+            elif kind == "Transformer2DModel":
+                m.proj_out.weight[:r] = 0
+                m.proj_out.bias[:r] = 0
+        # The last up block's first ResNet gets concat(low-resolution stream, full-resolution skip): x_t comes
+        # from the skip (the down path's full-resolution stream).
+        shortcut = unet.up_blocks[-1].resnets[0].conv_shortcut
+        stream = shortcut.weight.shape[1] - unet.conv_in.out_channels
+        shortcut.weight[:r] = 0
+        for c in range(4):
+            shortcut.weight[c, stream + c, 0, 0] = 1.0
+        # norm_out + SiLU + conv_out: identity on channels 0-3. GroupNorm's first group holds channels 0-9,
+        # six of them empty, so it scales x_t by sqrt(10 / 4); conv_out takes that off again.
+        unet.conv_norm_out.bias[:r] = VAE_BIAS
+        unet.conv_out.weight.zero_()
+        gain = (4 / r) ** 0.5
+        _identity(unet.conv_out, 4, gain)
+        unet.conv_out.bias[:] = -VAE_BIAS * gain
+    return unet
+
+
+def clip_l_config():
+    """CLIP ViT-L/14's text encoder (SD1.x, and SDXL's first encoder)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    )  # fmt: skip
+
+
+def build_sd15(path: str) -> None:
+    """The SD1.5 demo model: random U-Net with an identity path, hand-built VAE, random text encoder (fp16, 2.1 GB)."""
+    import torch
+    from library import model_util
+    from library.original_unet import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = identity_path_unet(UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)))
+    te = CLIPTextModel._from_config(clip_l_config())
+    meta = {"cml_demo": "random U-Net with an identity path, hand-built VAE (see cml/demo_model.py)"}
+    model_util.save_stable_diffusion_checkpoint(False, path, te, unet, None, 0, 0, meta, torch.float16, hand_built_vae())
+
+
+def build_sdxl(path: str) -> None:
+    """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM).
+
+    Each module is cast to fp16 as soon as it is built: building all in fp32 first does not fit 24 GiB.
+    """
+    import math
+
+    import torch
+    from diffusers import AutoencoderKL
+    from library import model_util, sdxl_model_util, sdxl_original_unet
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = sdxl_original_unet.SdxlUNet2DConditionModel().half()
+    te1 = CLIPTextModel._from_config(clip_l_config()).half()
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=1280,
+        )
+    ).half()
+    vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
+    logit_scale = torch.tensor(math.log(100.0), dtype=torch.float16)
+    sdxl_model_util.save_stable_diffusion_checkpoint(path, te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
+
+
+BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl}
+
+if __name__ == "__main__":
+    BUILDERS[sys.argv[1]](sys.argv[2])
