@@ -1,5 +1,5 @@
 # cml: Copy Machine LoRA training over kohya sd-scripts.
-#   make demo     the whole pipeline on a random SD1.5-architecture model at 64 px (CPU ok)
+#   make demo     the whole method on the demo model at 64 px, with its copy check and sweeps (CPU ok)
 #   make test     the test suite (sd-scripts tests skip, with the reason, when sd-scripts is absent)
 #   make grayscale A=a.png [B=b.png] MODEL=model.safetensors [OUT=runs]
 #   make test-gpu / make bench-gpu   on a CUDA machine: the article's recipe at 512 px (and SDXL at 1024 px)

@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=Path, nargs="?", help="image B (default: A converted to grayscale)")
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
     p.set_defaults(func=cmd_grayscale)
-    sub.add_parser("demo", parents=[sets, sd, out, running], help="the whole pipeline on a random SD1.5-architecture model at 64 px (CPU)").set_defaults(
-        func=cmd_demo
-    )
+    sub.add_parser(
+        "demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweeps"
+    ).set_defaults(func=cmd_demo)
     return ap
 
 

@@ -1,9 +1,7 @@
-"""A randomly initialised SD1.5-architecture checkpoint and an offline tokenizer, for demos and tests.
+"""The demo assets, for `cml demo` and the tests: the demo model, an offline tokenizer and image A.
 
-No real weights can be downloaded here, and sd-scripts' SD1 U-Net has fixed channel sizes, so the
-demo model is full size (~2.1 GB fp16) with random weights. The copy machine method still shows on
-it: the diff stage's loss on B is far lower against the copy machine model than against the base.
-Everything is cached outside the repository (``CML_CACHE_DIR``, default ``~/.cache/cml``).
+The demo model (what it is and why: cml/demo_model.py) is built once, in a child process, and cached
+outside the repository (``CML_CACHE_DIR``, default ``~/.cache/cml``), like the tokenizer and A.
 """
 
 from __future__ import annotations

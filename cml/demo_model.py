@@ -8,15 +8,19 @@ models are full size with weights that are random or set by hand. What the SD1.5
 
 **VAE, set by hand** (``hand_built_vae``). A random VAE cannot decode what a U-Net learned: the copy check
 gave SSIM 0.04 with and without the copy LoRA. This one is an ``AutoencoderKL`` with the SD config whose
-residual branches and attention outputs are zero, whose ``conv_in``/``conv_out``/shortcuts are identities
-on the first three channels, whose down-sampling convs are 2x2 box filters and whose up-sampling convs
-are 3x3 [1 2 1]/4 smoothing filters; GroupNorm biases of +20 keep SiLU linear (taken off again in the
-next conv's bias). It returns an image at 1/8 resolution, smoothly upsampled (per-channel correlation
-0.98-0.99 with A's box-downsampled version at 64-128 px), keeps gray exactly gray, and changes only
-global brightness and contrast (GroupNorm). ``quant_conv`` scales the latents so that, times sd-scripts'
-0.18215, they have about unit variance like a real SD VAE's: with the first hand-built VAE they were
-~0.1, the noise drowned A, and a copy LoRA reached a low loss without learning A (400 steps, loss 0.05,
-copy-check SSIM 0.11-0.15).
+residual branches and attention outputs are zero, whose shortcuts are identities, whose down-sampling
+convs are 2x2 box filters and whose up-sampling convs are 3x3 [1 2 1]/4 smoothing filters; GroupNorm
+biases of +20 keep SiLU linear (taken off again in the next conv's bias). It returns an image at 1/8
+resolution, smoothly upsampled (per-channel correlation 0.98-0.99 with A's box-downsampled version at
+64-128 px), keeps gray exactly gray, and is linear (round trip of 0.5 x A = 0.5 x round trip of A within
+0.001). Linear, because the GroupNorm before ``conv_out`` is made harmless: its group holds each colour
+channel, its negative (the means cancel) and a constant channel K = 50 (it sets the variance), so it no
+longer rescales each image. The first hand-built VAE let GroupNorm normalise every image: gray(A) was
+then rescaled against A, and the diff LoRA's weight sweep lost A's luminance structure (luminance SSIM
+0.72-0.83 against weight 0). ``quant_conv`` scales the latents so that, times sd-scripts' 0.18215, they
+have about unit variance like a real SD VAE's: with the first hand-built VAE they were ~0.1, the noise
+drowned A, and a copy LoRA reached a low loss without learning A (400 steps, loss 0.05, copy-check SSIM
+0.11-0.15).
 
 **U-Net, random with an identity path** (``identity_path_unet``). Measured at 64 px with sd-scripts'
 LoRA (dim 16, lr 1e-3, cosine, 1 image), copy-check SSIM to A's round trip at seeds 1/2/3 (DDIM 20 steps):
@@ -30,9 +34,18 @@ LoRA (dim 16, lr 1e-3, cosine, 1 image), copy-check SSIM to A's round trip at se
 - **identity path**: channels 0-3 of the residual stream carry x_t from ``conv_in`` to ``conv_out``
   through every block; the random branches (ResNet ``conv2``, attention ``proj_out``, shortcuts) write
   only into channels 10 and up, channels 4-9 stay empty (the rest of the output GroupNorm's first group).
-  The base model predicts eps = x_t (it knows nothing of images: sampling gives noise, SSIM < 0.12), and
-  a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68; see ``bench/`` and the
-  README for the demo's own step counts and figures.
+  The base model predicts eps = x_t (it knows nothing of images: sampling gives noise, SSIM < 0.13), and
+  a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68 (DDIM); 300 steps:
+  0.35 / 1.00 / 0.81 (loss 0.025). Seed 1 stayed far off: DDIM is deterministic, so whatever part of
+  the starting noise the LoRA does not remove stays in the image.
+- **an ancestral sampler** (gen_img's ``euler_a``: fresh noise at every step, so no seed's start is carried
+  to the end), same LoRAs, seeds 1-4: 150 steps 0.87 / 0.88 / 0.87 / 0.83; 300 steps 0.93 / 0.97 /
+  0.95 / 0.91 (DDIM 50 steps and Euler 20 steps: as DDIM 20). The demo preset uses it.
+
+The early-loss method check (diff stage on B against the copy machine model vs the plain base) reads
+differently here than on the all-random model, whose base could not denoise at all (loss ~1, so any
+copy LoRA looked like a 6x head start): this base already predicts eps = x_t, and at small t the copy
+machine model's pull towards A costs it loss on B, so the two start close. README, Measured, has the figures.
 
 The text encoder is random (CLIP ViT-L config): the empty prompt is all the demo uses.
 """
@@ -41,56 +54,80 @@ from __future__ import annotations
 
 import sys
 
-VAE_BIAS = 20.0  # GroupNorm bias that keeps SiLU linear: silu(x + 20) = x + 20 within 1e-7 for |x| < 5
-LATENT_GAIN = 2.4  # hand-built latents (std ~2.3 after GroupNorm) x 2.4 x 0.18215 ~ unit variance
+BIAS = 20.0  # GroupNorm bias that keeps SiLU linear: silu(x + 20) = x + 20 within 1e-7 for |x| < 5
+K = 50.0  # the VAE's constant channel: it dominates its GroupNorm group's variance
+LATENT_GAIN = 11.0  # images in [-1, 1] (std ~0.5) x 11 x 0.18215: latents of about unit variance, like a real SD VAE's
 RESERVED = 10  # U-Net channels 0-9: x_t in 0-3, 4-9 empty (the output GroupNorm's first group at 320 channels)
 
 
-def _identity(conv, n: int, gain: float = 1.0) -> None:
+def _identity(conv, chans, gain: float = 1.0) -> None:
     k = conv.weight.shape[-1]
-    for c in range(n):
+    for c in range(chans) if isinstance(chans, int) else chans:
         conv.weight[c, c, k // 2, k // 2] = gain
 
 
 def hand_built_vae():
-    """An SD-config AutoencoderKL that returns the image at 1/8 resolution, weights set analytically."""
+    """An SD-config AutoencoderKL that returns the image at 1/8 resolution, smoothly upsampled; weights set by hand."""
     import torch
     from diffusers import AutoencoderKL
     from library import model_util
     from torch import nn
 
     vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+    enc_ch = range(7)  # +RGB, -RGB, K
+    dec_ch = range(11)  # (+z, -z, K, 0) x 3
     with torch.no_grad():
         for p in vae.parameters():
             p.zero_()
         for m in vae.modules():
             if isinstance(m, nn.GroupNorm):
                 m.weight.fill_(1.0)
-                m.bias.fill_(VAE_BIAS)
-            shortcut = getattr(m, "conv_shortcut", None)
-            if shortcut is not None:
-                _identity(shortcut, 3)
+                m.bias.fill_(BIAS)
         enc, dec = vae.encoder, vae.decoder
-        _identity(enc.conv_in, 3)
+        for m in enc.modules():
+            if getattr(m, "conv_shortcut", None) is not None:
+                _identity(m.conv_shortcut, enc_ch)
+        for m in dec.modules():
+            if getattr(m, "conv_shortcut", None) is not None:
+                _identity(m.conv_shortcut, dec_ch)
+        # encoder: +RGB, -RGB, and a constant K: GroupNorm's first group (16 channels) then has an image-independent
+        # mean (the +/- copies cancel) and a variance that K dominates, so it no longer rescales each image
+        for c in range(3):
+            enc.conv_in.weight[c, c, 1, 1] = 1.0
+            enc.conv_in.weight[3 + c, c, 1, 1] = -1.0
+        enc.conv_in.bias[6] = K
         for block in enc.down_blocks:
             for down in block.downsamplers or []:
-                for c in range(3):
+                for c in range(6):
                     down.conv.weight[c, c, 0:2, 0:2] = 0.25  # 2x2 box; diffusers pads right and bottom
-        _identity(enc.conv_out, 3)
-        enc.conv_out.bias[:3] = -VAE_BIAS
-        enc.conv_out.bias[4:] = -30.0  # log-variance: a deterministic encoder
-        _identity(vae.quant_conv, 4, LATENT_GAIN)
+                down.conv.weight[6, 6, 0, 0] = 1.0  # the constant stays constant at the edges too
+        s_enc = K * 15**0.5 / 16  # group of 16: K and 15 zeros (image part < 0.1% of the variance)
+        m_enc = K / 16
+        enc.conv_norm_out.bias[:3] = BIAS + m_enc / s_enc  # -> x / s + 20: SiLU linear
+        _identity(enc.conv_out, range(3), s_enc)
+        enc.conv_out.bias[:3] = -BIAS * s_enc
+        enc.conv_out.bias[4:] = -30.0  # log-variance: deterministic
+        _identity(vae.quant_conv, range(4), LATENT_GAIN)
         vae.quant_conv.bias[4:] = -30.0
-        _identity(vae.post_quant_conv, 3, 1.0 / LATENT_GAIN)
-        _identity(dec.conv_in, 3)
+        _identity(vae.post_quant_conv, range(3), 1.0 / LATENT_GAIN)
+        # decoder: groups of 4 channels (+z, -z, K, 0) for each colour channel
+        for c in range(3):
+            dec.conv_in.weight[4 * c, c, 1, 1] = 1.0
+            dec.conv_in.weight[4 * c + 1, c, 1, 1] = -1.0
+            dec.conv_in.bias[4 * c + 2] = K
         smooth = torch.outer(torch.tensor([0.25, 0.5, 0.25]), torch.tensor([0.25, 0.5, 0.25]))
         for block in dec.up_blocks:
             for up in block.upsamplers or []:
                 for c in range(3):
-                    up.conv.weight[c, c] = smooth
-        out_gain = 0.45  # decoded images span about [-1, 1]
-        _identity(dec.conv_out, 3, out_gain)
-        dec.conv_out.bias[:3] = -VAE_BIAS * out_gain
+                    up.conv.weight[4 * c, 4 * c] = smooth
+                    up.conv.weight[4 * c + 1, 4 * c + 1] = smooth
+                    up.conv.weight[4 * c + 2, 4 * c + 2, 1, 1] = 1.0
+        s_dec = K * 3**0.5 / 4
+        m_dec = K / 4
+        for c in range(3):
+            dec.conv_norm_out.bias[4 * c] = BIAS + m_dec / s_dec
+            dec.conv_out.weight[c, 4 * c, 1, 1] = s_dec
+        dec.conv_out.bias[:3] = -BIAS * s_dec
     return vae
 
 
@@ -124,11 +161,11 @@ def identity_path_unet(unet):
             shortcut.weight[c, stream + c, 0, 0] = 1.0
         # norm_out + SiLU + conv_out: identity on channels 0-3. GroupNorm's first group holds channels 0-9,
         # six of them empty, so it scales x_t by sqrt(10 / 4); conv_out takes that off again.
-        unet.conv_norm_out.bias[:r] = VAE_BIAS
+        unet.conv_norm_out.bias[:r] = BIAS
         unet.conv_out.weight.zero_()
         gain = (4 / r) ** 0.5
         _identity(unet.conv_out, 4, gain)
-        unet.conv_out.bias[:] = -VAE_BIAS * gain
+        unet.conv_out.bias[:] = -BIAS * gain
     return unet
 
 
