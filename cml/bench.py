@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": versions(b.sd),
-        "settings": {"reps": a.reps, "copy_steps": a.copy_steps, "diff_steps": a.diff_steps, "resolution": 64, "model": "random SD1.5 architecture"},
+        "settings": {"reps": a.reps, "copy_steps": a.copy_steps, "diff_steps": a.diff_steps, "resolution": 64, "model": "the SD1.5-architecture demo model"},
         "overhead": {"cml_s": full, "direct_s": med(r["overhead"]["direct"]), "ratio": full / med(r["overhead"]["direct"])},
         "merge_modes": {
             "checkpoint": {

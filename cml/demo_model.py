@@ -34,18 +34,25 @@ LoRA (dim 16, lr 1e-3, cosine, 1 image), copy-check SSIM to A's round trip at se
 - **identity path**: channels 0-3 of the residual stream carry x_t from ``conv_in`` to ``conv_out``
   through every block; the random branches (ResNet ``conv2``, attention ``proj_out``, shortcuts) write
   only into channels 10 and up, channels 4-9 stay empty (the rest of the output GroupNorm's first group).
-  The base model predicts eps = x_t (it knows nothing of images: sampling gives noise, SSIM < 0.13), and
-  a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68 (DDIM); 300 steps:
+  The base model predicts eps = x_t: it knows nothing of images (through the linear VAE below, its
+  samples are flat gray), and a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68 (DDIM); 300 steps:
   0.35 / 1.00 / 0.81 (loss 0.025). Seed 1 stayed far off: DDIM is deterministic, so whatever part of
   the starting noise the LoRA does not remove stays in the image.
 - **an ancestral sampler** (gen_img's ``euler_a``: fresh noise at every step, so no seed's start is carried
   to the end), same LoRAs, seeds 1-4: 150 steps 0.87 / 0.88 / 0.87 / 0.83; 300 steps 0.93 / 0.97 /
   0.95 / 0.91 (DDIM 50 steps and Euler 20 steps: as DDIM 20). The demo preset uses it.
 
+What ``make demo`` measured with all of this (presets/demo.toml: 200 copy steps, 60 diff steps, euler_a 15
+steps; README, Measured): copy check SSIM 0.948 / 0.981 / 0.938 with the copy LoRA, 0.38 for the base's
+flat gray; the grayscale diff LoRA on the copy machine model: saturation 0.09x at +1 and 1.55x at -1,
+luminance SSIM against weight 0 of 0.88 at +1 and 0.67 at -1. With the earlier, normalising VAE (and 100
+diff steps, euler_a 20 steps) the same U-Net gave copy 0.90-0.97 and base 0.08-0.13 (noise, normalised),
+saturation 0.19x at +1, luminance SSIM 0.72-0.83.
+
 The early-loss method check (diff stage on B against the copy machine model vs the plain base) reads
 differently here than on the all-random model, whose base could not denoise at all (loss ~1, so any
 copy LoRA looked like a 6x head start): this base already predicts eps = x_t, and at small t the copy
-machine model's pull towards A costs it loss on B, so the two start close. README, Measured, has the figures.
+machine model's pull towards A costs it loss on B, so the two start close (0.30 vs 0.27 in the demo).
 
 The text encoder is random (CLIP ViT-L config): the empty prompt is all the demo uses.
 """

@@ -129,20 +129,20 @@ def output_state(stage: Stage, plan: Plan) -> OutputState:
     if meta.get("cml_fingerprint") != stage.fingerprint:
         return OutputState(False, "made from other settings or inputs", intact=True)
     try:
-        dim, alpha = expected_rank(plan, stage)
-        check_lora(out, dim, alpha)
+        check_lora(out, *expected_rank(plan, stage))
     except CheckFailed as e:
         return OutputState(False, f"damaged ({e})")
     return OutputState(True, intact=True, adopt=True)
 
 
-def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float]:
+def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, int | None]:
+    """Rank and alpha the stage's LoRA must have, and for a resized LoRA the rank it was resized from."""
     if stage.role is Role.RESIZE:
         assert stage.target is not None and plan.preset.resize_to is not None  # a resize stage exists only then
         s = plan.preset.diff_settings(stage.target)
         r = plan.preset.resize_to
-        return r, s.alpha / s.dim * r  # resize_lora.py keeps alpha/dim
-    return stage.train.dim, stage.train.alpha
+        return r, s.alpha / s.dim * r, s.dim  # resize_lora.py keeps alpha/dim
+    return stage.train.dim, stage.train.alpha, None
 
 
 def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
@@ -179,8 +179,7 @@ def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
                 return facts
             produced.replace(stage.output)
             return facts
-        dim, alpha = expected_rank(plan, stage)
-        summary = check_lora(produced, dim, alpha)
+        summary = check_lora(produced, *expected_rank(plan, stage))
     except CheckFailed as e:
         raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
     facts["lora_modules"] = summary.modules

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     from PIL import Image
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae = model_util.load_vae(model, torch.float32).to(device).eval()
+    vae = model_util.load_vae(model, torch.float32).to(device).train(False)  # inference mode
     a = Image.open(image).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
     x = torch.from_numpy(np.asarray(a, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None].to(device)
     with torch.no_grad():

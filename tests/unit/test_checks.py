@@ -55,6 +55,23 @@ def test_bad_loras(tmp_path, kwargs, message):
         check_lora(lora(tmp_path / "l.safetensors", **kwargs), 4, 4.0)
 
 
+def test_resized_lora_may_hold_resize_loras_rank_1_stand_in_for_an_all_zero_module(tmp_path):
+    """networks/resize_lora.py writes a module that learned nothing at rank 1, alpha = alpha/dim (sd-scripts' MIN_SV rule)."""
+    zero = "lora_unet_mid_block_attentions_0_proj_out"
+    stand_in = {
+        f"{zero}.lora_down.weight": torch.zeros(1, 8).half(),
+        f"{zero}.lora_up.weight": torch.zeros(8, 1).half(),
+        f"{zero}.alpha": torch.tensor(1.0).half(),
+    }
+    path = lora(tmp_path / "r.safetensors", dim=4, alpha=4.0, extra=stand_in)
+    assert check_lora(path, 4, 4.0, resized_from=16).modules == 2
+    with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
+        check_lora(path, 4, 4.0)  # a trained (not resized) LoRA never has it
+    learned = dict(stand_in, **{f"{zero}.lora_up.weight": torch.full((8, 1), 0.1).half()})
+    with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
+        check_lora(lora(tmp_path / "bad.safetensors", dim=4, alpha=4.0, extra=learned), 4, 4.0, resized_from=16)
+
+
 def test_missing_and_unreadable_lora(tmp_path):
     with pytest.raises(CheckFailed, match="no LoRA file"):
         check_lora(tmp_path / "none.safetensors", 4, 4.0)

@@ -167,6 +167,8 @@ def test_diffusers_folder_cannot_be_merged_into_a_checkpoint(write_preset, tmp_p
         ({"check": {"weights": [-1.0, 1.0]}}, "lacks 0: the metrics compare every weight with weight 0"),
         ({"resize_to": 32}, "resize_to (32) is above targets.grayscale's dim (16)"),
         ({"train": {"optimizer": "AdamW8bt"}}, "'AdamW8bt' is not an optimizer sd-scripts knows; did you mean 'AdamW8bit'?"),
+        ({"check": {"sampler": "euler_ancestral"}}, "check.sampler: Input should be 'ddim', 'pndm'"),
+        ({"check": {"batch_size": 0}}, "check.batch_size: Input should be greater than 0"),
     ],
 )
 def test_refused_before_anything_is_written(write_preset, tmp_path, change, message):

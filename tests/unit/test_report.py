@@ -39,6 +39,22 @@ def test_empty_prompt_is_written_so_gen_img_keeps_the_options():
     assert prompt_line(Job("a red car", 1, 1.0)) == "a red car --d 1 --am 1.0"
 
 
+def test_generator_argv_carries_the_check_settings(write_preset, tmp_path):
+    """Sampler, guidance scale and batch size reach gen_img.py; LoRAs applied together each get a module and a weight."""
+    from cml.report.check import gen_argv
+    from tests.conftest import plan_for
+
+    plan = plan_for(write_preset(check={"sampler": "euler_a", "guidance_scale": 1.0, "batch_size": 3, "sampling_steps": 7}))
+    a, b = tmp_path / "copy.safetensors", tmp_path / "diff.safetensors"
+    argv = gen_argv(plan, plan.preset.base_model, [a, b], tmp_path / "p.txt", tmp_path / "out")
+    opt = lambda name, n=1: argv[argv.index(name) + 1 : argv.index(name) + 1 + n]  # noqa: E731
+    assert opt("--sampler") == ["euler_a"] and opt("--scale") == ["1.0"] and opt("--batch_size") == ["3"] and opt("--steps") == ["7"]
+    assert opt("--network_module", 2) == ["networks.lora", "networks.lora"]
+    assert opt("--network_weights", 2) == [str(a), str(b)] and opt("--network_mul", 2) == ["1.0", "1.0"]
+    default = gen_argv(plan_for(write_preset()), plan.preset.base_model, [a], tmp_path / "p.txt", tmp_path / "out")
+    assert default[default.index("--sampler") + 1] == "ddim" and default[default.index("--scale") + 1] == "7.5"
+
+
 def test_grid_size_is_rows_by_columns_by_image_size():
     cells = [[Image.new("RGB", (64, 64), (i * 40, j * 40, 0)) for j in range(5)] for i in range(4)]
     g = grid(cells, [f"r{i}" for i in range(4)], [f"c{j}" for j in range(5)])
