@@ -51,11 +51,11 @@ def _load(path: Path) -> tuple[dict, str]:
         return {k: v.float().numpy() for k, v in load_pt(str(path)).items()}, "pt"
 
 
-def check_lora(path: Path, dim: int, alpha: float, resized_from: int | None = None) -> LoraSummary:
+def check_lora(path: Path, dim: int, alpha: float, resized: bool = False) -> LoraSummary:
     """A trained LoRA: loads, U-Net keys only, rank = dim, alpha as configured, finite, not all zero.
 
-    resized_from: the rank before networks/resize_lora.py, which writes a module that learned nothing (an
-    all-zero matrix) at rank 1 with alpha scaled to match (alpha / dim); that module is accepted so.
+    resized: made by networks/resize_lora.py, which writes a module that learned nothing (an all-zero
+    matrix) at rank 1 with alpha scaled to match (alpha / dim); that module is accepted so.
     """
     if not path.is_file():
         raise CheckFailed(f"no LoRA file was written ({path})")
@@ -81,7 +81,7 @@ def check_lora(path: Path, dim: int, alpha: float, resized_from: int | None = No
             raise CheckFailed(f"module {name} is incomplete: has {sorted(parts)}")
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
         a = float(np.asarray(tensors[f"{name}.alpha"], dtype=np.float32).reshape(-1)[0])
-        if resized_from and dim > 1 and down.shape[0] == up.shape[1] == 1 and not _finite_nonzero(up)[1] and abs(a - alpha / dim) <= 1e-3 * max(1.0, alpha):
+        if resized and dim > 1 and down.shape[0] == up.shape[1] == 1 and not _finite_nonzero(up)[1] and abs(a - alpha / dim) <= 1e-3 * max(1.0, alpha):
             continue  # resize_lora.py's rank-1 stand-in for an all-zero module
         if down.shape[0] != dim or up.shape[1] != dim:
             raise CheckFailed(f"module {name} has rank {down.shape[0]}, expected dim {dim}")

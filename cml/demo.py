@@ -82,10 +82,11 @@ def demo_image(size: int = 256) -> Image.Image:
     return img
 
 
-def _cached_build(name: str, what: str, sd_scripts: Path, log) -> Path:
+def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log) -> Path:
     """Build a demo checkpoint once into the cache, in a child process (torch stays out of cml's process);
     written under a temporary name, then renamed."""
     from cml.errors import StageFailed
+    from cml.runner import indented
     from cml.sdscripts import SdScripts, python_env
 
     out = cache_dir() / f"{name}-v{DEMO_VERSION}.safetensors"
@@ -94,16 +95,16 @@ def _cached_build(name: str, what: str, sd_scripts: Path, log) -> Path:
     log(f"building {what} (once): {out}")
     env = python_env(SdScripts(sd_scripts, None, "demo"))
     with atomic_path(out) as tmp:
-        p = subprocess.run([sys.executable, "-m", "cml.demo_model", name.split("-")[-1], str(tmp)], cwd=sd_scripts, env=env, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "cml.demo_model", builder, str(tmp)], cwd=sd_scripts, env=env, capture_output=True, text=True)
         if p.returncode != 0 or not tmp.exists():
-            tail = "\n".join(f"    {ln}" for ln in (p.stdout + p.stderr).splitlines()[-12:])
+            tail = indented((p.stdout + p.stderr).splitlines())
             raise StageFailed(f"building the demo model failed (exit code {p.returncode})\n{tail}")
     return out
 
 
 def demo_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
     """The SD1.5-architecture demo model (2.1 GB fp16): see cml/demo_model.py for what it is and why."""
-    return _cached_build("demo-sd15", "the SD1.5-architecture demo model (~40 s, 2.1 GB)", sd_scripts, log)
+    return _cached_build("demo-sd15", "sd15", "the SD1.5-architecture demo model (~40 s, 2.1 GB)", sd_scripts, log)
 
 
 def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
@@ -125,4 +126,4 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
     """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM)."""
-    return _cached_build("random-sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, log)
+    return _cached_build("random-sdxl", "sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, log)

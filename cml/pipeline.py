@@ -23,7 +23,7 @@ from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, SCRIPTS, defa
 from cml.losses import early_loss, read_losses
 from cml.plan import Plan, Role, Stage, build_plan
 from cml.rundir import check_run_dir
-from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, run_logged
+from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, indented, run_logged
 from cml.sdscripts import SUBMODULE, SdScripts, SdScriptsNotFound, check_tokenizers, commit_warning, locate, python_env
 
 
@@ -135,14 +135,14 @@ def output_state(stage: Stage, plan: Plan) -> OutputState:
     return OutputState(True, intact=True, adopt=True)
 
 
-def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, int | None]:
-    """Rank and alpha the stage's LoRA must have, and for a resized LoRA the rank it was resized from."""
+def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, bool]:
+    """Rank and alpha the stage's LoRA must have, and whether resize_lora.py made it."""
     if stage.role is Role.RESIZE:
         assert stage.target is not None and plan.preset.resize_to is not None  # a resize stage exists only then
         s = plan.preset.diff_settings(stage.target)
         r = plan.preset.resize_to
-        return r, s.alpha / s.dim * r, s.dim  # resize_lora.py keeps alpha/dim
-    return stage.train.dim, stage.train.alpha, None
+        return r, s.alpha / s.dim * r, True  # resize_lora.py keeps alpha/dim
+    return stage.train.dim, stage.train.alpha, False
 
 
 def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
@@ -368,7 +368,7 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd
         raise StageFailed(f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage)}", where=str(stage.log_path), fix=diverged_fix(stage)) from None
     produced = stage.work_dir / stage.output.name
     if res.returncode != 0:
-        tail = "\n".join(f"    {ln}" for ln in res.tail[-15:])
+        tail = indented(res.tail, 15)
         fix = "fix the cause and re-run the same command: finished stages are kept"
         if res.returncode == -9:
             fix = "it was killed (SIGKILL), most often by the kernel for lack of memory: free memory or lower the resolution, then re-run the same command"

@@ -56,6 +56,11 @@ class Progress:
         return advanced
 
 
+def indented(lines: list[str], n: int = 12) -> str:
+    """The last n lines, indented: how an error message quotes a subprocess's output."""
+    return "\n".join(f"    {ln}" for ln in lines[-n:])
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "--"

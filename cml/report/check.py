@@ -21,7 +21,7 @@ from cml.kohya.render import NETWORK_MODULE, SCRIPTS, default_tokenizer_cache
 from cml.plan import Plan, Role
 from cml.report.figures import grid, loss_plot
 from cml.report.metrics import EFFECTS, luminance_ssim, rgb_ssim
-from cml.runner import run_logged
+from cml.runner import indented, run_logged
 from cml.sdscripts import SdScripts, python_env
 
 # gen_img.py strips a prompt line before splitting off its " --" options, so an empty prompt followed by
@@ -110,7 +110,7 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path
     prompts.write_text("\n".join(prompt_line(j, len(loras) - 1) for j in jobs) + "\n", encoding="utf-8")
     res = run_logged(gen_argv(plan, model, loras, prompts, work), sd.path, python_env(sd), work / "log.txt", mode)
     if res.returncode != 0:
-        tail = "\n".join(f"    {ln}" for ln in res.tail[-12:])
+        tail = indented(res.tail)
         raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
     files = sorted(work.glob("im_*.png"))
     if len(files) != len(jobs):
@@ -118,7 +118,7 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path
     return [Image.open(f).convert("RGB") for f in files]
 
 
-def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Image.Image:
+def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
     """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference."""
     out = plan.run_dir / "check"
     a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
@@ -126,19 +126,19 @@ def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Image.Imag
     argv = [sys.executable, "-m", "cml.kohya.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
     res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", mode)
     if res.returncode != 0 or not rt_path.is_file():
-        tail = "\n".join(f"    {ln}" for ln in res.tail[-12:])
+        tail = indented(res.tail)
         raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
-    return Image.open(rt_path).convert("RGB")
+    return rt_path
 
 
 def copy_check(plan: Plan, sd: SdScripts, mode: str) -> dict:
     """Base model with and without the copy LoRA, empty prompt, every seed: SSIM to A as the VAE returns it."""
-    c = plan.preset.check
-    seeds = c.seeds
+    seeds = plan.preset.check.seeds
     copy = plan.stage("copy")
     jobs = [Job("", s, w) for w in (0.0, 1.0) for s in seeds]  # by weight: gen_img batches only equal weights
     imgs = generate(plan, sd, "copy", plan.preset.base_model, [copy.output], jobs, mode)
-    ref = vae_roundtrip(plan, sd, imgs[0].width, mode)
+    ref_path = vae_roundtrip(plan, sd, imgs[0].width, mode)
+    ref = Image.open(ref_path).convert("RGB")
     a = plan.inputs.source[0].image
     rows, scores = [], []
     for i, s in enumerate(seeds):
@@ -149,7 +149,7 @@ def copy_check(plan: Plan, sd: SdScripts, mode: str) -> dict:
     labels = [f"seed {s['seed']}\nSSIM to A (VAE)\nbase {s['ssim_base']:.3f}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
     path = plan.run_dir / "check" / "copy_check.png"
     grid(rows, labels, ["A", "A (VAE)", "base", "+ copy LoRA"], "copy check").save(path)
-    return {"image": str(path), "reference": str(plan.run_dir / "check" / "a_vae_roundtrip.png"), "seeds": scores}
+    return {"image": str(path), "reference": str(ref_path), "seeds": scores}
 
 
 def sweep_models(plan: Plan) -> list[SweepModel]:

@@ -102,7 +102,7 @@ def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_me
 def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
     d = in_memory_run["dir"]
     small = d / "resize-grayscale" / "grayscale_r4.safetensors"
-    s = check_lora(small, 4, 4.0, resized_from=16)  # resize_lora.py keeps alpha/dim: 16/16 * 4
+    s = check_lora(small, 4, 4.0, resized=True)  # resize_lora.py keeps alpha/dim: 16/16 * 4
     assert s.modules == 192
     assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
     assert read_metadata(small)["cml_stage"] == "resize-grayscale"

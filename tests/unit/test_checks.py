@@ -64,12 +64,12 @@ def test_resized_lora_may_hold_resize_loras_rank_1_stand_in_for_an_all_zero_modu
         f"{zero}.alpha": torch.tensor(1.0).half(),
     }
     path = lora(tmp_path / "r.safetensors", dim=4, alpha=4.0, extra=stand_in)
-    assert check_lora(path, 4, 4.0, resized_from=16).modules == 2
+    assert check_lora(path, 4, 4.0, resized=True).modules == 2
     with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
         check_lora(path, 4, 4.0)  # a trained (not resized) LoRA never has it
     learned = dict(stand_in, **{f"{zero}.lora_up.weight": torch.full((8, 1), 0.1).half()})
     with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
-        check_lora(lora(tmp_path / "bad.safetensors", dim=4, alpha=4.0, extra=learned), 4, 4.0, resized_from=16)
+        check_lora(lora(tmp_path / "bad.safetensors", dim=4, alpha=4.0, extra=learned), 4, 4.0, resized=True)
 
 
 def test_missing_and_unreadable_lora(tmp_path):
