@@ -69,20 +69,20 @@ test-gpu: $(SETUP)
 	$(PY) -m pytest -m gpu tests/gpu
 
 bench-gpu: $(SETUP)
-	$(PY) -m cml.bench_gpu $(BENCH_GPU_ARGS)
+	$(PY) -m cml.dev.bench_gpu $(BENCH_GPU_ARGS)
 
 ## the GPU spent once: bench-gpu's runs, then test-gpu asserting on them
 gpu-proof: $(SETUP)
-	$(PY) -m cml.bench_gpu $(BENCH_GPU_ARGS)
+	$(PY) -m cml.dev.bench_gpu $(BENCH_GPU_ARGS)
 	CML_GPU_RESULTS=bench/results-gpu.json $(PY) -m pytest -m gpu tests/gpu
 
 ## wheels (GPU machine's Python 3.12), sd-scripts without .git and the project, for a CUDA machine without network
 gpu-bundle: setup
-	$(PY) -m cml.bundle build
+	$(PY) -m cml.dev.bundle build
 
 ## on that machine (python3 with CUDA torch): install the bundle offline, then gpu-proof
 gpu-offline:
-	python3 -m cml.bundle install --bundle $(GPU_BUNDLE) --site $(GPU_SITE)
+	python3 -m cml.dev.bundle install --bundle $(GPU_BUNDLE) --site $(GPU_SITE)
 	PYTHONPATH=$(GPU_SITE):$(CURDIR) CML_SD_SCRIPTS=$(dir $(GPU_SITE))sd-scripts HF_HUB_OFFLINE=1 \
 	  $(MAKE) gpu-proof NO_SETUP=1 PY=python3
 
@@ -92,7 +92,7 @@ grayscale: setup
 	$(CML) grayscale "$(A)" $(if $(B),"$(B)") --model "$(MODEL)" -o "$(OUT)"
 
 bench: setup
-	$(PY) -m cml.bench
+	$(PY) -m cml.dev.bench
 
 doctor: setup-env
 	$(CML) doctor

@@ -6,13 +6,11 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from cml import __version__
-from cml.config import toml_value
 from cml.errors import CmlError, InputError
 from cml.runner import Terminated
-
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,15 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a preset value; VALUE is TOML (repeatable)")
     preset = argparse.ArgumentParser(add_help=False, parents=[sets])
-    preset.add_argument("preset", type=Path, help="preset TOML (see presets/)")
+    preset.add_argument("preset", help="a preset file (.toml), or the name of a shipped preset (`cml presets` lists them)")
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("-o", "--output-dir", type=Path, help="put the run folder under this folder (overrides output_dir)")
     running = argparse.ArgumentParser(add_help=False)
     g = running.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", help="no trainer output: one progress line every few seconds")
-    g.add_argument("-v", "--verbose", action="store_true", help="everything")
+    g.add_argument("-q", "--quiet", action="store_true", help="cml's own lines only, no progress lines")
+    g.add_argument("-v", "--verbose", action="store_true", help="also stream the trainers' whole output (always in each stage's log.txt)")
     running.add_argument("--force", action="store_true", help="replace finished LoRAs (copy, diff, resized) made from other settings")
-    running.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on (copy, merge, diff-NAME, ...)")
+    running.add_argument(
+        "--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on (copy, merge, diff-NAME, ...); --force to replace finished LoRAs"
+    )
     running.add_argument("--baseline", action="store_true", help="also measure the diff stage's early loss against the plain base model")
 
     ap = argparse.ArgumentParser(prog="cml", description="Copy Machine LoRA training over kohya sd-scripts.")
@@ -40,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("setup", parents=[debug], help="get sd-scripts at the pinned commit")
-    p.add_argument("--source", metavar="URL_OR_PATH", help="clone from here (a URL or a local git directory) instead of the submodule's remote")
+    p.add_argument("--source", metavar="URL_OR_PATH", help="clone from here (a URL or a local git directory) instead of GitHub")
     p.add_argument("--deps", action="store_true", help="also pip-install sd-scripts' requirements.txt into this Python")
     p.set_defaults(func=cmd_setup)
     sub.add_parser("doctor", parents=[sd], help="check that a run can work here").set_defaults(func=cmd_doctor)
+    sub.add_parser("presets", parents=[debug], help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("show-config", parents=[preset, debug], help="print the fully resolved preset as TOML").set_defaults(func=cmd_show_config)
     sub.add_parser("plan", parents=[preset, sd, out], help="write every kohya file of a run; run nothing").set_defaults(func=cmd_plan)
     sub.add_parser("run", parents=[preset, sd, out, running], help="run copy, merge and diff stages").set_defaults(func=cmd_run)
@@ -57,38 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
     p.set_defaults(func=cmd_grayscale)
     sub.add_parser(
-        "demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweeps"
+        "demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweep"
     ).set_defaults(func=cmd_demo)
     return ap
 
 
-def _toml_str(p: Path) -> str:
-    return toml_value(str(p.expanduser().resolve()))
+def _full(p: Path) -> Path:
+    return p.expanduser().resolve()
 
 
-def _with_output(args) -> list[str]:
-    sets = list(args.sets)
+def _overrides(args) -> dict[str, Any]:
+    """Typed overrides from command-line flags (they win over the preset and --set)."""
+    out: dict[str, Any] = {}
     if getattr(args, "output_dir", None) is not None:
-        sets.append(f"output_dir={_toml_str(args.output_dir)}")
+        out["output_dir"] = _full(args.output_dir)
     if getattr(args, "baseline", False):
-        sets.append("baseline=true")
-    return sets
+        out["baseline"] = True
+    return out
 
 
 def _opts(args):
-    from cml.pipeline import RunOptions
+    from cml.resume import RunOptions
 
     mode = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
     return RunOptions(mode=mode, force=args.force, from_stage=args.from_stage)
 
 
-def _finish(summary: dict) -> int:
-    from cml.pipeline import say
+def _finish(summary) -> int:
+    from cml.console import say
 
-    say(f"finished in {summary['seconds']:.0f} s; run folder: {summary['run_dir']}")
-    for name, path in summary["kept_outputs"].items():
+    say(f"finished in {summary.seconds:.0f} s; run folder: {summary.run_dir}")
+    for name, path in summary.kept_outputs.items():
         say(f"  {name}: {path}")
-    for target, m in summary["method_check"].items():
+    for target, m in summary.method_check.items():
         cm, base = m.get("against_copy_machine"), m.get("against_base")
         if cm is not None:
             extra = f" vs {base:.4f} against the plain base" if base is not None else ""
@@ -96,10 +98,11 @@ def _finish(summary: dict) -> int:
     return 0
 
 
-def _cmd_run(args, preset: Path, sets: list[str]) -> int:
+def _cmd_run(args, preset: str | Path, overrides: dict[str, Any]) -> int:
     from cml import pipeline
+    from cml.prepare import prepare
 
-    plan, sd = pipeline.prepare(preset, sets, args.sd_scripts)
+    plan, sd = prepare(preset, args.sets, args.sd_scripts, overrides=overrides)
     rc = _finish(pipeline.run(plan, sd, _opts(args)))
     if plan.preset.check.enabled:
         _check(plan, sd, "quiet" if args.quiet else "normal")
@@ -107,13 +110,14 @@ def _cmd_run(args, preset: Path, sets: list[str]) -> int:
 
 
 def _check(plan, sd, mode: str) -> None:
-    from cml.pipeline import say
-    from cml.report.check import print_table, run_check
+    from cml.console import say
+    from cml.report.check import run_check
+    from cml.report.markdown import print_table
 
     say("check: copy check, weight sweeps and metrics with sd-scripts' generator ...")
     result = run_check(plan, sd, mode)
     print_table(result)
-    for g in result["grids"]:
+    for g in result.grids:
         say(f"  grid: {g}")
     say(f"  report: {plan.run_dir / 'report.md'}")
 
@@ -133,63 +137,74 @@ def cmd_doctor(args) -> int:
     return report(diagnose(args.sd_scripts))
 
 
+def cmd_presets(args) -> int:
+    from cml.preset.shipped import describe, shipped_presets
+
+    for name, path in shipped_presets().items():
+        print(f"{name:16} {describe(path)}")
+    print("\nuse one by name (`cml show-config grayscale`, `cml run grayscale --set ...`), or copy it from `cml show-config NAME` and edit")
+    return 0
+
+
 def cmd_show_config(args) -> int:
     import tomli_w
 
-    from cml.config import load_preset
+    from cml.preset import find_preset, load_preset
 
-    preset, _ = load_preset(args.preset, args.sets)
+    preset, _ = load_preset(find_preset(args.preset), args.sets)
     sys.stdout.write(tomli_w.dumps(preset.to_toml_dict()))
     return 0
 
 
 def cmd_plan(args) -> int:
-    from cml import pipeline
-    from cml.kohya.render import render
+    from cml.console import say
+    from cml.kohya.write import render
+    from cml.pipeline import disk_space
+    from cml.prepare import prepare
     from cml.runner import RunLock
 
     # Planning needs no sd-scripts: without it, commands.sh names the sd-scripts/ submodule.
-    plan, sd = pipeline.prepare(args.preset, _with_output(args), args.sd_scripts, need_sd=False)
-    with RunLock(plan.run_dir):  # never rewrite the files of a run in progress
+    plan, sd = prepare(args.preset, args.sets, args.sd_scripts, overrides=_overrides(args), need_sd=False)
+    with RunLock(plan.run_dir), disk_space("the run's kohya files", plan.run_dir):  # never rewrite the files of a run in progress
         files = render(plan, sd.path)
-    pipeline.say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
+    say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
     for st in plan.stages:
-        pipeline.say(f"  {st.name}: {st.what}")
+        say(f"  {st.name}: {st.what}")
     return 0
 
 
 def cmd_run(args) -> int:
-    return _cmd_run(args, args.preset, _with_output(args))
+    return _cmd_run(args, args.preset, _overrides(args))
 
 
 def cmd_check(args) -> int:
-    from cml import pipeline
+    from cml.prepare import prepare
     from cml.runner import RunLock
 
     preset = args.run_dir / "preset.toml"
     if not preset.is_file():
         raise InputError("not a cml run folder (no preset.toml)", str(args.run_dir), "give the folder that `cml run` printed")
-    # The folder may have moved since the run: locate the run by where it is now.
-    here = args.run_dir.resolve()
-    sets = [f"output_dir={_toml_str(here.parent)}", f"name={toml_value(here.name)}"]
-    plan, sd = pipeline.prepare(preset, sets + args.sets, args.sd_scripts, for_check=True)
+    # The folder may have moved or been renamed since the run: the run is where it is now.
+    plan, sd = prepare(preset, args.sets, args.sd_scripts, run_dir=_full(args.run_dir))
     with RunLock(plan.run_dir):
         _check(plan, sd, "quiet" if args.quiet else "normal")
     return 0
 
 
 def cmd_grayscale(args) -> int:
-    sets = _with_output(args) + [f"base_model={_toml_str(args.model)}", f"source={_toml_str(args.a)}"]
+    overrides = _overrides(args) | {"base_model": _full(args.model), "source": [_full(args.a)]}
     if args.b is not None:
-        sets.append(f"targets.grayscale={{images=[{_toml_str(args.b)}]}}")
-    return _cmd_run(args, PRESETS / "grayscale.toml", sets)
+        overrides["targets.grayscale"] = {"images": [_full(args.b)]}
+    from cml.preset import shipped_presets
+
+    return _cmd_run(args, shipped_presets()["grayscale"], overrides)
 
 
 def cmd_demo(args) -> int:
     from cml.demo import prepare_demo
 
-    preset, sets = prepare_demo(args.sd_scripts)
-    return _cmd_run(args, preset, _with_output(args) + sets)
+    preset, assets = prepare_demo(args.sd_scripts)
+    return _cmd_run(args, preset, assets | _overrides(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +219,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"cml: error: {e.line()}" if "\n" not in e.line() else "cml: error:\n" + e.line(), file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        from cml.rundir import disk_full
+
+        if getattr(args, "debug", False):
+            raise
+        if disk_full(e):
+            print(
+                f"cml: error: {e.filename or 'a file'}: the disk is full ({e.strerror}) -- free space, then re-run: finished stages are kept", file=sys.stderr
+            )
+        else:
+            print(
+                f"cml: error: {e.filename or ''}: {e.strerror or e} -- check the path and its permissions (re-run with --debug for the traceback)",
+                file=sys.stderr,
+            )
+        return 2
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if getattr(args, "debug", False):
             raise

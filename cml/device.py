@@ -9,7 +9,9 @@ installed torch cannot use is named as such instead of silently becoming a multi
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,50 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cml.errors import InputError
-
-# Runs in the child: prints one JSON object. argv[1] == "bnb": also try one real 8-bit optimizer step.
-PROBE = r"""
-import json, sys, warnings
-out = {}
-try:
-    import torch
-except Exception as e:
-    print(json.dumps({"error": f"torch does not import ({type(e).__name__}: {e})"}))
-    sys.exit(0)
-out["torch"] = torch.__version__
-out["torch_cuda"] = getattr(torch.version, "cuda", None)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    try:
-        ok = bool(torch.cuda.is_available())
-    except Exception as e:
-        ok = False
-        out["cuda_error"] = f"{type(e).__name__}: {e}"
-if not ok and caught and "cuda_error" not in out:
-    out["cuda_error"] = str(caught[-1].message).strip().splitlines()[0]
-out["cuda"] = ok
-if ok:
-    p = torch.cuda.get_device_properties(0)
-    out.update(name=p.name, total_memory=int(p.total_memory), capability=list(torch.cuda.get_device_capability(0)))
-    if sys.argv[1:] == ["bnb"]:
-        try:
-            import bitsandbytes as bnb
-            w = torch.nn.Parameter(torch.randn(128, 128, device="cuda"))
-            before = w.detach().clone()
-            opt = bnb.optim.AdamW8bit([w], lr=1e-2)
-            (w * w).sum().backward()
-            opt.step()
-            torch.cuda.synchronize()
-            eight_bit = any(torch.is_tensor(v) and v.dtype == torch.uint8 for v in opt.state[w].values())
-            if not eight_bit:
-                raise RuntimeError("the step kept no 8-bit optimizer state")
-            if not bool(torch.isfinite(w).all()) or torch.equal(w.detach(), before):
-                raise RuntimeError("the step did not change the weights finitely")
-            out["bnb"] = getattr(bnb, "__version__", "?")
-        except Exception as e:
-            out["bnb_error"] = (f"{type(e).__name__}: {e}".strip().splitlines() or ["?"])[0][:300]
-print(json.dumps(out))
-"""
 
 PROBE_TIMEOUT = 180.0
 # bf16 runs natively from Ampere (compute capability 8.0) on; below that it is emulated or refused.
@@ -133,8 +91,10 @@ def gpu_memory() -> tuple[int, int] | None:
 
 
 def probe(env: dict[str, str] | None = None, check_bnb: bool = True, python: str | None = None) -> Probe:
-    """Ask a child Python (sd-scripts' environment) what torch can use. Never imports torch here."""
-    argv = [python or sys.executable, "-c", PROBE] + (["bnb"] if check_bnb else [])
+    """Ask a child Python (sd-scripts' environment) what torch can use (cml/kohya/device_probe.py). Never imports torch here."""
+    argv = [python or sys.executable, "-m", "cml.kohya.device_probe"] + (["bnb"] if check_bnb else [])
+    base = dict(os.environ if env is None else env)  # the child must find cml itself, whatever else its path holds
+    env = dict(base, PYTHONPATH=os.pathsep.join(filter(None, [base.get("PYTHONPATH"), str(Path(__file__).resolve().parent.parent)])))
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -143,7 +103,10 @@ def probe(env: dict[str, str] | None = None, check_bnb: bool = True, python: str
     if line is None:
         last = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
         return Probe(None, None, None, f"the device probe failed ({last})")
-    d = json.loads(line)
+    return _from_json(json.loads(line))
+
+
+def _from_json(d: dict) -> Probe:
     if "error" in d:
         return Probe(None, None, None, d["error"])
     gpu = None
@@ -173,7 +136,7 @@ def resolve_device(requested: str, env: dict[str, str] | None = None) -> tuple[s
     """
     if requested == "cpu":
         return "cpu", None, []
-    pr = probe(env)
+    pr = cached_probe(env)
     if pr.gpu is not None:
         notes = []
         if pr.gpu.bnb_error:
@@ -188,3 +151,59 @@ def resolve_device(requested: str, env: dict[str, str] | None = None) -> tuple[s
             f'device = "cuda" but CUDA is not usable here ({why})', "device", 'set device = "auto" or "cpu", or run on a machine with an NVIDIA GPU'
         )
     return "cpu", None, ["no CUDA GPU found: training on the CPU (demo scale is fine; 512 px, 500 steps take hours)"]
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def probe_key(env: dict[str, str] | None = None) -> str:
+    """What the probe's answer depends on, read without torch: the torch and bitsandbytes versions installed, the
+    NVIDIA driver and GPUs (nvidia-smi), and the Python and paths the child runs with."""
+    e = os.environ if env is None else env
+    smi = shutil.which("nvidia-smi", path=e.get("PATH"))
+    driver = ""
+    if smi:
+        try:
+            p = subprocess.run([smi, "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            driver = p.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            driver = "unreadable"
+    parts = [sys.executable, e.get("PYTHONPATH", ""), e.get("CUDA_VISIBLE_DEVICES", ""), _version("torch"), _version("bitsandbytes"), driver]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def cached_probe(env: dict[str, str] | None = None) -> Probe:
+    """The probe's answer, from cml's cache when nothing it depends on has changed (probe_key): a probe imports
+    torch and bitsandbytes and runs a GPU step, seconds at every start. `cml doctor` always probes afresh."""
+    from cml.files import atomic_write
+    from cml.paths import cache_root
+
+    cache = cache_root() / "device-probe" / f"{probe_key(env)}.json"
+    try:
+        return _from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    pr = probe(env)
+    if pr.torch is not None:  # a failed probe is not kept: the next run asks again
+        try:
+            atomic_write(cache, json.dumps(_to_json(pr)))
+        except OSError:
+            pass
+    return pr
+
+
+def _to_json(pr: Probe) -> dict:
+    d: dict = {"torch": pr.torch, "torch_cuda": pr.torch_cuda, "cuda": pr.gpu is not None}
+    if pr.error:
+        d["cuda_error"] = pr.error
+    if pr.gpu is not None:
+        g = pr.gpu
+        d.update(name=g.name, total_memory=g.total_memory, capability=list(g.capability))
+        d.update({"bnb": "ok"} if g.bnb_error is None else {"bnb_error": g.bnb_error})
+    return d

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from cml import PINNED_SD_SCRIPTS_COMMIT
 from cml.device import TORCH_FIX, nvidia_gpus, probe, unusable_gpu_message
 from cml.errors import InputError
-from cml.kohya.render import default_tokenizer_cache
-from cml.sdscripts import check_imports, hub_reachable, locate, missing_tokenizers
+from cml.paths import default_tokenizer_cache
+from cml.sdscripts import check_imports, hub_reachable, locate, missing_tokenizers, setup_hint
 
 
 @dataclass
@@ -39,7 +39,7 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
                 )
             )
         err = check_imports(sd)
-        out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, "make setup (installs sd-scripts' requirements.txt)"))
+        out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, f"{setup_hint()} (installs sd-scripts' requirements.txt)"))
         cache = default_tokenizer_cache()
         missing = missing_tokenizers("sd1", cache)
         if not missing:
@@ -56,7 +56,7 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
                 )
             )
     except InputError as e:
-        out.append(Finding("sd-scripts", False, e.what, e.fix or "make setup"))
+        out.append(Finding("sd-scripts", False, e.what, e.fix or setup_hint()))
     return out
 
 
@@ -64,7 +64,7 @@ def device_findings() -> list[Finding]:
     """torch, the GPU and AdamW8bit, from the child-process probe (cml's own process never imports torch)."""
     pr = probe()
     if pr.torch is None:
-        return [Finding("torch", False, pr.error or "not installed", "make setup")]
+        return [Finding("torch", False, pr.error or "not installed", "install torch (see the README: the build for your CUDA), then " + setup_hint())]
     out = [Finding("torch", True, f"{pr.torch} ({f'CUDA {pr.torch_cuda} build' if pr.torch_cuda else 'CPU-only build'})")]
     if pr.gpu is not None:
         g = pr.gpu

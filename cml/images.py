@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from cml.files import atomic_path
 MIN_SIDE = 64  # sd-scripts' smallest bucket; smaller images cannot be trained on
 MAX_SIDE = 8192  # larger images are refused: decoding them would take gigabytes
 ACCEPTED = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
+MAX_FILE_BYTES = 512 * 2**20  # an 8192 px square 16-bit RGBA TIFF, uncompressed, with room to spare
 
 
 @dataclass
@@ -61,9 +63,14 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         return img
     if mode == "F":  # 32-bit float: 0-1 (the usual scale of float TIFFs), else taken as 0-255
         a = np.asarray(img, dtype=np.float64)
-        top = 1.0 if np.nanmax(a) <= 1.0 else 255.0
+        finite = np.isfinite(a)
+        if not finite.any():
+            raise ValueError("every pixel is NaN or infinite: there is no image in it")
+        if not finite.all():
+            notes.append(f"{int((~finite).sum())} NaN or infinite pixel(s) set to black")
+        top = 1.0 if np.nanmax(np.where(finite, a, np.nan)) <= 1.0 else 255.0
         notes.append(f"32-bit float (0-{top:g}) converted to 8-bit RGB")
-        return Image.fromarray(np.clip(np.nan_to_num(a) / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.where(finite, a, 0.0) / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
@@ -93,6 +100,11 @@ def load_image(path: Path, role: str) -> LoadedImage:
         raise InputError("image not found", where, "check the path (relative paths start at the preset's folder)")
     if path.is_dir():
         raise InputError("is a folder, not an image", where, "name an image file (PNG, JPEG, WebP)")
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the read, a device like /dev/zero never end it
+        raise InputError("is not a regular file (a device, pipe or socket)", where, "name an image file (PNG, JPEG, WebP)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputError(f"image file is {st.st_size / 2**20:.0f} MiB, over the limit of {MAX_FILE_BYTES // 2**20} MiB", where, "save it at a smaller size")
     data = path.read_bytes()
     if not data:
         raise InputError("image file is empty", where, "re-export the image")
@@ -126,7 +138,10 @@ def load_image(path: Path, role: str) -> LoadedImage:
         kind = "page" if fmt == "TIFF" else "frame"
         notes.append(f"{frames} {kind}s: the first {kind} is used")
     tag = int(img.getexif().get(0x0112, 1) or 1)
-    rgb = _to_rgb(img, notes)
+    try:
+        rgb = _to_rgb(img, notes)
+    except ValueError as e:
+        raise InputError(f"image cannot be used: {e}", where, "re-export the image") from None
     upright = oriented(rgb, tag)
     if tag in ORIENT:
         notes.append(f"EXIF orientation {tag} applied")

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from cml.checkpoint import ModelInfo, inspect_model, resolve_family
-from cml.config import Preset
 from cml.device import Gpu, resolve_device
 from cml.errors import ConfigErrors, InputError
 from cml.images import ORIENT, TRANSFORMS, LoadedImage, bucket, load_image, luminance_match, oriented
+from cml.model_files import ModelInfo, inspect_model, nonfinite_unet_tensors, resolve_family
+from cml.preset.models import Preset
 
 
 @dataclass
@@ -139,6 +139,14 @@ def load_inputs(preset: Preset) -> Inputs:
     check_buckets(preset, source)
     info = inspect_model(preset.base_model, preset.allow_pickle)
     family = resolve_family(info, preset.family)
+    if info.kind == "checkpoint":
+        bad = nonfinite_unet_tensors(info.path)  # read once with the file's hash, which the plan needs anyway
+        if bad:
+            raise InputError(
+                f"the checkpoint's U-Net holds NaN or Inf in {len(bad)} tensor(s), e.g. {bad[0]}: nothing can train on it",
+                f"base_model {preset.base_model}",
+                "re-download or re-export the model (it is damaged)",
+            )
     for i, m in enumerate(preset.check.models):  # the sweep's models: checked now, not when the check starts
         other = inspect_model(m, preset.allow_pickle, where=f"check.models[{i}] {m}")
         if other.family is not None and other.family != family:

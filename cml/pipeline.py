@@ -1,268 +1,36 @@
-"""Executing a plan: skip what is up to date, run the rest, check every output, record what it was made from."""
+"""Executing a plan: run each stage that is not up to date as an sd-scripts subprocess, validate its output,
+add provenance, and record what it was made from (cml/resume.py decides what is up to date)."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import shutil
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cml import __version__
-from cml.checkpoint import model_identity, sha256_of
-from cml.checks import CheckFailed, add_metadata, carry_marker_keys, check_lora, check_merged, dropped_markers, read_metadata
-from cml.config import load_preset
+from cml.console import StageProgress, fmt_seconds, say
 from cml.device import gpu_memory
 from cml.errors import InputError, StageFailed
-from cml.files import atomic_path, atomic_write
-from cml.inputs import load_inputs
-from cml.kohya.options import check_extra
-from cml.kohya.render import FIXED_NETWORK_MODULE, NETWORK_MODULE, SCRIPTS, default_tokenizer_cache, gui_problems, render, stage_argv, training_toml
+from cml.files import atomic_path
+from cml.kohya.scripts import FIXED_NETWORK_MODULE, NETWORK_MODULE, stage_argv
+from cml.kohya.write import render, stage_images
 from cml.losses import early_loss, read_losses
-from cml.plan import Plan, Role, Stage, build_plan
-from cml.rundir import check_run_dir
-from cml.runner import LossNotFinite, Progress, RunLock, fmt_seconds, indented, run_logged
-from cml.sdscripts import SUBMODULE, SdScripts, SdScriptsNotFound, check_tokenizers, commit_warning, locate, python_env
+from cml.model_files import model_identity, sha256_of
+from cml.outputs import ValidationFailed, add_metadata, carry_marker_keys, dropped_markers, read_metadata, validate_copy_machine, validate_lora
+from cml.plan import Plan, Role, Stage
+from cml.records import RunSummary, SdScriptsInfo, StageRecord, read
+from cml.resume import Decision, RunOptions, decide, expected_rank, read_record, redo_verb, stale_inputs
+from cml.rundir import disk_full, mark, remove_inside
+from cml.runner import LossNotFinite, Progress, RunLock, indented, run_logged
+from cml.sdscripts import SdScripts, python_env
 
-
-def say(msg: str) -> None:
-    print(f"cml: {msg}", file=sys.stderr, flush=True)
-
-
-def prepare(preset_path: Path, sets: list[str] | None, sd_option: str | None, *, for_check: bool = False, need_sd: bool = True) -> tuple[Plan, SdScripts]:
-    """Config -> inputs -> plan. Every input check happens here, before anything runs or is written.
-
-    need_sd=False (cml plan): without sd-scripts the plan names the submodule, and train.extra is not checked.
-    """
-    preset, digest = load_preset(preset_path, sets)
-    try:
-        sd = locate(sd_option)
-    except SdScriptsNotFound:
-        if need_sd:
-            raise
-        say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
-        sd = SdScripts(SUBMODULE, None, "not found", present=False)
-    w = commit_warning(sd) if sd.present else None
-    if w:
-        say(w)
-    inputs = load_inputs(preset)
-    for n in inputs.notes:
-        say(f"note: {n}")
-    plan = build_plan(preset, digest, inputs, sd.commit)
-    say(device_line(plan))
-    for st in plan.stages:
-        for n in st.notes:
-            say(f"note: {st.name}: {n}")
-    for problem in gui_problems(plan):
-        say(f"warning: {problem}")
-    for st in plan.stages:
-        if st.settings is not None:
-            training_toml(plan, st)  # train.extra against the options cml manages: refused now, not mid-run
-    if sd.present:
-        check_extra(plan, sd, SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
-    check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
-    check_run_dir(plan.run_dir, preset_file=None if for_check else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
-    return plan, sd
-
-
-def input_files(preset) -> list[Path]:
-    """The user's files a run reads: the run folder must not hold or contain them."""
-    out = [*preset.source, preset.base_model, *preset.check.models]
-    for t in preset.targets.values():
-        out += t.images
-    return out
-
-
-def device_line(plan: Plan) -> str:
-    """Where and how the training stages run, as the plan resolved it."""
-    g = plan.inputs.gpu
-    where = f"cuda ({g.describe()})" if g else plan.inputs.device
-    train = [s for s in plan.stages if s.settings is not None]
-    precs = sorted({s.train.precision for s in train})
-    opts = sorted({s.train.optimizer for s in train})
-    return f"device: {where}; precision {', '.join(precs)}; optimizer {', '.join(opts)}"
-
-
-# ----------------------------------------------------------------- records
-
-
-def read_record(stage: Stage) -> dict | None:
-    try:
-        return json.loads(stage.record_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-@dataclass
-class OutputState:
-    """What a stage's final file is, checked against its record (or, for a LoRA, against its own metadata)."""
-
-    good: bool  # finished, undamaged, made from exactly this stage's inputs and settings
-    why: str | None = None  # why not: missing | damaged (...) | made from other settings or inputs | no record
-    intact: bool = False  # an undamaged finished file is there (replacing it loses work)
-    adopt: bool = False  # good by its metadata, with no record: write one
-
-
-def output_state(stage: Stage, plan: Plan) -> OutputState:
-    out = stage.output
-    if not out.is_file():
-        return OutputState(False, "missing")
-    rec = read_record(stage)
-    if rec and rec.get("output_sha256"):
-        size = out.stat().st_size
-        if size < rec.get("output_size", 0):
-            return OutputState(False, "damaged (truncated)")
-        if size != rec.get("output_size") or sha256_of(out) != rec["output_sha256"]:
-            return OutputState(False, "damaged (changed since it was made)")
-        if rec.get("fingerprint") != stage.fingerprint:
-            return OutputState(False, "made from other settings or inputs", intact=True)
-        return OutputState(True, intact=True)
-    if stage.kind == "merge":
-        return OutputState(False, "not checked (no record of it)")
-    # A LoRA without a usable record: its own metadata says what it was made from.
-    try:
-        meta = read_metadata(out)
-    except Exception:
-        return OutputState(False, "damaged (does not load)")
-    if meta.get("cml_fingerprint") != stage.fingerprint:
-        return OutputState(False, "made from other settings or inputs", intact=True)
-    try:
-        check_lora(out, *expected_rank(plan, stage))
-    except CheckFailed as e:
-        return OutputState(False, f"damaged ({e})")
-    return OutputState(True, intact=True, adopt=True)
-
-
-def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, bool]:
-    """Rank and alpha the stage's LoRA must have, and whether resize_lora.py made it."""
-    if stage.role is Role.RESIZE:
-        assert stage.target is not None and plan.preset.resize_to is not None  # a resize stage exists only then
-        s = plan.preset.diff_settings(stage.target)
-        r = plan.preset.resize_to
-        return r, s.alpha / s.dim * r, True  # resize_lora.py keeps alpha/dim
-    return stage.train.dim, stage.train.alpha, False
-
-
-def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
-    meta = {
-        "cml_version": __version__,
-        "cml_stage": stage.name,
-        "cml_merge_mode": plan.preset.merge,
-        "cml_preset_sha256": plan.preset_sha256,
-        "cml_fingerprint": stage.fingerprint,
-        "cml_base_model": plan.inputs.model.path.name,
-        "cml_base_model_hash": model_identity(plan.inputs.model),
-        "cml_images_sha256": json.dumps(stage.inputs_sha256, sort_keys=True),
-        "cml_sd_scripts_commit": plan.sd_scripts_commit or "unknown",
-        "cml_trained_against": stage.trained_against,
-    }
-    if stage.target:
-        meta["cml_target"] = stage.target
-    return meta
-
-
-def finish_output(plan: Plan, stage: Stage, produced: Path) -> dict:
-    """Check the produced file, add provenance, move it to its final name. Returns facts for the record."""
-    facts: dict = {}
-    try:
-        if stage.kind == "merge":
-            facts["merge_check"] = check_merged(produced, stage.model)
-            # sd-scripts' merge drops the marker keys: other programs would load a v-pred model as epsilon
-            dropped = dropped_markers(stage.model, produced, plan.inputs.model.markers) if plan.inputs.model.markers else []
-            if dropped:
-                with atomic_path(stage.output) as tmp:
-                    carry_marker_keys(stage.model, produced, tmp, dropped)
-                produced.unlink()
-                facts["markers_kept"] = dropped
-                return facts
-            produced.replace(stage.output)
-            return facts
-        summary = check_lora(produced, *expected_rank(plan, stage))
-    except CheckFailed as e:
-        raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
-    facts["lora_modules"] = summary.modules
-    meta = provenance(plan, stage)
-    if read_metadata(produced).get("ss_network_module") == FIXED_NETWORK_MODULE:
-        # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
-        meta["ss_network_module"] = NETWORK_MODULE
-        meta["cml_network_module"] = FIXED_NETWORK_MODULE
-    with atomic_path(stage.output) as tmp:
-        add_metadata(produced, tmp, meta)
-    produced.unlink()
-    return facts
-
-
-def write_record(stage: Stage, facts: dict) -> None:
-    st = stage.output.stat()
-    rec = {
-        "stage": stage.name,
-        "fingerprint": stage.fingerprint,
-        "output": str(stage.output),
-        "output_size": st.st_size,
-        "output_sha256": sha256_of(stage.output),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **facts,
-    }
-    atomic_write(stage.record_path, json.dumps(rec, indent=2))
-
-
-# ------------------------------------------------------------------- run
-
-
-@dataclass
-class RunOptions:
-    mode: str = "normal"  # quiet | normal | verbose
-    force: bool = False
-    from_stage: str | None = None
-
-
-def redo_verb(stage: Stage) -> str:
-    return {"merge": "merged again", "resize": "made again"}.get(stage.kind, "trained again")
-
-
-def stages_to_run(plan: Plan, opts: RunOptions) -> list[bool]:
-    """Which stages run; refuses (before anything is written) to replace finished work without --force."""
-    names = [s.name for s in plan.stages]
-    if opts.from_stage is not None and opts.from_stage not in names:
-        raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
-    forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
-    # --from re-runs those stages anyway: their outputs are not hashed (gigabytes for the copy machine model)
-    states = [output_state(st, plan) if i < forced_from else OutputState(False, "--from") for i, st in enumerate(plan.stages)]
-    todo = [i >= forced_from or not state.good for i, state in enumerate(states)]
-    cause: dict[str, str] = {}  # stage -> why it runs again
-    for i, (st, state) in enumerate(zip(plan.stages, states)):
-        rel = st.output.relative_to(plan.run_dir)
-        if i >= forced_from:
-            cause[st.name] = f"--from {opts.from_stage}"
-        elif state.why is not None and (state.why != "missing" or read_record(st) is not None):
-            cause[st.name] = state.why
-            if not state.intact:
-                say(f"{rel} is {state.why}: it will be {redo_verb(st)}")
-        # A stage whose input stage re-runs must re-run too (fingerprints chain, but --from and damage do not change them).
-        up = next((plan.stage(d) for d in st.depends if d in names and todo[names.index(d)]), None)
-        if up is not None:
-            todo[i] = True
-            why = f" ({cause[up.name]})" if up.name in cause else ""
-            if i < forced_from and (state.why is None or state.intact):  # the upstream change is the cause (fingerprints chain)
-                cause[st.name] = f"made from {up.output.relative_to(plan.run_dir)}, which will be {redo_verb(up)}{why}"
-    if not opts.force:
-        lost = [
-            f"{st.output.relative_to(plan.run_dir)} ({cause.get(st.name, 'made from other settings or inputs')})"
-            for i, (st, state) in enumerate(zip(plan.stages, states))
-            if todo[i] and i < forced_from and st.kept and state.intact
-        ]
-        if lost:
-            raise InputError(
-                f"this would replace finished work: {'; '.join(lost)}",
-                str(plan.run_dir),
-                "re-run with --force to replace it, or set another name / output_dir",
-            )
-    for st, state, go in zip(plan.stages, states, todo):
-        if state.adopt and not go:
-            write_record(st, {"adopted": "found finished, with this stage's fingerprint in its metadata"})
-    return todo
+# Written beside a produced file in work/ once it passed validation: a re-run after a failure further on (a full
+# disk) adopts the file instead of training again.
+PRODUCED_NOTE = ".cml-produced.json"
 
 
 def disk_check(plan: Plan, stage: Stage) -> None:
@@ -274,6 +42,25 @@ def disk_check(plan: Plan, stage: Stage) -> None:
             str(stage.dir),
             'free space, set output_dir elsewhere, or use merge = "in_memory" (no merged file)',
         )
+
+
+@contextmanager
+def disk_space(what: str, where: Path, keep: str = "") -> Iterator[None]:
+    """A full disk while writing ``what`` becomes one line that names the place, the space left and the fix."""
+    try:
+        yield
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        try:
+            free = f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise InputError(
+            f"the disk is full: {what} could not be written ({free}){keep}",
+            str(getattr(e, "filename", None) or where),
+            "free space (or set output_dir on another disk), then re-run the same command: finished stages are kept",
+        ) from None
 
 
 def available_memory() -> int | None:
@@ -309,16 +96,20 @@ def gpu_memory_note(plan: Plan) -> None:
     say(f"        {gpu}: {free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB free")
 
 
-def diverged_cause(plan: Plan, stage: Stage) -> str:
+def diverged_cause(plan: Plan, stage: Stage, step: int) -> str:
     s = stage.train
+    if step <= 1:
+        return "at the very first step, before any update: the model gives non-finite values on these inputs (a damaged model, or fp16 overflow)"
     if s.precision == "fp16":
         vae = " (for SDXL, also its VAE)" if plan.inputs.family == "sdxl" else ""
         return f"likely cause: fp16 overflow{vae}, or the learning rate {s.learning_rate:g} is too high for this model"
     return f"likely cause: the learning rate {s.learning_rate:g} is too high for this model or data"
 
 
-def diverged_fix(stage: Stage) -> str:
+def diverged_fix(plan: Plan, stage: Stage, step: int) -> str:
     s = stage.train
+    if step <= 1:
+        return 're-download or re-export the base model (a NaN there cannot train), or try precision = "fp32"'
     if s.precision == "fp16":
         return (
             'set train.precision = "fp32" (or "bf16" on GPUs of compute capability 8.0+), or lower train.learning_rate; then re-run: finished stages are kept'
@@ -326,28 +117,145 @@ def diverged_fix(stage: Stage) -> str:
     return "lower train.learning_rate (e.g. to a third), then re-run the same command: finished stages are kept"
 
 
-def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd: int | None = None) -> dict:
+def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
+    meta = {
+        "cml_version": __version__,
+        "cml_stage": stage.name,
+        "cml_merge_mode": plan.preset.merge,
+        "cml_preset_sha256": plan.preset_sha256,
+        "cml_fingerprint": stage.fingerprint,
+        "cml_base_model": plan.inputs.model.path.name,
+        "cml_base_model_hash": model_identity(plan.inputs.model),
+        "cml_images_sha256": json.dumps(stage.inputs_sha256, sort_keys=True),
+        "cml_sd_scripts_commit": plan.sd_scripts_commit or "unknown",
+        "cml_trained_against": stage.trained_against,
+    }
+    if stage.target:
+        meta["cml_target"] = stage.target
+    return meta
+
+
+def validate_produced(plan: Plan, stage: Stage, produced: Path) -> dict:
+    """Validate what the script wrote; facts for the record."""
+    try:
+        if stage.kind == "merge":
+            return {"merge_check": validate_copy_machine(produced, stage.model)}
+        return {"lora_modules": validate_lora(produced, *expected_rank(plan, stage)).modules}
+    except ValidationFailed as e:
+        raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
+
+
+def finish_output(plan: Plan, stage: Stage, produced: Path, facts: dict) -> None:
+    """Give a validated output its provenance and final name; it is never seen half-written."""
+    if stage.kind == "merge":
+        # sd-scripts' merge drops the marker keys: other programs would load a v-pred model as epsilon
+        dropped = dropped_markers(stage.model, produced, plan.inputs.model.markers) if plan.inputs.model.markers else []
+        if dropped:
+            with atomic_path(stage.output) as tmp:
+                carry_marker_keys(stage.model, produced, tmp, dropped)
+            produced.unlink()
+            facts["markers_kept"] = dropped
+        else:
+            produced.replace(stage.output)
+        return
+    meta = provenance(plan, stage)
+    if read_metadata(produced).get("ss_network_module") == FIXED_NETWORK_MODULE:
+        # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
+        meta["ss_network_module"] = NETWORK_MODULE
+        meta["cml_network_module"] = FIXED_NETWORK_MODULE
+    with atomic_path(stage.output) as tmp:
+        add_metadata(produced, tmp, meta)
+    produced.unlink()
+
+
+def keep_extra_files(plan: Plan, stage: Stage, produced: Path) -> list[str]:
+    """Files the trainer wrote besides the output (train.extra's sample images, intermediate saves) move to
+    <stage>/extra/: work/ is deleted, and they are what the user asked for."""
+    extra_dir = stage.dir / "extra"
+    if extra_dir.exists():
+        remove_inside(extra_dir, plan.run_dir)
+    moved = []
+    for entry in sorted(stage.work_dir.iterdir()):
+        if entry == produced or entry.name == PRODUCED_NOTE:
+            continue
+        extra_dir.mkdir(exist_ok=True)
+        entry.replace(extra_dir / entry.name)
+        moved.append(f"extra/{entry.name}")
+    return moved
+
+
+def produced_note(stage: Stage, produced: Path) -> dict | None:
+    """The note of an output that passed validation in an earlier attempt of this same stage (see PRODUCED_NOTE)."""
+    try:
+        note = json.loads((stage.work_dir / PRODUCED_NOTE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or note.get("fingerprint") != stage.fingerprint or not produced.is_file():
+        return None
+    if produced.stat().st_size != note.get("size") or sha256_of(produced) != note.get("sha256"):
+        return None
+    return note
+
+
+def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: RunLock, inputs: dict[str, str]) -> StageRecord:
+    produced = stage.work_dir / stage.output.name
+    argv = stage_argv(plan, stage)
+    adopted = produced_note(stage, produced)
+    if adopted is not None:
+        say(f"        {produced.relative_to(plan.run_dir)} was made and checked by an earlier attempt that could not finish: adopted, not made again")
+        facts, seconds = adopted["facts"], float(adopted.get("seconds", 0.0))
+    else:
+        facts, seconds = run_script(plan, sd, stage, opts, lock, argv)
+    with disk_space(stage.output.name, stage.dir, keep=f"; the checked output is kept in {stage.work_dir} and is taken up by the next run"):
+        if adopted is None:
+            (stage.work_dir / PRODUCED_NOTE).write_text(
+                json.dumps(
+                    {"fingerprint": stage.fingerprint, "size": produced.stat().st_size, "sha256": sha256_of(produced), "facts": facts, "seconds": seconds}
+                )
+            )
+        extra = keep_extra_files(plan, stage, produced)
+        finish_output(plan, stage, produced, facts)
+        losses = read_losses(stage.dir / "logs") if stage.kind == "train" else []
+        st = stage.output.stat()
+        rec = StageRecord(
+            run_id=mark(plan.run_dir).run_id,
+            stage=stage.name,
+            fingerprint=stage.fingerprint,
+            output=str(stage.output),
+            output_size=st.st_size,
+            output_sha256=sha256_of(stage.output),
+            inputs={d: inputs[d] for d in stage.depends if d in inputs},
+            seconds=round(seconds, 1),
+            argv=argv,
+            losses=[v for _, v in losses],
+            early_loss=early_loss(losses, plan.preset.baseline_steps) if losses else None,
+            extra_files=extra,
+            **{k: v for k, v in facts.items() if k in ("lora_modules", "merge_check", "markers_kept")},
+        )
+        remove_inside(stage.work_dir, plan.run_dir)
+        rec.write(stage.record_path)
+    return rec
+
+
+def run_script(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: RunLock, argv: list[str]) -> tuple[dict, float]:
+    """Run the stage's sd-scripts script into a fresh work/ folder; the validated facts and the seconds it took."""
     if stage.kind == "merge":
         disk_check(plan, stage)
         memory_note(plan, stage)
-    shutil.rmtree(stage.work_dir, ignore_errors=True)
-    stage.work_dir.mkdir(parents=True)
-    if stage.record_path.exists():
-        stage.record_path.unlink()  # the stage is being redone; its old record no longer describes a finished output
-    if stage.log_path.exists():
-        stage.log_path.replace(stage.log_path.with_name("log.prev.txt"))
-    shutil.rmtree(stage.dir / "logs", ignore_errors=True)
-    argv = stage_argv(plan, stage)
-    last_report = [0.0]
+    with disk_space(f"{stage.name}'s files", stage.dir):
+        for old in (stage.work_dir, stage.dir / "logs", stage.record_path):
+            if old.exists() or old.is_symlink():
+                remove_inside(old, plan.run_dir)  # the stage is being redone: its old record no longer describes an output
+        if stage.kind == "train":
+            remove_inside(stage.images_dir, plan.run_dir) if stage.images_dir.exists() else None
+            stage_images(plan, stage)  # exactly what the fingerprint names, no caches of earlier inputs
+        stage.work_dir.mkdir(parents=True)
+        if stage.log_path.exists():
+            stage.log_path.replace(stage.log_path.with_name("log.prev.txt"))
+    progress = StageProgress(stage.name, opts.mode)
 
     def on_progress(p: Progress) -> None:
-        if opts.mode != "quiet":
-            return
-        now = time.monotonic()
-        if p.step == p.total or now - last_report[0] > 15:
-            last_report[0] = now
-            loss = f"  loss {p.loss:.4f}" if p.loss is not None else ""
-            say(f"  {stage.name}: step {p.step}/{p.total}{loss}  ETA {fmt_seconds(p.remaining)}")
+        progress.update(p.step, p.total, p.loss, p.remaining)
 
     if opts.mode == "verbose":
         say(f"        $ (cd {shlex.quote(str(sd.path))} && {shlex.join(argv)})")
@@ -359,13 +267,20 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd
             sd.path,
             python_env(sd),
             stage.log_path,
-            opts.mode,
-            on_progress,
+            stream=opts.mode == "verbose",
+            on_progress=on_progress,
             progress_marker="steps:" if stage.kind == "train" else "",
-            keep_fds=(lock_fd,) if lock_fd is not None else (),
+            keep_fds=(lock.fd,) if lock.fd is not None else (),
+            on_start=lock.note_trainer,
         )
     except LossNotFinite as e:
-        raise StageFailed(f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage)}", where=str(stage.log_path), fix=diverged_fix(stage)) from None
+        progress.close()
+        raise StageFailed(
+            f"stage {stage.name} stopped: {e}; {diverged_cause(plan, stage, e.step)}", where=str(stage.log_path), fix=diverged_fix(plan, stage, e.step)
+        ) from None
+    finally:
+        progress.close()
+        lock.note_trainer(None)
     produced = stage.work_dir / stage.output.name
     if res.returncode != 0:
         tail = indented(res.tail, 15)
@@ -374,68 +289,125 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock_fd
             fix = "it was killed (SIGKILL), most often by the kernel for lack of memory: free memory or lower the resolution, then re-run the same command"
         elif any("ModuleNotFoundError" in ln or "ImportError" in ln for ln in res.tail):
             fix = "sd-scripts' dependencies are broken in this Python: run `make setup` (or `cml setup --deps`); `cml doctor` lists what is missing"
+        elif any("No space left on device" in ln for ln in res.tail):
+            raise InputError(
+                f"the disk is full: stage {stage.name}'s script could not write ({shutil.disk_usage(stage.dir).free / 2**20:.0f} MiB free)",
+                str(stage.log_path),
+                "free space (or set output_dir on another disk), then re-run the same command: finished stages are kept",
+            )
         raise StageFailed(
             f"stage {stage.name} failed: {Path(argv[1]).name} exited with code {res.returncode}\n  last log lines:\n{tail}\n  full log: {stage.log_path}",
             fix=fix,
         )
     if not produced.exists():
         raise StageFailed(f"stage {stage.name}: {Path(argv[1]).name} exited 0 but wrote no {produced.name}", fix=f"see {stage.log_path}")
-    facts = finish_output(plan, stage, produced)
-    facts["seconds"] = round(res.seconds, 1)
-    facts["argv"] = argv
-    if stage.kind == "train":
-        losses = read_losses(stage.dir / "logs")
-        facts["losses"] = [v for _, v in losses]
-        facts["early_loss"] = early_loss(losses, plan.preset.baseline_steps)
-    shutil.rmtree(stage.work_dir, ignore_errors=True)
-    write_record(stage, facts)
-    return facts
+    return validate_produced(plan, stage, produced), res.seconds
 
 
-def method_check(plan: Plan) -> dict:
+def method_check(plan: Plan) -> dict[str, dict[str, float | None]]:
     """Early diff-stage loss against the copy machine model (and the plain base, with baseline)."""
     out = {}
     for st in plan.stages:
         if st.role is not Role.DIFF:
             continue
-        rec = read_record(st) or {}
-        entry = {"against_copy_machine": rec.get("early_loss")}
+        rec = read_record(st)
+        entry = {"against_copy_machine": rec.early_loss if rec else None}
         if plan.preset.baseline:
-            entry["against_base"] = (read_record(plan.stage(f"baseline-{st.target}")) or {}).get("early_loss")
+            base = read_record(plan.stage(f"baseline-{st.target}"))
+            entry["against_base"] = base.early_loss if base else None
+        assert st.target is not None
         out[st.target] = entry
     return out
 
 
-def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> dict:
+def cpu_warning(plan: Plan) -> None:
     if plan.inputs.device == "cpu":
         big = max(s.train.resolution * s.train.steps for s in plan.stages if s.settings is not None)
         if big >= 512 * 100:
             say("warning: training on the CPU; real runs (512 px, 500 steps) take hours here. A CUDA GPU takes minutes.")
+
+
+def execute(plan: Plan, sd: SdScripts, opts: RunOptions, lock: RunLock, decision: Decision) -> tuple[list[str], list[str]]:
+    """Run or skip each stage in order; (stages run, stages skipped)."""
+    current: dict[str, str] = {}  # stage -> sha256 of its output as it is now
+    ran, skipped = [], []
+    n = len(plan.stages)
+    for i, (st, go, state) in enumerate(zip(plan.stages, decision.todo, decision.states), 1):
+        rec = read_record(st)
+        if not go:
+            stale = stale_inputs(plan, st, rec, current)
+            if stale:
+                made = ", ".join(f"{plan.stage(d).output.relative_to(plan.run_dir)}" for d in stale)
+                if st.kept and not opts.force:
+                    raise InputError(
+                        f"{made} was made again and differs from the one {st.output.relative_to(plan.run_dir)} was made from "
+                        "(the stage is not deterministic here): this would replace finished work",
+                        str(plan.run_dir),
+                        "re-run with --force to make it again from the new file",
+                    )
+                say(f"{st.output.relative_to(plan.run_dir)} was made from an earlier {made}: it will be {redo_verb(st)}")
+                go = True
+        if not go:
+            if state.adopt or rec is None:
+                rec = adopt(plan, st, current)
+            say(f"[{i}/{n}] {st.name}: up to date, skipped ({st.output})")
+            current[st.name] = rec.output_sha256
+            skipped.append(st.name)
+            continue
+        say(f"[{i}/{n}] {st.name}: {st.what}")
+        say(f"        log: {st.log_path}")
+        rec = run_stage(plan, sd, st, opts, lock, current)
+        current[st.name] = rec.output_sha256
+        ran.append(st.name)
+        el = f", early loss {rec.early_loss:.4f}" if rec.early_loss is not None else ""
+        say(f"[{i}/{n}] {st.name}: done in {fmt_seconds(rec.seconds)}{el} -> {st.output}")
+        for f in rec.extra_files:
+            say(f"        also kept: {st.dir / f}")
+    return ran, skipped
+
+
+def adopt(plan: Plan, stage: Stage, current: dict[str, str]) -> StageRecord:
+    """A record for a finished LoRA found with this stage's fingerprint in its metadata but no record of its own."""
+    st = stage.output.stat()
+    rec = StageRecord(
+        run_id=mark(plan.run_dir).run_id,
+        stage=stage.name,
+        fingerprint=stage.fingerprint,
+        output=str(stage.output),
+        output_size=st.st_size,
+        output_sha256=sha256_of(stage.output),
+        inputs={d: current[d] for d in stage.depends if d in current},
+        adopted="found finished, with this stage's fingerprint in its metadata",
+    )
+    rec.write(stage.record_path)
+    return rec
+
+
+def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> RunSummary:
+    cpu_warning(plan)
     with RunLock(plan.run_dir) as lock:
-        todo = stages_to_run(plan, opts)  # refusals come before anything is written
-        render(plan, sd.path)
-        n = len(plan.stages)
+        decision = decide(plan, opts)  # refusals come before anything is written
+        with disk_space("the run's kohya files", plan.run_dir):
+            render(plan, sd.path)
         if plan.preset.merge == "in_memory":
             say("merge: in memory (sd-scripts --base_weights); no copy machine model file is written")
         t0 = time.monotonic()
-        for i, (st, go) in enumerate(zip(plan.stages, todo), 1):
-            if not go:
-                say(f"[{i}/{n}] {st.name}: up to date, skipped ({st.output})")
-                continue
-            say(f"[{i}/{n}] {st.name}: {st.what}")
-            say(f"        log: {st.log_path}")
-            facts = run_stage(plan, sd, st, opts, lock.fd)
-            el = f", early loss {facts['early_loss']:.4f}" if facts.get("early_loss") is not None else ""
-            say(f"[{i}/{n}] {st.name}: done in {fmt_seconds(facts['seconds'])}{el} -> {st.output}")
-        summary = {
-            "run_dir": str(plan.run_dir),
-            "seconds": round(time.monotonic() - t0, 1),
-            "stages_run": [s.name for s, go in zip(plan.stages, todo) if go],
-            "stages_skipped": [s.name for s, go in zip(plan.stages, todo) if not go],
-            "outputs": {s.name: str(s.output) for s in plan.stages},
-            "kept_outputs": {s.name: str(s.output) for s in plan.stages if s.role in (Role.DIFF, Role.RESIZE)},
-            "method_check": method_check(plan),
-            "sd_scripts": {"path": str(sd.path), "commit": sd.commit, "pinned": sd.pinned},
-        }
-        (plan.run_dir / "run.json").write_text(json.dumps(summary, indent=2))
+        ran, skipped = execute(plan, sd, opts, lock, decision)
+        summary = RunSummary(
+            run_id=mark(plan.run_dir).run_id,
+            run_dir=str(plan.run_dir),
+            seconds=round(time.monotonic() - t0, 1),
+            stages_run=ran,
+            stages_skipped=skipped,
+            outputs={s.name: str(s.output) for s in plan.stages},
+            kept_outputs={s.name: str(s.output) for s in plan.stages if s.role in (Role.DIFF, Role.RESIZE)},
+            method_check=method_check(plan),
+            sd_scripts=SdScriptsInfo(path=str(sd.path), commit=sd.commit, pinned=sd.pinned),
+        )
+        with disk_space("run.json", plan.run_dir):
+            summary.write(plan.run_dir / "run.json")
     return summary
+
+
+def read_summary(plan: Plan) -> RunSummary | None:
+    return read(RunSummary, plan.run_dir / "run.json")

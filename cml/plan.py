@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from cml.checkpoint import model_identity
-from cml.config import Preset, TrainSettings
 from cml.errors import InputError
 from cml.images import pixel_sha256
 from cml.inputs import Inputs
+from cml.model_files import model_identity
+from cml.preset.models import Preset, TrainSettings
 
 COPY_MACHINE = "copy_machine.safetensors"
 
@@ -166,8 +166,8 @@ def effective_settings(s: TrainSettings, inputs: Inputs) -> tuple[TrainSettings,
     return s.model_copy(update=update), notes
 
 
-def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_commit: str | None) -> Plan:
-    run_dir = preset.output_dir / preset.name
+def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_commit: str | None, run_dir: Path | None = None) -> Plan:
+    run_dir = run_dir if run_dir is not None else preset.output_dir / preset.name
     base_id = model_identity(inputs.model)
     common = {"family": inputs.family, "v": inputs.v_parameterization, "device": inputs.device, "sd_scripts": sd_scripts_commit}
     a_pixels = [pixel_sha256(s.image) for s in inputs.source]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cml.errors import InputError
+from cml.files import atomic_write
 from cml.proc import group_kwargs, stop_group, termination_signals, try_lock
 
 # tqdm's bar as sd-scripts prints it: "steps:  40%|####  | 4/10 [00:05<00:07,  1.2s/it, avr_loss=0.123]";
@@ -61,13 +63,6 @@ def indented(lines: list[str], n: int = 12) -> str:
     return "\n".join(f"    {ln}" for ln in lines[-n:])
 
 
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "--"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 @dataclass
 class Result:
     returncode: int
@@ -96,13 +91,14 @@ def run_logged(
     cwd: Path,
     env: dict[str, str],
     log_path: Path,
-    mode: str = "normal",  # quiet | normal | verbose
+    stream: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     tail_lines: int = 25,
     progress_marker: str = "",
     keep_fds: tuple[int, ...] = (),
+    on_start: Callable[[int], None] | None = None,
 ) -> Result:
-    """Run ``argv`` in its own process group, copy its output to ``log_path`` (and the terminal)."""
+    """Run ``argv`` in its own process group; its output goes to ``log_path`` (and to stdout when ``stream``)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=tail_lines)
     progress = Progress(marker=progress_marker)
@@ -122,6 +118,8 @@ def run_logged(
                 pass_fds=keep_fds,  # the run lock: held as long as the trainer lives, even if cml is killed
                 **group_kwargs(),
             )
+            if on_start is not None:
+                on_start(proc.pid)
             try:
                 pending = ""
                 assert proc.stdout is not None  # stdout=PIPE
@@ -132,7 +130,7 @@ def run_logged(
                         break
                     log.write(chunk)
                     log.flush()
-                    if mode != "quiet" and out is not None:
+                    if stream and out is not None:
                         out.write(chunk)
                         out.flush()
                     pending += chunk.decode("utf-8", "replace")
@@ -165,6 +163,7 @@ class RunLock:
     POSIX: flock on .cml.lock, and the locked descriptor is handed to the trainer (pass_fds), so the lock is held
     as long as the trainer lives, even if cml itself is killed. Windows: msvcrt's byte lock (cml.proc).
     filelock's own descriptor could not be handed on (pass_fds failed with EBADF, filelock 4.3.1), hence these.
+    .cml.pid names the holders: cml's pid, and the trainer's while one runs.
     """
 
     def __init__(self, run_dir: Path):
@@ -172,21 +171,37 @@ class RunLock:
         self.pid_file = run_dir / ".cml.pid"
         self.fd: int | None = None
 
+    def holder(self) -> str:
+        """Who holds the lock, as .cml.pid says and as the processes still alive bear out."""
+        import psutil
+
+        try:
+            data = json.loads(self.pid_file.read_text())
+            cml_pid, trainer = int(data.get("cml", 0)), int(data.get("trainer", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return "another process"
+        if cml_pid and psutil.pid_exists(cml_pid):
+            return f"cml, pid {cml_pid}" + (f", and its trainer, pid {trainer}" if trainer and psutil.pid_exists(trainer) else "")
+        if trainer and psutil.pid_exists(trainer):
+            return f"the trainer an earlier cml run started, pid {trainer}, which still runs although that cml (pid {cml_pid}) has ended"
+        return "another process"
+
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if not try_lock(fd):
             os.close(fd)
-            try:
-                holder = self.pid_file.read_text().strip() or "another process"
-            except OSError:
-                holder = "another process"
             raise InputError(
-                f"another cml run is using this run folder (pid {holder})", str(self.path.parent), "wait for it to finish, or set another name / output_dir"
+                f"another cml run is using this run folder ({self.holder()})",
+                str(self.path.parent),
+                "wait for it to finish, or set another name / output_dir",
             )
         self.fd = fd
-        self.pid_file.write_text(str(os.getpid()))
+        self.note_trainer(None)
         return self
+
+    def note_trainer(self, pid: int | None) -> None:
+        atomic_write(self.pid_file, json.dumps({"cml": os.getpid(), "trainer": pid or 0}))
 
     def __exit__(self, *exc) -> None:
         # Closed, not unlocked: a trainer started with this descriptor keeps the lock while it lives.

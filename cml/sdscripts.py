@@ -11,21 +11,15 @@ from pathlib import Path
 
 from cml import PINNED_SD_SCRIPTS_COMMIT
 from cml.errors import CmlError, InputError
+from cml.paths import checkout_root, data_dir, submodule
 
 UPSTREAM = "https://github.com/kohya-ss/sd-scripts.git"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SUBMODULE = REPO_ROOT / "sd-scripts"
 # What cml runs; a checkout without these cannot work.
 ENTRY_SCRIPTS = ("train_network.py", "sdxl_train_network.py", "networks/merge_lora.py", "networks/sdxl_merge_lora.py", "networks/lora.py")
 # Files SD1/SD2/SDXL LoRA training needs: a source that lacks one of them is refused.
 NEEDED_PREFIXES = ("library/", "networks/", "requirements.txt", "setup.py") + ENTRY_SCRIPTS
 # Large files a snapshot may lack that SD1/SD2/SDXL LoRA training never reads.
 SPARSE_EXCLUDES = ("/bitsandbytes_windows/", "/configs/qwen3_06b/tokenizer.json")
-
-
-def data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "cml" / "sd-scripts"
 
 
 class SdScriptsNotFound(InputError):
@@ -85,7 +79,9 @@ def candidates(option: str | None = None) -> list[tuple[Path, str]]:
     env = os.environ.get("CML_SD_SCRIPTS")
     if env:
         out.append((Path(env).expanduser(), "CML_SD_SCRIPTS"))
-    out.append((SUBMODULE, "the sd-scripts/ submodule"))
+    sub = submodule()
+    if sub is not None:
+        out.append((sub, "the sd-scripts/ submodule"))
     out.append((data_dir(), "cml setup's data directory"))
     return out
 
@@ -97,11 +93,17 @@ def locate(option: str | None = None) -> SdScripts:
             return SdScripts(path.resolve(), read_commit(path), how)
         if how in ("--sd-scripts", "CML_SD_SCRIPTS"):
             raise InputError(f"{path} is not an sd-scripts checkout (no train_network.py)", how, "point it at a kohya-ss/sd-scripts folder, or run `cml setup`")
+    looked = ["--sd-scripts", "CML_SD_SCRIPTS"] + (["the sd-scripts/ submodule"] if submodule() is not None else []) + [str(data_dir())]
     raise SdScriptsNotFound(
-        f"sd-scripts not found (looked at --sd-scripts, CML_SD_SCRIPTS, the sd-scripts/ submodule and {data_dir()})",
+        f"sd-scripts not found (looked at {', '.join(looked[:-1])} and {looked[-1]})",
         None,
-        "run `make setup` (or `cml setup --source URL_OR_PATH` offline)",
+        f"run `{setup_hint()}` (offline: `cml setup --source PATH_OR_URL --deps` with an sd-scripts clone or snapshot)",
     )
+
+
+def setup_hint() -> str:
+    """The set-up command for this install: the Makefile's in a clone, cml's own otherwise (a wheel, Windows)."""
+    return "make setup" if checkout_root() is not None else "cml setup --deps"
 
 
 def commit_warning(sd: SdScripts) -> str | None:
@@ -161,11 +163,12 @@ def setup(source: str | None = None, log=print) -> SdScripts:
         if is_checkout(path) and read_commit(path) == PINNED_SD_SCRIPTS_COMMIT:
             log(f"sd-scripts already set up at the pinned commit: {path} ({how}); nothing to do")
             return SdScripts(path.resolve(), PINNED_SD_SCRIPTS_COMMIT, how)
-    if source is None and (REPO_ROOT / ".gitmodules").is_file() and (REPO_ROOT / ".git").exists():
+    root, sub = checkout_root(), submodule()
+    if source is None and root is not None and sub is not None and (root / ".git").exists():
         log(f"initialising the sd-scripts submodule from {UPSTREAM} ...")
         try:
-            p = _git(["submodule", "update", "--init", "--", "sd-scripts"], cwd=REPO_ROOT, timeout=60, check=False)
-            ok = p.returncode == 0 and is_checkout(SUBMODULE)
+            p = _git(["submodule", "update", "--init", "--", "sd-scripts"], cwd=root, timeout=60, check=False)
+            ok = p.returncode == 0 and is_checkout(sub)
         except subprocess.TimeoutExpired:
             ok, p = False, None
         if ok:
@@ -175,8 +178,7 @@ def setup(source: str | None = None, log=print) -> SdScripts:
             f"could not initialise the sd-scripts submodule ({reason})",
             fix="without network, run `cml setup --source PATH_OR_URL` with a local sd-scripts clone or snapshot",
         )
-    if source is None:
-        raise InputError("no sd-scripts source", None, f"run `cml setup --source PATH_OR_URL` (upstream: {UPSTREAM})")
+    source = source or UPSTREAM  # an installed cml (no clone): its own copy, from GitHub unless told otherwise
     dest = data_dir()
     part = dest.with_name(dest.name + ".part")
     shutil.rmtree(part, ignore_errors=True)

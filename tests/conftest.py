@@ -15,16 +15,36 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SD = Path(__file__).resolve().parent / "fake_sd_scripts"
+# The tests' own cache (demo model, tokenizers, hashes, probe answers), shared by every test of every session;
+# the user's ~/.cache/cml is never read or written (tests/test_zz_user_cache.py proves it).
+TEST_CACHE = Path(os.environ.get("CML_TEST_CACHE") or ROOT / ".test-cache").resolve()
+USER_CACHE = Path.home() / ".cache" / "cml"
 
 SD1_TE = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 SD2_TE = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 SDXL_TE = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
 
 
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and mtime (empty when the folder does not exist)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def pytest_configure(config):
+    # Before any test runs or any cml code reads it: every cml process of the suite uses the tests' cache.
+    os.environ["CML_CACHE_DIR"] = str(TEST_CACHE)
+    config.cml_user_cache_before = snapshot(USER_CACHE)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/sdscripts/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.sdscripts)
+    # The user's-cache check runs last, after everything else the session runs.
+    last = [i for i in items if i.name == "test_the_suite_left_the_users_cache_untouched"]
+    items[:] = [i for i in items if i not in last] + last
 
 
 def make_checkpoint(path: Path, family: str = "sd1", metadata: dict | None = None) -> Path:
@@ -103,9 +123,9 @@ def write_preset(tmp_path, ckpt, image_a):
 
 def plan_for(preset_path, sets=None):
     """Config -> inputs -> plan for a preset file, in this process (no sd-scripts, nothing written)."""
-    from cml.config import load_preset
     from cml.inputs import load_inputs
     from cml.plan import build_plan
+    from cml.preset import load_preset
 
     preset, digest = load_preset(preset_path, sets)
     return build_plan(preset, digest, load_inputs(preset), "c0ffee")

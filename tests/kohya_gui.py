@@ -38,8 +38,21 @@ def text_encoder_lr(v, g):  # [te, te] when > 0, else left out; U-Net only then 
     return [float(v), float(v)] if float(v) > 0 else None
 
 
-def warmup_steps(v, g):  # percent of max_train_steps, rounded back to steps
-    return round(float(v) * int(g["max_train_steps"]) / 100) if float(v) != 0 else 0
+def warmup_steps(v, g):
+    """lr_warmup_steps as the GUI makes it: Load config reads lr_warmup as a whole percent (common_gui.update_my_data:
+    int(), so 0.6 becomes 0); in train_model an lr_warmup_steps above 0 wins as it is (resolve_lr_warmup_steps),
+    else the percent of max_train_steps, rounded."""
+    pct = int(g.get("lr_warmup", 0) or 0)
+    steps = int(float(g.get("lr_warmup_steps", 0) or 0))
+    if steps > 0:
+        return steps
+    return round(pct * int(g["max_train_steps"]) / 100) if pct else 0
+
+
+def v_parameterization(v, g):
+    """The model-family change event (class_source_model.toggle_checkboxes) unticks v-parameterization when neither
+    v2 nor SDXL is ticked: an SD1 v-prediction model needs --v_parameterization in additional parameters."""
+    return bool(v) and bool(g.get("v2") or g.get("sdxl"))
 
 
 def sdpa(v, g):
@@ -58,7 +71,7 @@ TABLE: dict[str, tuple[str | None, Conv]] = {
     "LoRA_type": ("network_module", lambda v, g: "networks.lora" if v == "Standard" else v),
     "pretrained_model_name_or_path": ("pretrained_model_name_or_path", same),
     "v2": ("v2", same),
-    "v_parameterization": ("v_parameterization", same),
+    "v_parameterization": ("v_parameterization", v_parameterization),
     "sdxl": (None, same),  # picks sdxl_train_network.py
     "dataset_config": ("dataset_config", same),
     "output_dir": ("output_dir", same),
@@ -74,7 +87,8 @@ TABLE: dict[str, tuple[str | None, Conv]] = {
     "text_encoder_lr": ("text_encoder_lr", text_encoder_lr),
     "optimizer": ("optimizer_type", same),
     "lr_scheduler": ("lr_scheduler", same),
-    "lr_warmup": ("lr_warmup_steps", warmup_steps),
+    "lr_warmup": (None, same),  # read with lr_warmup_steps, see warmup_steps
+    "lr_warmup_steps": ("lr_warmup_steps", warmup_steps),
     "max_train_steps": ("max_train_steps", lambda v, g: int(v) if int(v) != 0 else None),
     "max_train_epochs": ("max_train_epochs", lambda v, g: int(v) if int(v) != 0 else None),
     "epoch": ("epoch", lambda v, g: int(v)),  # not an sd-scripts option: ignored by it

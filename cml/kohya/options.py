@@ -1,7 +1,7 @@
 """The option names sd-scripts' trainers accept, read from their own argument parsers.
 
-The parser is built in a child process (importing sd-scripts means importing torch), once per sd-scripts
-commit and script, and cached; `train.extra` is checked against it at plan time.
+The parser is built in a child process (cml/kohya/parser_options.py: importing sd-scripts means importing torch),
+once per sd-scripts commit and script, and cached; `train.extra` is checked against it at plan time.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import sys
 from cml.errors import InputError
 from cml.files import atomic_write
 from cml.paths import cache_root
-
-CODE = "import importlib, json, sys; p = importlib.import_module(sys.argv[1]).setup_parser(); print(json.dumps(sorted({a.dest for a in p._actions})))"
 
 
 def trainer_options(sd, script: str) -> set[str] | None:
@@ -30,7 +28,9 @@ def trainer_options(sd, script: str) -> set[str] | None:
         except (OSError, json.JSONDecodeError):
             pass
     try:
-        p = subprocess.run([sys.executable, "-c", CODE, script], cwd=sd.path, env=python_env(sd), capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "cml.kohya.parser_options", script], cwd=sd.path, env=python_env(sd), capture_output=True, text=True, timeout=300
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("[")), None)

@@ -1,9 +1,13 @@
 """A stand-in for sd-scripts' entry scripts, for orchestration tests: same argv, same outputs, scripted faults.
 
 FAKE_MODE (environment): ok | fail | importerror | nofile | nan | zero | hang | stubborn | kill_at:<stage-name> | nanloss | infloss
-(stubborn: hangs and ignores SIGTERM/SIGINT, like a trainer that does not stop when asked)
-(nanloss/infloss: the loss turns NaN / -inf at step 3 of 200, 20 ms a step, as a diverging run prints it)
+| nanloss1 | nospace
+(stubborn: ignores SIGTERM/SIGINT, then hangs, like a trainer that does not stop when asked)
+(nanloss/infloss: the loss turns NaN / -inf at step 3 of 200, 20 ms a step, as a diverging run prints it; nanloss1: at step 1)
+(nospace: the trainer fails as a full disk makes it fail)
 FAKE_CALLS: a file each call appends its script name and output to (to see what ran).
+FAKE_MERGE_SALT: changes the bytes merge_lora.py writes (a merge that is not deterministic).
+train.toml's sample_prompts and save_every_n_steps make the files sd-scripts would write beside the output.
 """
 
 import os
@@ -38,7 +42,7 @@ def main(script: str) -> int:
         cfg = tomllib.loads(Path(arg("--config_file")).read_text())
         out = Path(cfg["output_dir"]) / f"{cfg['output_name']}.safetensors"
         steps = cfg["max_train_steps"]
-        if mode in ("nanloss", "infloss"):
+        if mode in ("nanloss", "infloss", "nanloss1"):
             steps = 200
     else:
         out = Path(arg("--save_to"))
@@ -48,14 +52,18 @@ def main(script: str) -> int:
     if calls:
         with open(calls, "a") as f:
             f.write(f"{script} {stage} {os.getpid()}\n")
+    if mode == "stubborn":  # before anything is printed: a test that sees output knows the handlers are in place
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(f"fake {script}: loading model", flush=True)
     if mode == "importerror":
         print("Traceback (most recent call last):\nModuleNotFoundError: No module named 'diffusers'", flush=True)
         return 1
     for i in range(1, steps + 1):
         loss = f"0.{9 - min(i, 8)}"
-        if mode in ("nanloss", "infloss") and script.endswith("train_network.py"):
-            loss = loss if i < 3 else ("nan" if mode == "nanloss" else "-inf")
+        if mode in ("nanloss", "infloss", "nanloss1") and script.endswith("train_network.py"):
+            first_bad = 1 if mode == "nanloss1" else 3
+            loss = loss if i < first_bad else ("-inf" if mode == "infloss" else "nan")
             time.sleep(0.02)
         sys.stderr.write(f"\rsteps: {100 * i // steps}%|###| {i}/{steps} [00:01<00:00,  1.0it/s, avr_loss={loss}]")
         sys.stderr.flush()
@@ -64,8 +72,6 @@ def main(script: str) -> int:
         if mode == "hang":
             time.sleep(60)
         if mode == "stubborn":
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             time.sleep(120)
     sys.stderr.write("\n")
     if mode == "fail":
@@ -73,6 +79,9 @@ def main(script: str) -> int:
         return 1
     if mode == "nofile":
         return 0
+    if mode == "nospace":
+        print("Traceback (most recent call last):\nOSError: [Errno 28] No space left on device", flush=True)
+        return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     if script.endswith("train_network.py"):
         value = {"nan": float("nan"), "zero": 0.0}.get(mode, 0.02)
@@ -81,14 +90,20 @@ def main(script: str) -> int:
             str(out),
             {"ss_network_module": cfg["network_module"], "ss_network_dim": str(cfg["network_dim"])},
         )
+        if cfg.get("sample_prompts"):
+            (out.parent / "sample").mkdir(exist_ok=True)
+            (out.parent / "sample" / f"{cfg['output_name']}_000001.png").write_bytes(b"fake sample image")
+        if cfg.get("save_every_n_steps"):
+            (out.parent / f"{cfg['output_name']}-step00000001.safetensors").write_bytes(out.read_bytes())
     elif script.endswith("merge_lora.py"):
         from safetensors import safe_open
 
         with safe_open(arg("--sd_model"), "numpy") as f:
             sd = {k: f.get_tensor(k) for k in f.keys() if k not in ("v_pred", "ztsnr")}  # sd-scripts' merge drops markers
+        salt = float(os.environ.get("FAKE_MERGE_SALT", "0"))
         for k in sd:
             if k.startswith("model.diffusion_model."):
-                sd[k] = sd[k] + 1
+                sd[k] = sd[k] + 1 + salt
         save_file(sd, str(out))
     else:  # resize_lora.py
         rank = int(arg("--new_rank"))

@@ -1,4 +1,5 @@
-"""Fake gen_img.py: one image per prompt line, named as --sequential_file_name names them; colour fades with --am."""
+"""Fake gen_img.py: one image per prompt line, named as --sequential_file_name names them; colour fades with the
+weights (--am) of the diff LoRAs loaded (every network but the copy LoRA, copy.safetensors)."""
 
 import re
 import sys
@@ -14,8 +15,15 @@ def arg(name):
 size = int(arg("--W"))
 out = Path(arg("--outdir"))
 lines = [ln for ln in Path(arg("--from_file")).read_text().splitlines() if ln.strip()]
+nets = []
+if "--network_weights" in sys.argv:
+    i = sys.argv.index("--network_weights") + 1
+    while i < len(sys.argv) and not sys.argv[i].startswith("--"):
+        nets.append(Path(sys.argv[i]).stem)
+        i += 1
 for i, line in enumerate(lines, 1):
-    w = float(re.search(r"--am ([-\d.,]+)", line).group(1).split(",")[-1])  # the last network's weight
+    muls = [float(m) for m in re.search(r"--am ([-\d.,]+)", line).group(1).split(",")]
+    w = sum(m for name, m in zip(nets, muls) if name != "copy")
     seed = int(re.search(r"--d (\d+)", line).group(1))
     sat = max(0.0, min(1.0, 0.5 - 0.4 * w))  # a positive weight "desaturates", like a grayscale LoRA
     g = 120 + seed

@@ -1,6 +1,6 @@
 """GPU proof: the article's recipe on a CUDA GPU (`make test-gpu`). Skips, with the reason, where no CUDA GPU is usable.
 
-The runs are the ones `cml.bench_gpu` makes: SD1.5 at 512 px with 500 steps per stage (checkpoint merge, plus
+The runs are the ones `cml.dev.bench_gpu` makes: SD1.5 at 512 px with 500 steps per stage (checkpoint merge, plus
 baseline), the same with merge = "in_memory", and SDXL at 1024 px. By default the session runs them itself.
 `make gpu-proof` runs `make bench-gpu` first and points CML_GPU_RESULTS at its results, so the GPU is spent
 once: the tests then assert on those runs (same machine: the device name is checked) and their run folders.
@@ -35,7 +35,7 @@ def gpu_results(gpu, sd_scripts, tmp_path_factory):
         r = json.loads(Path(reuse).read_text())
         assert r["device"].get("name") == gpu.name, f"{reuse} was measured on {r['device'].get('name')}, not this {gpu.name}"
         return {**r, "base": str(Path(reuse).resolve().parent)}
-    from cml.bench_gpu import main
+    from cml.dev.bench_gpu import main
 
     out = tmp_path_factory.mktemp("bench-gpu")
     assert main(["--out", str(out), "--work", str(out / "work")]) == 0

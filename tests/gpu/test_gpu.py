@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cml.bench_gpu import LOG_MARKERS, UNET_DTYPE
-from cml.checks import check_lora
+from cml.dev.bench_gpu import LOG_MARKERS, UNET_DTYPE
+from cml.outputs import validate_lora
 from tests.conftest import run_cml
 
 pytestmark = pytest.mark.gpu
@@ -74,7 +74,7 @@ def test_losses_are_finite_and_loras_pass_their_check(gpu_results, name):
         rec = json.loads((Path(run["run_dir"]) / st / "record.json").read_text())
         assert rec["losses"] and all(math.isfinite(x) for x in rec["losses"])
         lora = next((Path(run["run_dir"]) / st).glob("*.safetensors"))
-        check_lora(lora, 16, 16.0)
+        validate_lora(lora, 16, 16.0)
 
 
 @pytest.mark.parametrize("name,limit", [("sd15", SD15_PEAK_GIB), ("sd15-in-memory", SD15_PEAK_GIB), ("sdxl", SDXL_PEAK_GIB)])
@@ -95,7 +95,7 @@ def test_copy_machine_model_passes_its_check(gpu_results, name):
 
 
 def test_method_check_is_measured(gpu_results):
-    """Both early losses are measured and finite. No ratio is asserted: on the demo model (cml/demo_model.py)
+    """Both early losses are measured and finite. No ratio is asserted: on the demo model (cml/demo/model.py)
     the base already predicts eps = x_t and the early loss shows no head start (CPU: 0.30 vs 0.27); the
     method is asserted on images there (tests/sdscripts, test_demo_*). The 0.167 once measured here came
     from the all-random model, whose base could not denoise at all."""
@@ -107,7 +107,7 @@ def test_both_merge_modes_train_the_same_modules(gpu_results):
     keys = []
     for name in ("sd15", "sd15-in-memory"):
         lora = Path(get_run(gpu_results, name)["run_dir"]) / "diff-grayscale" / "grayscale.safetensors"
-        keys.append(set(check_lora(lora, 16, 16.0).keys))
+        keys.append(set(validate_lora(lora, 16, 16.0).keys))
     assert keys[0] == keys[1]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from cml.checks import read_metadata
+from cml.outputs import read_metadata
 from tests.conftest import run_cml
 from tests.conftest import sd_preset as preset
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cml.checks import check_lora, read_metadata
+from cml.outputs import read_metadata, validate_lora
 from tests.conftest import ROOT, read_json, run_cml
 from tests.conftest import sd_preset as preset
 
@@ -65,7 +65,7 @@ def test_two_targets_share_one_copy_machine(checkpoint_run):
 @pytest.mark.parametrize("target", ["grayscale", "invert"])
 def test_final_loras_pass_checks_and_carry_provenance(checkpoint_run, target):
     lora = checkpoint_run["dir"] / f"diff-{target}" / f"{target}.safetensors"
-    summary = check_lora(lora, 16, 16.0)
+    summary = validate_lora(lora, 16, 16.0)
     assert summary.modules == 192 and all(k.startswith("lora_unet_") for k in summary.keys)  # U-Net only, SD1.5 attention
     meta = read_metadata(lora)
     assert meta["ss_network_dim"] == "16" and meta["ss_network_alpha"] in ("16.0", "16")
@@ -89,7 +89,7 @@ def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_me
     d = in_memory_run["dir"]
     assert not (d / "merge").exists()
     lora = d / "diff-grayscale" / "grayscale.safetensors"
-    check_lora(lora, 16, 16.0)
+    validate_lora(lora, 16, 16.0)
     with safe_open(str(lora), "numpy") as f:
         mem_keys = set(f.keys())
     with safe_open(str(checkpoint_run["dir"] / "diff-grayscale" / "grayscale.safetensors"), "numpy") as f:
@@ -102,7 +102,7 @@ def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_me
 def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
     d = in_memory_run["dir"]
     small = d / "resize-grayscale" / "grayscale_r4.safetensors"
-    s = check_lora(small, 4, 4.0, resized=True)  # resize_lora.py keeps alpha/dim: 16/16 * 4
+    s = validate_lora(small, 4, 4.0, resized=True)  # resize_lora.py keeps alpha/dim: 16/16 * 4
     assert s.modules == 192
     assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
     assert read_metadata(small)["cml_stage"] == "resize-grayscale"
@@ -153,10 +153,10 @@ def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     assert "[1/3] copy: up to date, skipped" in again.stderr and "[2/3] merge: up to date, skipped" in again.stderr
     assert read_json(run / "copy" / "record.json") == copy_rec and read_json(run / "merge" / "record.json") == merge_rec
     assert read_json(run / "run.json")["stages_run"] == ["diff-grayscale"]
-    check_lora(run / "diff-grayscale" / "grayscale.safetensors", 16, 16.0)
+    validate_lora(run / "diff-grayscale" / "grayscale.safetensors", 16, 16.0)
 
 
-# What `make demo` measured on this 2-core CPU (presets/demo.toml on the demo model of cml/demo_model.py;
+# What `make demo` measured on this 2-core CPU (presets/demo.toml on the demo model of cml/demo/model.py;
 # README, Measured), and the floors these tests hold it to, a margin from the measurement.
 COPY_SSIM_MIN = 0.85  # copy check, SSIM to A's VAE round trip with the copy LoRA, every seed (measured 0.938-0.981)
 BASE_SSIM_MAX = 0.45  # ... with the base model alone, which draws flat gray (measured 0.379-0.382: SSIM's mean

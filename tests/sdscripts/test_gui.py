@@ -12,7 +12,7 @@ import tomllib
 import pytest
 import tomli_w
 
-from cml.kohya.render import render
+from cml.kohya.write import render
 from tests.conftest import make_checkpoint, plan_for
 from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options
 

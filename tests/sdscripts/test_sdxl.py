@@ -8,7 +8,7 @@ import json
 import pytest
 import tomli_w
 
-from cml.checks import check_lora, read_metadata
+from cml.outputs import read_metadata, validate_lora
 from tests.conftest import run_cml
 
 pytestmark = pytest.mark.slow
@@ -40,6 +40,6 @@ def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
     assert argv[1] == "networks/sdxl_merge_lora.py" and argv[argv.index("--precision") + 1] == "fp16"
     assert json.loads((run / "copy" / "record.json").read_text())["argv"][1] == "sdxl_train_network.py"
     lora = run / "diff-grayscale" / "grayscale.safetensors"
-    s = check_lora(lora, 16, 16.0)
+    s = validate_lora(lora, 16, 16.0)
     assert all(k.startswith("lora_unet_") for k in s.keys)
     assert read_metadata(lora)["cml_target"] == "grayscale"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cml.kohya.render import render
+from cml.kohya.write import render
 from tests.conftest import make_checkpoint, plan_for
 
 
@@ -159,7 +159,33 @@ def test_check_sampler_choices_are_gen_imgs_own(sd, script):
     """check.sampler offers exactly what gen_img.py / sdxl_gen_img.py accept, so a preset cannot fail mid-check."""
     from typing import get_args
 
-    from cml.config import Sampler
+    from cml.preset.models import Sampler
 
     action = next(a for a in _parser(script)._actions if a.dest == "sampler")
     assert list(get_args(Sampler)) == list(action.choices)
+
+
+def test_optimizer_names_are_sd_scripts_own_and_torchs(sd):
+    """train.optimizer accepts what get_optimizer at the pinned commit runs: its own names (read from its source), and
+    torch.optim's classes by their exact name, less those that cannot train a LoRA as sd-scripts calls them."""
+    import ast
+    import inspect
+
+    import torch
+    from library import train_util
+
+    from cml.preset.models import SD_SCRIPTS_OPTIMIZERS, TORCH_OPTIMIZERS, TORCH_OPTIMIZERS_REFUSED
+
+    tree = ast.parse(inspect.getsource(train_util.get_optimizer))
+
+    def lowered(node) -> str | None:  # "Name".lower()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "lower" and isinstance(node.func.value, ast.Constant):
+            return node.func.value.value
+        return None
+
+    # every name that get_optimizer compares optimizer_type with: `optimizer_type == "Name".lower()`
+    named = {lowered(n.comparators[0]) for n in ast.walk(tree) if isinstance(n, ast.Compare) and isinstance(n.ops[0], ast.Eq)} - {None}
+    assert set(SD_SCRIPTS_OPTIMIZERS) == named
+    classes = {n for n, c in vars(torch.optim).items() if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+    own = {o.lower() for o in SD_SCRIPTS_OPTIMIZERS}
+    assert set(TORCH_OPTIMIZERS) | set(TORCH_OPTIMIZERS_REFUSED) == {c for c in classes if c.lower() not in own}

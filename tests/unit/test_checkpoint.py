@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cml.checkpoint import inspect_model, resolve_family
 from cml.errors import InputError
+from cml.model_files import inspect_model, resolve_family
 from tests.conftest import make_checkpoint
 
 
@@ -109,7 +109,8 @@ def test_v_prediction_from_the_v_pred_key(tmp_path):
 
 
 def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset, tmp_path):
-    from cml.kohya.render import gui_json, training_toml
+    from cml.kohya.gui import gui_json
+    from cml.kohya.training import training_toml
     from tests.conftest import plan_for
 
     plan = plan_for(write_preset(base_model=str(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))))
@@ -120,8 +121,8 @@ def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset
 
 
 def test_sd2_without_a_prediction_type_is_refused_not_guessed(write_preset, tmp_path):
-    from cml.config import load_preset
     from cml.inputs import load_inputs
+    from cml.preset import load_preset
 
     sd2 = make_checkpoint(tmp_path / "sd2.safetensors", "sd2")
     preset, _ = load_preset(write_preset(base_model=str(sd2)))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cml.checks import CheckFailed, add_metadata, check_lora, check_merged, read_metadata
+from cml.outputs import ValidationFailed, add_metadata, read_metadata, validate_copy_machine, validate_lora
 
 M = "lora_unet_mid_block_attentions_0_proj_in"
 
@@ -23,7 +23,7 @@ def lora(path, dim=4, alpha=4.0, up=0.1, extra=None, drop=None):
 
 
 def test_good_lora(tmp_path):
-    s = check_lora(lora(tmp_path / "l.safetensors", dim=4, alpha=2.0), 4, 2.0)
+    s = validate_lora(lora(tmp_path / "l.safetensors", dim=4, alpha=2.0), 4, 2.0)
     assert s.modules == 1 and s.keys == sorted([f"{M}.lora_down.weight", f"{M}.lora_up.weight", f"{M}.alpha"])
     assert (s.rank, s.alpha) == (4, 2.0)  # read from the file
 
@@ -51,8 +51,8 @@ def test_good_lora(tmp_path):
     ],
 )
 def test_bad_loras(tmp_path, kwargs, message):
-    with pytest.raises(CheckFailed, match=message):
-        check_lora(lora(tmp_path / "l.safetensors", **kwargs), 4, 4.0)
+    with pytest.raises(ValidationFailed, match=message):
+        validate_lora(lora(tmp_path / "l.safetensors", **kwargs), 4, 4.0)
 
 
 def test_resized_lora_may_hold_resize_loras_rank_1_stand_in_for_an_all_zero_module(tmp_path):
@@ -64,20 +64,20 @@ def test_resized_lora_may_hold_resize_loras_rank_1_stand_in_for_an_all_zero_modu
         f"{zero}.alpha": torch.tensor(1.0).half(),
     }
     path = lora(tmp_path / "r.safetensors", dim=4, alpha=4.0, extra=stand_in)
-    assert check_lora(path, 4, 4.0, resized=True).modules == 2
-    with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
-        check_lora(path, 4, 4.0)  # a trained (not resized) LoRA never has it
+    assert validate_lora(path, 4, 4.0, resized=True).modules == 2
+    with pytest.raises(ValidationFailed, match="rank 1, expected dim 4"):
+        validate_lora(path, 4, 4.0)  # a trained (not resized) LoRA never has it
     learned = dict(stand_in, **{f"{zero}.lora_up.weight": torch.full((8, 1), 0.1).half()})
-    with pytest.raises(CheckFailed, match="rank 1, expected dim 4"):
-        check_lora(lora(tmp_path / "bad.safetensors", dim=4, alpha=4.0, extra=learned), 4, 4.0, resized=True)
+    with pytest.raises(ValidationFailed, match="rank 1, expected dim 4"):
+        validate_lora(lora(tmp_path / "bad.safetensors", dim=4, alpha=4.0, extra=learned), 4, 4.0, resized=True)
 
 
 def test_missing_and_unreadable_lora(tmp_path):
-    with pytest.raises(CheckFailed, match="no LoRA file"):
-        check_lora(tmp_path / "none.safetensors", 4, 4.0)
+    with pytest.raises(ValidationFailed, match="no LoRA file"):
+        validate_lora(tmp_path / "none.safetensors", 4, 4.0)
     (tmp_path / "bad.safetensors").write_bytes(b"12345678garbage")
-    with pytest.raises(CheckFailed, match="does not load"):
-        check_lora(tmp_path / "bad.safetensors", 4, 4.0)
+    with pytest.raises(ValidationFailed, match="does not load"):
+        validate_lora(tmp_path / "bad.safetensors", 4, 4.0)
 
 
 def base_sd(dtype=torch.float16):
@@ -106,21 +106,21 @@ def test_merged_checkpoint(tmp_path):
         return p
 
     ok = merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(0.5))
-    assert check_merged(ok, base) == {"unet_tensors_changed": 1, "keys": 4}
-    with pytest.raises(CheckFailed, match="no U-Net weight differs"):
-        check_merged(merged(lambda sd: None), base)
-    with pytest.raises(CheckFailed, match=r"cond_stage_model.transformer.x.weight \(not U-Net\) differs"):
-        check_merged(merged(lambda sd: (sd["model.diffusion_model.a.weight"].add_(1), sd["cond_stage_model.transformer.x.weight"].add_(1))), base)
-    with pytest.raises(CheckFailed, match="lacks 1 U-Net key"):
-        check_merged(merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(1), drop="model.diffusion_model.b.weight"), base)
-    with pytest.raises(CheckFailed, match="NaN or Inf"):
-        check_merged(merged(lambda sd: sd["model.diffusion_model.a.weight"].fill_(float("nan"))), base)
+    assert validate_copy_machine(ok, base) == {"unet_tensors_changed": 1, "keys": 4}
+    with pytest.raises(ValidationFailed, match="no U-Net weight differs"):
+        validate_copy_machine(merged(lambda sd: None), base)
+    with pytest.raises(ValidationFailed, match=r"cond_stage_model.transformer.x.weight \(not U-Net\) differs"):
+        validate_copy_machine(merged(lambda sd: (sd["model.diffusion_model.a.weight"].add_(1), sd["cond_stage_model.transformer.x.weight"].add_(1))), base)
+    with pytest.raises(ValidationFailed, match="lacks 1 U-Net key"):
+        validate_copy_machine(merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(1), drop="model.diffusion_model.b.weight"), base)
+    with pytest.raises(ValidationFailed, match="NaN or Inf"):
+        validate_copy_machine(merged(lambda sd: sd["model.diffusion_model.a.weight"].fill_(float("nan"))), base)
     # An fp32 base merged and saved as fp16: the round trip of unchanged tensors is not a change.
     base32 = tmp_path / "base32.safetensors"
     save_file(base_sd(torch.float32), str(base32))
-    assert check_merged(ok, base32)["unet_tensors_changed"] == 1
+    assert validate_copy_machine(ok, base32)["unet_tensors_changed"] == 1
     bf = merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(0.5), dtype=torch.bfloat16)
-    assert check_merged(bf, base)["unet_tensors_changed"] == 1
+    assert validate_copy_machine(bf, base)["unet_tensors_changed"] == 1
 
 
 def test_add_metadata_keeps_tensors_and_sd_scripts_keys(tmp_path):
@@ -128,4 +128,4 @@ def test_add_metadata_keeps_tensors_and_sd_scripts_keys(tmp_path):
     add_metadata(src, tmp_path / "out.safetensors", {"cml_stage": "diff-x"})
     meta = read_metadata(tmp_path / "out.safetensors")
     assert meta == {"ss_network_dim": "4", "cml_stage": "diff-x"}
-    check_lora(tmp_path / "out.safetensors", 4, 4.0)
+    validate_lora(tmp_path / "out.safetensors", 4, 4.0)

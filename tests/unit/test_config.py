@@ -2,8 +2,9 @@ import tomllib
 
 import pytest
 
-from cml.config import TrainSettings, load_preset, parse_set
 from cml.errors import ConfigErrors, InputError
+from cml.preset.load import load_preset, parse_set
+from cml.preset.models import TrainSettings
 from tests.conftest import run_cml
 
 
@@ -88,10 +89,10 @@ def test_not_toml_and_missing_file(tmp_path):
 
 def test_set_values_are_toml_or_strings(write_preset):
     assert parse_set(["train.steps=100", "name=foo", "train.learning_rate=2e-4", "check.weights=[-1.0, 1.0]"]) == [
-        (["train", "steps"], 100),
-        (["name"], "foo"),
-        (["train", "learning_rate"], 2e-4),
-        (["check", "weights"], [-1.0, 1.0]),
+        (("train", "steps"), 100),
+        (("name",), "foo"),
+        (("train", "learning_rate"), 2e-4),
+        (("check", "weights"), [-1.0, 1.0]),
     ]
     preset, _ = load_preset(write_preset(), ["train.steps=9", "targets.sepia={transform='sepia'}"])
     assert preset.train.steps == 9 and set(preset.targets) == {"grayscale", "sepia"}
@@ -186,25 +187,39 @@ def test_refused_before_anything_is_written(write_preset, tmp_path, change, mess
 
 @pytest.mark.parametrize("name", ["AdamW8bit", "adamw8bit", "SGD", "RAdam", "Prodigy", "bitsandbytes.optim.Lion8bit"])
 def test_optimizers_sd_scripts_accepts(write_preset, name):
-    load_preset(write_preset(train={"steps": 3, "resolution": 64, "optimizer": name}))
+    assert load_preset(write_preset(train={"steps": 3, "resolution": 64, "optimizer": name}))[0].train.optimizer == name
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("adam", "torch.optim's class is spelled 'Adam'"),  # sd-scripts lowers its own names only: getattr(torch.optim, "adam") fails
+        ("LBFGS", "needs a closure"),
+        ("AdamW9bit", "did you mean 'AdamW8bit'?"),
+    ],
+)
+def test_optimizers_sd_scripts_would_fail_on_are_refused(write_preset, name, message):
+    with pytest.raises(ConfigErrors, match=message):
+        load_preset(write_preset(train={"steps": 3, "resolution": 64, "optimizer": name}))
 
 
 def test_command_line_paths_resolve_where_they_were_typed(tmp_path, monkeypatch):
     """The README's "Real use" command, from another folder: --set paths are relative to the current directory."""
-    from tests.conftest import ROOT, colourful, make_checkpoint, tokenizer_dir
+    from cml.preset import shipped_presets
+    from tests.conftest import colourful, make_checkpoint, tokenizer_dir
 
     work = tmp_path / "elsewhere"
     work.mkdir()
     make_checkpoint(work / "model.safetensors")
     colourful().save(work / "a.png")
     monkeypatch.chdir(work)
-    preset, _ = load_preset(ROOT / "presets" / "grayscale.toml", ['base_model="model.safetensors"', 'source="a.png"'])
+    preset, _ = load_preset(shipped_presets()["grayscale"], ['base_model="model.safetensors"', 'source="a.png"'])
     assert preset.base_model == work / "model.safetensors" and preset.source == [work / "a.png"]
     assert preset.output_dir == work / "runs"  # runs/ where cml runs, as the README says
     tok = f"tokenizer_cache_dir='{tokenizer_dir()}'"
     r = run_cml(
         "plan",
-        str(ROOT / "presets" / "grayscale.toml"),
+        "grayscale",  # a shipped preset, by name
         "--set",
         'base_model="model.safetensors"',
         "--set",

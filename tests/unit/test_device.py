@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -23,7 +24,8 @@ OLD_DRIVER = {"error": "CUDA initialization: The NVIDIA driver on your system is
 
 
 def fake_env(cuda: dict, nvidia_smi: bool = True) -> dict:
-    env = {"FAKE_CUDA": json.dumps(cuda), "PYTHONPATH": str(FAKE / "python")}
+    """The fakes, and a cache of their own: the device probe's cached answer is keyed on the real torch's version."""
+    env = {"FAKE_CUDA": json.dumps(cuda), "PYTHONPATH": str(FAKE / "python"), "CML_CACHE_DIR": tempfile.mkdtemp(prefix="cml-fake-gpu-")}
     path = os.environ.get("PATH", "")
     env["PATH"] = f"{FAKE / 'bin'}{os.pathsep}{path}" if nvidia_smi else path
     return env
@@ -138,9 +140,9 @@ def test_adamw8bit_falls_back_with_the_probes_reason(write_preset, tmp_path, fak
 
 
 def test_adamw8bit_kept_where_the_probe_step_worked(write_preset):
-    from cml.config import load_preset
     from cml.inputs import load_inputs
     from cml.plan import build_plan
+    from cml.preset import load_preset
 
     preset, digest = load_preset(write_preset())
     inputs = load_inputs(preset)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cml.kohya.render import gui_json
+from cml.kohya.gui import GUI_SAFE_ARG, gui_json, gui_problems
 from tests.conftest import plan_for
-from tests.kohya_gui import gui_to_options, warmup_steps
+from tests.kohya_gui import gui_to_options, v_parameterization, warmup_steps
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,71 @@ def test_cml_additional_parameters_arrive_intact(gui_builder, write_preset):
     assert argv == ["--base_weights", plan.stage("copy").output.as_posix(), "--seed", "0"]
 
 
-@pytest.mark.parametrize("pct,steps", [(0, 500), (0.6, 500), (10, 40), (7.5, 40)])
-def test_warmup_percent_as_the_gui_rounds_it(gui_builder, pct, steps):
-    frac = gui_builder.resolve_lr_warmup_steps(pct, 0)
-    assert warmup_steps(pct, {"max_train_steps": steps}) == (round(frac * steps) if isinstance(frac, float) else frac)
+def gui_warmup(cg, gui: dict) -> int:
+    """lr_warmup_steps as the GUI runs a loaded gui.json: Load config (update_my_data), then train_model's rule."""
+    data = cg.update_my_data(dict(gui))
+    pct, override = data.get("lr_warmup", 0), data.get("lr_warmup_steps", 0)
+    if not (float(override or 0) > 0) and pct:  # train_model: a percent becomes steps when max_train_steps is known
+        return round(float(pct) * int(data["max_train_steps"]) / 100)
+    resolved = cg.resolve_lr_warmup_steps(pct, override)
+    return resolved if isinstance(resolved, int) else round(resolved * int(data["max_train_steps"]))
+
+
+@pytest.mark.parametrize("gui", [{"lr_warmup": 0.6}, {"lr_warmup": 1.4}, {"lr_warmup": 10}, {"lr_warmup": 0}])
+def test_a_warmup_percent_is_read_as_a_whole_percent(gui_builder, gui):
+    """What a percent gives in the real GUI, and in tests/kohya_gui.py's table (0.6 % of 500 steps: 0, not 3)."""
+    gui = {**gui, "max_train_steps": 500}
+    assert warmup_steps(gui["lr_warmup"], gui) == gui_warmup(gui_builder, gui)
+
+
+@pytest.mark.parametrize("warmup, steps", [(3, 500), (7, 500), (0, 500), (1, 40)])
+def test_cmls_warmup_arrives_as_exactly_its_steps(gui_builder, write_preset, warmup, steps):
+    plan = plan_for(write_preset(train={"resolution": 64, "steps": steps, "warmup_steps": warmup}))
+    g = gui_json(plan, plan.stage("copy"))
+    assert gui_warmup(gui_builder, g) == warmup == warmup_steps(g["lr_warmup"], g)
+
+
+def family_change_event(root: str):
+    """The GUI's own toggle_checkboxes (class_source_model.py), taken out of the class that defines it, run with a
+    stand-in for gradio's Checkbox that hands back what the event sets."""
+    import ast
+    import textwrap
+
+    src = (Path(root) / "kohya_gui" / "class_source_model.py").read_text(encoding="utf-8")
+    fn = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef) and n.name == "toggle_checkboxes")
+    code = textwrap.dedent(ast.get_source_segment(src, fn) or "")
+    gr = types.SimpleNamespace(Checkbox=lambda **kw: kw)
+    scope: dict = {"gr": gr}
+    exec(code, scope)
+    return scope["toggle_checkboxes"]
+
+
+@pytest.mark.parametrize("v2, sdxl", [(False, False), (True, False), (False, True)])
+def test_the_family_change_event_and_v_prediction(gui_builder, v2, sdxl):
+    event = family_change_event(os.environ["CML_KOHYA_SS"])
+    v_box = event(v2, True, sdxl, False, False, False, False, False)[1]
+    kept = v_box.get("value", True) is not False  # the event leaves the box alone unless it sets value=False
+    assert kept == v_parameterization(True, {"v2": v2, "sdxl": sdxl})
+
+
+def test_an_sd1_v_prediction_model_keeps_v_parameterization_through_the_gui(gui_builder, write_preset, tmp_path):
+    from tests.conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "vpred.safetensors", metadata={"modelspec.prediction_type": "v"})
+    plan = plan_for(write_preset(base_model=str(ckpt)))
+    g = gui_json(plan, plan.stage("copy"))
+    argv = gui_builder.run_cmd_advanced_training(run_cmd=[], additional_parameters=g["additional_parameters"])
+    assert "--v_parameterization" in argv
+    cfg, extra = gui_to_options(g)
+    assert extra == argv and "v_parameterization" not in cfg  # the box is lost; the option on the command line holds
+
+
+@pytest.mark.parametrize("name", ["ランダム", "café", "naïve run"])
+def test_a_path_the_gui_would_quote_is_warned_about(gui_builder, write_preset, tmp_path, name):
+    """shlex.quote, as the GUI runs it on each piece, quotes any non-ASCII letter: cml must warn, not stay silent."""
+    plan = plan_for(write_preset(merge="in_memory", output_dir=str(tmp_path / name)))
+    g = gui_json(plan, plan.stage("diff-grayscale"))
+    argv = gui_builder.run_cmd_advanced_training(run_cmd=[], additional_parameters=g["additional_parameters"])
+    assert argv != g["additional_parameters"].split()  # the GUI does not pass it as written
+    assert not all(GUI_SAFE_ARG.fullmatch(a) for a in g["additional_parameters"].split())
+    assert any("would not arrive intact" in p for p in gui_problems(plan))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cml.checks import read_metadata
+from cml.outputs import read_metadata
 from cml.runner import RunLock
 from tests.conftest import ROOT, run_cml, tokenizer_dir
 
@@ -70,7 +70,10 @@ def test_changing_one_target_retrains_only_it_and_needs_force_to_replace(fake, w
 def test_from_reruns_that_stage_and_everything_after(fake, write_preset):
     p = two_targets(write_preset)
     assert fake(p).returncode == 0
-    assert fake(p, "--from", "merge").calls == ["merge", "diff-g", "diff-i"]
+    refused = fake(p, "--from", "merge")  # finished LoRAs are replaced only with --force, as the README says
+    assert refused.returncode == 2 and refused.calls == []
+    assert "diff-g/g.safetensors (--from merge); diff-i/i.safetensors (--from merge)" in refused.stderr
+    assert fake(p, "--from", "merge", "--force").calls == ["merge", "diff-g", "diff-i"]
     bad = fake(p, "--from", "nope")
     assert bad.returncode == 2 and "use one of: copy, merge, diff-g, diff-i" in bad.stderr
 
@@ -221,13 +224,24 @@ def test_in_memory_mode_runs_no_merge_and_records_the_module(fake, write_preset,
     assert (tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors").exists()
 
 
-def test_quiet_mode_prints_progress_lines_not_trainer_output(fake, write_preset):
-    r = fake(write_preset(train={"steps": 3, "resolution": 64}), "--quiet")
-    assert r.returncode == 0
-    assert "fake train_network.py: loading model" not in r.stdout + r.stderr
-    assert "copy: step 3/3  loss 0.6000" in r.stderr
-    loud = fake(write_preset(train={"steps": 3, "resolution": 64}), "--from", "copy")
-    assert "fake train_network.py: loading model" in loud.stdout
+def test_output_to_a_file_is_cmls_lines_and_a_few_progress_lines_per_stage(fake, write_preset, tmp_path):
+    """Not a terminal (as here: captured): no trainer output, at most a progress line per ~10% of a stage's steps,
+    a few kB for a 500-step run; the trainer's whole output is in each stage's log.txt; --verbose streams it."""
+    p = write_preset(train={"steps": 500, "resolution": 64})
+    r = fake(p)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "fake train_network.py: loading model" not in out and "avr_loss" not in out
+    for stage in ("copy", "diff-grayscale"):
+        lines = [ln for ln in out.splitlines() if ln.startswith(f"cml: {stage}: step ")]
+        assert 2 <= len(lines) <= 12, lines
+        assert lines[-1].startswith(f"cml: {stage}: step 500/500 100%  loss ")
+        assert "avr_loss" in (tmp_path / "runs" / "t" / stage / "log.txt").read_text()  # the whole log is kept
+    assert len(out.encode()) < 3 * 2048, f"{len(out.encode())} bytes for 3 stages"
+    quiet = fake(p, "--from", "copy", "--force", "--quiet")
+    assert quiet.returncode == 0 and " step " not in quiet.stderr and "[1/3] copy: done" in quiet.stderr
+    loud = fake(p, "--from", "copy", "--force", "--verbose")
+    assert "fake train_network.py: loading model" in loud.stdout and "avr_loss" in loud.stderr + loud.stdout
 
 
 def test_missing_sd_scripts_is_a_clear_error(write_preset, tmp_path):
@@ -244,8 +258,8 @@ def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path):
     """On any machine (a filled submodule included): cml's own lookup is pointed at empty folders."""
     p = write_preset()
     code = (
-        "import sys; from pathlib import Path; import cml.sdscripts as s, cml.pipeline as p\n"
-        "s.SUBMODULE = p.SUBMODULE = Path(sys.argv[3]); s.data_dir = lambda: Path(sys.argv[3])\n"
+        "import sys; from pathlib import Path; import cml.sdscripts as s, cml.prepare as p\n"
+        "s.submodule = p.submodule = lambda: Path(sys.argv[3]); s.data_dir = lambda: Path(sys.argv[3])\n"
         "from cml.cli import main; sys.exit(main(['plan', sys.argv[1], '-o', sys.argv[2]]))"
     )
     empty = tmp_path / "no-sd-scripts"
@@ -359,7 +373,7 @@ def test_the_fp16_hint_names_precision(fake, write_preset):
 
     plan = plan_for(write_preset(train={"steps": 3, "resolution": 64, "precision": "fp16"}))
     st = plan.stage("copy")
-    assert "fp16 overflow" in diverged_cause(plan, st) and 'precision = "fp32"' in diverged_fix(st)
+    assert "fp16 overflow" in diverged_cause(plan, st, 5) and 'precision = "fp32"' in diverged_fix(plan, st, 5)
 
 
 def test_a_same_size_change_with_the_mtime_restored_is_not_trusted(fake, write_preset, tmp_path):

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from cml.config import load_preset
-from cml.kohya.render import render
+from cml.kohya.write import render
+from cml.preset import load_preset, shipped_presets
 from tests.conftest import make_checkpoint, plan_for
 
-PRESETS = sorted((Path(__file__).resolve().parent.parent.parent / "presets").glob("*.toml"))
+PRESETS = sorted(shipped_presets().values())
 
 
 def test_there_are_presets():

@@ -6,11 +6,14 @@ from pathlib import Path
 import pytest
 import toml  # the reader sd-scripts uses (0.10.2)
 
-from cml.config import load_preset
 from cml.errors import InputError
 from cml.inputs import load_inputs
-from cml.kohya.render import FIXED_NETWORK_MODULE, dataset_toml, gui_json, render, stage_argv, training_toml
+from cml.kohya.gui import gui_json
+from cml.kohya.scripts import FIXED_NETWORK_MODULE, stage_argv
+from cml.kohya.training import dataset_toml, refuse_managed_extra, training_toml
+from cml.kohya.write import render
 from cml.plan import build_plan
+from cml.preset import load_preset
 from tests.conftest import plan_for
 
 GUI_KEYS = {
@@ -73,10 +76,11 @@ def test_extra_options_pass_through_but_not_managed_ones(write_preset):
     assert t["noise_offset"] == 0.05 and t["max_grad_norm"] == 0.5
     p = plan_for(write_preset(train={"resolution": 64, "extra": {"gradient_checkpointing": True}}))
     with pytest.raises(InputError, match="gradient_checkpointing, which cml manages"):  # the preset has its own key
-        training_toml(p, p.stage("copy"))
+        refuse_managed_extra(p)
     p = plan_for(write_preset(train={"resolution": 64, "extra": {"output_dir": "/elsewhere"}}))
-    with pytest.raises(InputError, match="output_dir, which cml manages"):
-        training_toml(p, p.stage("copy"))
+    with pytest.raises(InputError, match="output_dir, which cml manages") as e:
+        refuse_managed_extra(p)
+    assert "copy: train.extra sets output_dir" in str(e.value) and "diff-grayscale: train.extra sets output_dir" in str(e.value)  # all stages at once
 
 
 def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
@@ -193,7 +197,7 @@ def test_paths_survive_sd_scripts_toml_reader(tmp_path, write_preset, name, ckpt
 def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tmp_path):
     """The managed set is derived from the rendered options; this renders every kind of plan to see that it holds."""
     from cml.device import Gpu
-    from cml.kohya.render import CONDITIONAL, managed_keys, managed_options
+    from cml.kohya.training import CONDITIONAL, managed_keys, managed_options
     from tests.conftest import make_checkpoint, plan_for
 
     seen: set[str] = set()

@@ -4,8 +4,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from cml.report.check import EMPTY_PROMPT, Job, prompt_line
 from cml.report.figures import HEADER_H, LABEL_W, cell_scale, grid
+from cml.report.generate import EMPTY_PROMPT, Job, prompt_line
 from cml.report.metrics import luminance_ssim, mean_pixel_change, mean_saturation, rgb_ssim
 from tests.conftest import colourful, run_cml
 
@@ -32,16 +32,16 @@ def test_grayscale_effect_measure_orders_colour_partial_and_gray():
 
 
 def test_empty_prompt_is_written_so_gen_img_keeps_the_options():
-    line = prompt_line(Job("", 3, -0.5))
+    line = prompt_line(Job("", 3, (-0.5,)))
     assert line == f"{EMPTY_PROMPT} --d 3 --am -0.5"
     # gen_img.py: strip, then split on " --": the prompt part must not swallow an option.
     assert line.strip().split(" --")[0] == EMPTY_PROMPT
-    assert prompt_line(Job("a red car", 1, 1.0)) == "a red car --d 1 --am 1.0"
+    assert prompt_line(Job("a red car", 1, (1.0, 0.0))) == "a red car --d 1 --am 1.0,0.0"
 
 
 def test_generator_argv_carries_the_check_settings(write_preset, tmp_path):
     """Sampler, guidance scale and batch size reach gen_img.py; LoRAs applied together each get a module and a weight."""
-    from cml.report.check import gen_argv
+    from cml.report.generate import gen_argv
     from tests.conftest import plan_for
 
     plan = plan_for(write_preset(check={"sampler": "euler_a", "guidance_scale": 1.0, "batch_size": 3, "sampling_steps": 7}))
@@ -83,7 +83,10 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
         assert list(per_model) == ["copy_machine", "base"]  # the copy machine model first, then the base
         for per_weight in per_model.values():
             assert list(per_weight) == ["-1", "0", "1"]
-    sweep_log = (run / "check" / "gen" / "sweep-grayscale-copy_machine" / "log.txt").read_text()
+    assert metrics["models"] == {"copy_machine": str(run / "merge" / "copy_machine.safetensors"), "base": str(tmp_path / "base.safetensors")}
+    # one generator run per model file: the base (copy check and the base's sweeps), the copy machine model
+    assert sorted(d.name for d in (run / "check" / "gen").iterdir()) == ["1-base", "2-copy_machine"]
+    sweep_log = (run / "check" / "gen" / "2-copy_machine" / "log.txt").read_text()
     assert str(run / "merge" / "copy_machine.safetensors") in sweep_log  # the merged file is the copy machine model
     sat = {w: v["mean_saturation"] for w, v in metrics["targets"]["grayscale"]["base"].items()}
     assert sat["-1"] > sat["0"] > sat["1"]  # the fake generator desaturates with weight
@@ -100,8 +103,12 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
     report = (run / "report.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert len(links) == 6 and all((run / link).is_file() for link in links)  # copy check, 4 grids, losses
-    prompts = (run / "check" / "gen" / "copy" / "prompts.txt").read_text().splitlines()
-    assert prompts == ["() --d 1 --am 0.0", "() --d 2 --am 0.0", "() --d 1 --am 1.0", "() --d 2 --am 1.0"]  # by weight: batches
+    prompts = (run / "check" / "gen" / "1-base" / "prompts.txt").read_text().splitlines()
+    # the copy LoRA, then the two diff LoRAs: the copy check (copy at 0 and 1), each target's sweep; equal weights
+    # together (gen_img batches them), the weight-0 images shared
+    assert prompts[:4] == ["() --d 1 --am 0.0,-1.0,0.0", "() --d 2 --am 0.0,-1.0,0.0", "a red car --d 1 --am 0.0,-1.0,0.0", "a red car --d 2 --am 0.0,-1.0,0.0"]
+    assert "() --d 1 --am 1.0,0.0,0.0" in prompts and "a red car --d 2 --am 0.0,0.0,1.0" in prompts
+    assert len(prompts) == len(set(prompts)) == 2 + 2 * (2 * 2 * 2) + 4  # copy at 1; per target 2 non-zero weights x 4; weight 0 x 4
     assert "grayscale on base" in c.stderr  # the terminal table
 
 
@@ -112,14 +119,15 @@ def test_check_sweeps_the_in_memory_copy_machine_as_base_plus_copy_lora(write_pr
     run = tmp_path / "runs" / "t"
     c = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet")
     assert c.returncode == 0, c.stderr
-    gen = run / "check" / "gen" / "sweep-grayscale-copy_machine"
-    assert (gen / "prompts.txt").read_text().splitlines() == ["() --d 1 --am 1.0,0.0", "() --d 1 --am 1.0,1.0"]
+    gen = run / "check" / "gen" / "1-base"  # one run: the copy check, the copy machine's and the base's sweeps
+    assert sorted(p.name for p in gen.parent.iterdir()) == ["1-base"]
+    prompts = (gen / "prompts.txt").read_text().splitlines()
+    # the copy machine: copy LoRA at 1, the diff LoRA at 0 and 1; the plain base: the diff LoRA alone
+    assert prompts == ["() --d 1 --am 0.0,0.0", "() --d 1 --am 0.0,1.0", "() --d 1 --am 1.0,0.0", "() --d 1 --am 1.0,1.0"]
     argv = (gen / "log.txt").read_text().splitlines()[0]
     copy, diff = run / "copy" / "copy.safetensors", run / "diff-grayscale" / "grayscale.safetensors"
     assert f"--network_weights {copy} {diff} --network_mul 1.0 1.0" in argv
     assert "networks.lora networks.lora" in argv
-    base_prompts = (run / "check" / "gen" / "sweep-grayscale-base" / "prompts.txt").read_text().splitlines()
-    assert base_prompts == ["() --d 1 --am 0.0", "() --d 1 --am 1.0"]  # the plain base: the diff LoRA alone
 
 
 def test_check_on_a_folder_that_is_not_a_run(tmp_path):

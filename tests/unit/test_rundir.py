@@ -126,13 +126,18 @@ def test_no_new_run_while_an_old_trainer_still_writes(write_preset, tmp_path, fa
     p = write_preset()
     cml = start_run(p, fake_sd, calls, "stubborn")  # its trainer ignores SIGTERM: it outlives cml
     pid = trainer_pid(calls)
-    time.sleep(0.5)  # let it install its signal handlers
+    log = tmp_path / "runs" / "t" / "copy" / "log.txt"
+    end = time.monotonic() + 60
+    while "loading model" not in (log.read_text() if log.exists() else "") and time.monotonic() < end:  # its handlers are in place
+        time.sleep(0.05)
     cml.send_signal(signal.SIGKILL)
     cml.wait()
     try:
         assert alive(pid)
         r = run_cml("run", str(p), "--sd-scripts", fake_sd)
         refused(r, "another cml run is using this run folder")
+        # the message names who holds the folder: the trainer that still runs, not the dead cml
+        assert f"the trainer an earlier cml run started, pid {pid}, which still runs although that cml (pid {cml.pid}) has ended" in r.stderr
     finally:
         os.kill(pid, signal.SIGKILL)
     end = time.monotonic() + 10

@@ -1,4 +1,4 @@
-"""The preset: Pydantic models, loading, ``--set`` overrides and error formatting.
+"""The preset's Pydantic models: what a run is asked to do, validated (loading lives in cml/preset/load.py).
 
 Defaults are the article's recipe (dim 16, alpha 16, 500 steps, U-Net only,
 AdamW8bit, cosine, no warm-up, lr 1e-3, 512 px, batch 1, empty captions).
@@ -7,9 +7,7 @@ AdamW8bit, cosine, no warm-up, lr 1e-3, 512 px, batch 1, empty captions).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
-import tomllib
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -27,17 +25,16 @@ from pydantic import (
     model_validator,
 )
 
-from cml.errors import ConfigErrors, InputError
-
 Family = Literal["auto", "sd1", "sd2", "sdxl"]
 MergeMode = Literal["checkpoint", "in_memory"]
 Transform = Literal["grayscale", "sepia", "invert", "blur"]
 Precision = Literal["auto", "fp16", "bf16", "fp32"]
 Scalar = str | int | float | bool
 
-# The optimizer_type names sd-scripts accepts at the pinned commit (library/train_util.py, get_optimizer): its own,
-# then any torch.optim class by name, or a full "module.Class" path.
-OPTIMIZERS = (
+# optimizer_type as sd-scripts reads it at the pinned commit (library/train_util.py, get_optimizer): its own names, in
+# any case (it lowers them); else a torch.optim class, by its exact name; else a full "module.Class" path.
+# tests/sdscripts/test_validators.py checks both lists against the pinned code and the installed torch.
+SD_SCRIPTS_OPTIMIZERS = (
     "AdamW",
     "AdamW8bit",
     "PagedAdamW",
@@ -61,18 +58,16 @@ OPTIMIZERS = (
     "RAdamScheduleFree",
     "AdamWScheduleFree",
     "SGDScheduleFree",
-    "Adadelta",
-    "Adagrad",
-    "Adam",
-    "Adamax",
-    "ASGD",
-    "NAdam",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "SGD",
 )
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adagrad", "Adam", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD")
+# torch.optim classes that cannot train a LoRA the way sd-scripts calls them.
+TORCH_OPTIMIZERS_REFUSED = {
+    "LBFGS": "needs a closure at every step, which sd-scripts does not pass",
+    "SparseAdam": "takes sparse gradients only",
+    "Muon": "takes 2-D parameters only, and a LoRA's conv modules are 4-D",
+}
+OPTIMIZERS = SD_SCRIPTS_OPTIMIZERS + TORCH_OPTIMIZERS
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" would let a trailing newline through
 
 
 def _resolve(value: Any, info: ValidationInfo) -> Any:
@@ -99,7 +94,7 @@ ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
 PathList = Annotated[list[Path], BeforeValidator(_one_or_many), AfterValidator(_resolve_each)]
 
 
-def _unwrap(ann: Any) -> Any:
+def unwrap(ann: Any) -> Any:
     """A field's type through Optional[...] and Annotated[...] (the overrides wrap both)."""
     if get_origin(ann) in (Union, UnionType):
         ann = next((a for a in get_args(ann) if a is not type(None)), ann)
@@ -108,7 +103,7 @@ def _unwrap(ann: Any) -> Any:
 
 def _numeric(ann: Any) -> tuple[bool, bool]:
     """(a number, a list of numbers) for a field annotation."""
-    a = _unwrap(ann)
+    a = unwrap(ann)
     return a in (int, float), get_origin(a) is list and bool(get_args(a)) and set(get_args(a)) <= {int, float}
 
 
@@ -150,8 +145,8 @@ class TrainSettings(Base):
     """train_batch_size."""
     caption: str = ""
     """Caption for every image; the article uses none."""
-    seed: int = Field(42, ge=0)
-    """Training seed."""
+    seed: int = Field(42, ge=0, lt=2**32)
+    """Training seed (0 to 2**32 - 1: numpy's seed range, which sd-scripts seeds too)."""
     precision: Precision = "auto"
     """Mixed precision: auto = bf16 on GPUs with compute capability 8.0+ (Ampere and newer), fp16 on older GPUs, fp32 on a CPU."""
     gradient_checkpointing: bool | None = None
@@ -159,16 +154,28 @@ class TrainSettings(Base):
     extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     """Further train_network.py options, written into the training TOML as they are."""
 
+    @field_validator("caption")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if "\n" in v or "\r" in v:
+            raise ValueError("has a line break: sd-scripts reads only a caption file's first line, so the rest would be dropped; write it on one line")
+        return v
+
     @field_validator("optimizer")
     @classmethod
     def _optimizer_known(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must name an optimizer, e.g. 'AdamW8bit'")
-        if "." not in v and v.lower() not in {o.lower() for o in OPTIMIZERS}:
-            close = difflib.get_close_matches(v, OPTIMIZERS, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; sd-scripts knows {', '.join(OPTIMIZERS)}, or a module.Class path"
-            raise ValueError(f"{v!r} is not an optimizer sd-scripts knows{hint}")
-        return v
+        if "." in v or v.lower() in {o.lower() for o in SD_SCRIPTS_OPTIMIZERS} or v in TORCH_OPTIMIZERS:
+            return v
+        if v in TORCH_OPTIMIZERS_REFUSED:
+            raise ValueError(f"torch.optim.{v} {TORCH_OPTIMIZERS_REFUSED[v]}: use e.g. 'AdamW8bit' or 'AdamW'")
+        exact = next((o for o in TORCH_OPTIMIZERS if o.lower() == v.lower()), None)
+        if exact:  # torch.optim classes are looked up by their exact name
+            raise ValueError(f"{v!r}: torch.optim's class is spelled {exact!r} (sd-scripts looks it up case-sensitively)")
+        close = difflib.get_close_matches(v, OPTIMIZERS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; sd-scripts knows {', '.join(OPTIMIZERS)}, or a module.Class path"
+        raise ValueError(f"{v!r} is not an optimizer sd-scripts knows{hint}")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSettings:
@@ -231,7 +238,9 @@ class CheckSettings(Base):
     prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"], min_length=1)
     """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
     models: PathList = Field(default_factory=list)
-    """Models of the sweep besides the copy machine model; empty means the base model."""
+    """Models of the sweep besides the copy machine model; empty means the base model (see ``base``)."""
+    base: bool = True
+    """With ``models`` empty: also sweep on the base model itself (where a real model shows what else the LoRA changes)."""
     copy_machine: bool = True
     """Also sweep on the copy machine model (merged file, or base + copy LoRA when merge = "in_memory"): where A -> B shows cleanest."""
     sampling_steps: int = Field(20, gt=0)
@@ -254,10 +263,16 @@ class CheckSettings(Base):
 
     @field_validator("prompts")
     @classmethod
-    def _no_options(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if " --" in p or "\n" in p:
-                raise ValueError(f"prompt {p!r} contains ' --' or a line break, which gen_img.py reads as options")
+    def _one_line_each(cls, v: list[str]) -> list[str]:
+        """gen_img.py reads one prompt per line (str.splitlines), drops lines starting with '#', and reads ' --' as an
+        option: any of these would give images to the wrong prompt, seed and weight without notice."""
+        for i, p in enumerate(v):
+            if len(f"a{p}b".splitlines()) > 1:
+                raise ValueError(f"prompt {i} ({p!r}) holds a line break (\\n, \\r, \\u2028, ...): gen_img.py would split it into two prompts")
+            if p.strip().startswith("#"):
+                raise ValueError(f"prompt {i} ({p!r}) starts with '#': gen_img.py skips such lines as comments")
+            if " --" in f" {p}":
+                raise ValueError(f"prompt {i} ({p!r}) contains ' --', which gen_img.py reads as an option")
         return v
 
 
@@ -308,7 +323,7 @@ class Preset(Base):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not SAFE_NAME.match(v):
+        if not SAFE_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a safe folder name: use 1 to 64 letters, digits, '_', '-' or '.' (not first)")
         return v
 
@@ -319,7 +334,7 @@ class Preset(Base):
             raise ValueError('add at least one target, e.g. [targets.grayscale] transform = "grayscale"')
         seen: dict[str, str] = {}
         for name in v:
-            if not SAFE_NAME.match(name):
+            if not SAFE_NAME.fullmatch(name):
                 raise ValueError(f"target name {name!r} is not a safe file name: use 1 to 64 letters, digits, '_', '-' or '.' (not first)")
             if name.lower() in seen:
                 raise ValueError(f"target names {seen[name.lower()]!r} and {name!r} collide on case-insensitive file systems")
@@ -363,150 +378,3 @@ class Preset(Base):
         """The fully resolved preset, itself a valid preset."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return data
-
-
-# ---------------------------------------------------------------- loading
-
-
-def toml_value(value: Any) -> str:
-    """A value as TOML text, written by tomli-w (any path, emoji included, becomes a valid TOML string)."""
-    import tomli_w
-
-    return tomli_w.dumps({"v": value})[len("v = ") :].rstrip("\n")
-
-
-# A bare word (no quotes, brackets or spaces) that is not TOML is taken as a string: --set name=foo.
-BARE_WORD = re.compile(r"^[^\s\"'\[\]{}=#]+$")
-
-
-def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
-    """``KEY=VALUE`` pairs; VALUE is TOML (a bare word is a string); anything else that is not TOML is an error."""
-    out = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {item!r} is not KEY=VALUE", fix="e.g. --set train.steps=100")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError as e:
-            if not BARE_WORD.match(raw):
-                raise InputError(
-                    f"--set {key}: {raw!r} is not a TOML value ({str(e).split(' (at')[0]})",
-                    fix="strings need quotes, lists brackets, tables braces: --set 'source=\"a b.png\"' --set 'check.weights=[-1, 0, 1]'",
-                ) from None
-            value = raw
-        out.append(([k.strip() for k in key.split(".")], value))
-    return out
-
-
-def _absolute(model: Any, keys: list[str], value: Any, cwd: Path) -> Any:
-    """A --set value with its relative paths made absolute against ``cwd``: the user typed them there."""
-
-    def fix(v: Any) -> Any:
-        return str(cwd / Path(v).expanduser()) if isinstance(v, str) and not Path(v).expanduser().is_absolute() else v
-
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return value
-    if not keys:
-        return {k: _absolute(model, [k], v, cwd) for k, v in value.items()} if isinstance(value, dict) else value
-    fields = {(f.alias or n): f for n, f in model.model_fields.items()}
-    if keys[0] not in fields:
-        return value
-    ann = _unwrap(fields[keys[0]].annotation)
-    if ann is Path and len(keys) == 1:
-        return fix(value)
-    if get_origin(ann) is list and get_args(ann) == (Path,) and len(keys) == 1:
-        return [fix(v) for v in value] if isinstance(value, list) else fix(value)
-    if get_origin(ann) is dict:
-        inner = get_args(ann)[1]
-        if len(keys) == 1:
-            return {k: _absolute(inner, [], v, cwd) for k, v in value.items()} if isinstance(value, dict) else value
-        return _absolute(inner, keys[2:], value, cwd)
-    return _absolute(ann, keys[1:], value, cwd)
-
-
-def apply_set(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
-    for path, value in overrides:
-        node = data
-        for k in path[:-1]:
-            nxt = node.setdefault(k, {})
-            if not isinstance(nxt, dict):
-                raise InputError(f"--set {'.'.join(path)}: {k!r} is not a table in the preset")
-            node = nxt
-        node[path[-1]] = value
-    return data
-
-
-def _known_keys(model: type[BaseModel]) -> list[str]:
-    keys = []
-    for name, f in model.model_fields.items():
-        keys.append(f.alias or name)
-    return keys
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model that holds the key at ``loc`` (for "did you mean")."""
-    model: Any = Preset
-    for part in loc[:-1]:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
-        if part in fields:
-            ann = fields[part].annotation
-            args = getattr(ann, "__args__", ())
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                model = ann
-            elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
-                model = args[-1]  # dict[str, Target] / Optional[X]
-            else:
-                return None
-        # a dict key (target name) keeps the model chosen by the dict's field
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def format_errors(err: ValidationError, where: str) -> list[str]:
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            model = _model_at(loc)
-            hint = ""
-            if model is not None:
-                close = difflib.get_close_matches(str(loc[-1]), _known_keys(model), n=1)
-                if close:
-                    hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (close[0],))!r}?"
-            msg = f"unknown key{hint}"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{where}: {key}: {msg}")
-    return lines
-
-
-def load_preset(path: Path | str, sets: list[str] | None = None) -> tuple[Preset, str]:
-    """Load, override and validate a preset. Returns the preset and the sha256 of its effective text."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            "preset not found" if not path.exists() else "preset is not a file", str(path), "give the path of a .toml preset, e.g. presets/grayscale.toml"
-        )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM (Windows editors) is fine
-    except UnicodeDecodeError:
-        raise InputError("preset is not UTF-8 text", str(path), "save it as UTF-8 TOML") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"not valid TOML: {e}", str(path), "fix the syntax (strings need quotes; see presets/grayscale.toml)") from None
-    cwd = Path.cwd()
-    if sets:  # paths typed on the command line are relative to where they were typed
-        data = apply_set(data, [(keys, _absolute(Preset, keys, value, cwd)) for keys, value in parse_set(sets)])
-    if isinstance(data, dict) and "output_dir" not in data:
-        data["output_dir"] = str(cwd / "runs")  # the default: runs/ where cml is run, written out in show-config
-    try:
-        preset = Preset.model_validate(data, context={"base_dir": path.resolve().parent})
-    except ValidationError as e:
-        raise ConfigErrors(format_errors(e, str(path))) from None
-    import tomli_w
-
-    digest = hashlib.sha256(tomli_w.dumps(preset.to_toml_dict()).encode()).hexdigest()
-    return preset, digest

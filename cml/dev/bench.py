@@ -24,7 +24,9 @@ from typing import Any
 
 import tomli_w
 
-ROOT = Path(__file__).resolve().parent.parent
+from cml.dev import root
+
+ROOT = root()
 # Runs a command and prints the peak RSS (KiB) of its largest descendant: a fresh process per measurement.
 PEAK = "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:]).returncode; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r)"
 
@@ -49,10 +51,8 @@ class Bench:
 
         self.work, self.reps = work, reps
         self.sd = locate()
-        preset, sets = prepare_demo()
-        from cml.config import parse_set
-
-        self.assets = {keys[0]: value for keys, value in parse_set(sets)}  # base_model, source, tokenizer_cache_dir
+        _, assets = prepare_demo()
+        self.assets = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in assets.items()}  # base_model, source, tokenizer
         self.copy_steps, self.diff_steps = copy_steps, diff_steps
 
     def preset(self, name: str, merge: str, targets: dict) -> Path:
@@ -75,8 +75,9 @@ class Bench:
 
     def direct(self, preset: Path) -> dict:
         """The commands of commands.sh, run one after another: no cml in the loop."""
-        from cml.kohya.render import render, stage_argv
-        from cml.pipeline import prepare
+        from cml.kohya.scripts import stage_argv
+        from cml.kohya.write import render
+        from cml.prepare import prepare
         from cml.sdscripts import python_env
 
         plan, sd = prepare(preset, [], None)
@@ -85,7 +86,7 @@ class Bench:
         steps.write_text(
             json.dumps([{"argv": stage_argv(plan, st), "produced": str(st.work_dir / st.output.name), "output": str(st.output)} for st in plan.stages])
         )
-        return measure([sys.executable, "-m", "cml.bench", "direct", str(steps), str(sd.path)], env=python_env(sd), cwd=ROOT)
+        return measure([sys.executable, "-m", "cml.dev.bench", "direct", str(steps), str(sd.path)], env=python_env(sd), cwd=ROOT)
 
     def clean(self, name: str) -> None:
         shutil.rmtree(self.work / "runs" / name, ignore_errors=True)

@@ -1,7 +1,7 @@
 """`make bench-gpu`: the article's recipe on a CUDA GPU, measured from outside the trainer.
 
 Runs, each one `cml run presets/grayscale.toml` (the article's settings as shipped) on a checkpoint built
-once (SD1.5: the demo model of cml/demo_model.py; SDXL: random weights), with image A at the training
+once (SD1.5: the demo model of cml/demo/model.py; SDXL: random weights), with image A at the training
 resolution:
 - ``sd15``: SD1.5 at 512 px, 500 steps per stage, checkpoint merge, plus the 10-step baseline on the
   plain base (the method check);
@@ -35,10 +35,9 @@ import threading
 import time
 from pathlib import Path
 
-from cml.config import toml_value
+from cml.dev import root
 
-ROOT = Path(__file__).resolve().parent.parent
-PRESET = ROOT / "presets" / "grayscale.toml"
+ROOT = root()
 STAGE = re.compile(r"^cml: \[(\d+)/(\d+)\] (\S+): (.*)$")
 BAR = re.compile(r"steps:.*?(\d+)/(\d+) \[")
 # What the trainer prints when it runs as asked (sd-scripts at the pinned commit).
@@ -121,9 +120,30 @@ def stage_entry(run_dir: Path, st: str, d: dict, mon: GpuMonitor | None, idle: i
 MACHINE_PATHS = ("base_model", "source", "tokenizer_cache_dir", "output_dir")
 
 
-def run_cml(name: str, sets: list[str], work: Path, out: Path, mon: GpuMonitor | None, res: dict, save) -> None:
+def write_preset(work: Path, name: str, settings: dict) -> Path:
+    """The article's recipe as shipped (presets/grayscale), with this run's settings, as a preset file of the run."""
+    import tomllib
+
+    import tomli_w
+
+    from cml.preset import shipped_presets
+
+    data = tomllib.loads(shipped_presets()["grayscale"].read_text(encoding="utf-8"))
+    for key, value in settings.items():
+        node = data
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    data["name"] = name
+    path = work / f"{name}.toml"
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+def run_cml(name: str, settings: dict, work: Path, out: Path, mon: GpuMonitor | None, res: dict, save) -> None:
     """One `cml run`, its output time-stamped line by line, into ``res``; ``save()`` after every finished stage."""
-    argv = [sys.executable, "-m", "cml", "run", str(PRESET), "--set", f"name={toml_value(name)}", *(a for s in sets for a in ("--set", s))]
+    argv = [sys.executable, "-m", "cml", "run", str(write_preset(work, name, settings))]
     run_dir = work / "runs" / name
     idle = mon.now() if mon else None
     t_launch = time.monotonic()
@@ -135,7 +155,7 @@ def run_cml(name: str, sets: list[str], work: Path, out: Path, mon: GpuMonitor |
     res.update(
         {
             "run_dir": os.path.relpath(run_dir, out),  # from the results file's folder
-            "settings": [s for s in sets if s.split("=", 1)[0] not in MACHINE_PATHS],
+            "settings": {k: v for k, v in settings.items() if k not in MACHINE_PATHS},
             "idle_mib": idle,
             "cml_libcuda": cuda_maps,
             "stages": {},
@@ -193,23 +213,18 @@ def run_cml(name: str, sets: list[str], work: Path, out: Path, mon: GpuMonitor |
 
 
 def build_models(families: list[str]) -> dict[str, str]:
-    """The demo checkpoints, built once into cml's cache by a child process (torch stays out of this one)."""
-    code = (
-        "import json, sys\n"
-        "from cml.demo import demo_sd15_checkpoint, random_sdxl_checkpoint, tokenizer_dir\n"
-        "from cml.sdscripts import locate\n"
-        "sd = locate()\n"
-        "out = {'tokenizer': str(tokenizer_dir())}\n"
-        "fams = sys.argv[1:]\n"
-        "if 'sd15' in fams: out['sd15'] = str(demo_sd15_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
-        "if 'sdxl' in fams: out['sdxl'] = str(random_sdxl_checkpoint(sd.path, log=lambda m: print(m, file=sys.stderr)))\n"
-        "print(json.dumps(out))\n"
-    )
+    """The demo checkpoints, built once into cml's cache (each in a child process: torch stays out of this one)."""
+    from cml.demo import demo_sd15_checkpoint, random_sdxl_checkpoint, tokenizer_dir
+    from cml.sdscripts import locate
+
     t = time.monotonic()
-    p = subprocess.run([sys.executable, "-c", code, *families], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    if p.returncode != 0:
-        raise SystemExit("bench-gpu: building the demo checkpoints failed")
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    sd = locate()
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    out: dict = {"tokenizer": str(tokenizer_dir())}
+    if "sd15" in families:
+        out["sd15"] = str(demo_sd15_checkpoint(sd.path, log=log))
+    if "sdxl" in families:
+        out["sdxl"] = str(random_sdxl_checkpoint(sd.path, log=log))
     out["build_s"] = time.monotonic() - t
     return out
 
@@ -257,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
 
     mon = GpuMonitor() if shutil.which("nvidia-smi") and dev.get("name") else None
     results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": {}}
-    q = toml_value
     try:
         for r in runs:
             fam = "sdxl" if r == "sdxl" else "sd15"
@@ -265,26 +279,26 @@ def main(argv: list[str] | None = None) -> int:
             img = a.work / f"a-{res}.png"
             if not img.exists():
                 demo_image(res).save(img)
-            sets = [
-                f"base_model={q(models[fam])}",
-                f"source={q(str(img))}",
-                f"tokenizer_cache_dir={q(models['tokenizer'])}",
-                f"output_dir={q(str(a.work / 'runs'))}",
-                f"device={q(a.device)}",
-                f"train.resolution={res}",
-            ]
+            settings: dict = {
+                "base_model": models[fam],
+                "source": str(img),
+                "tokenizer_cache_dir": models["tokenizer"],
+                "output_dir": str(a.work / "runs"),
+                "device": a.device,
+                "train.resolution": res,
+            }
             if fam == "sdxl":
-                sets.append(f"train.steps={a.sdxl_steps}")
+                settings["train.steps"] = a.sdxl_steps
             elif a.steps:
-                sets.append(f"train.steps={a.steps}")
+                settings["train.steps"] = a.steps
             if r == "sd15":
-                sets.append("baseline=true")
+                settings["baseline"] = True
             if r == "sd15-in-memory":
-                sets.append('merge="in_memory"')
-            say(f"{r}: cml run {PRESET.name} ({res} px)")
+                settings["merge"] = "in_memory"
+            say(f"{r}: cml run grayscale ({res} px)")
             results["runs"][r] = {}
             # written after every stage: a run cut short (time limit, failure) keeps what was measured
-            run_cml(r, sets, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
+            run_cml(r, settings, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
     finally:
         if mon:
             mon.stop()

@@ -1,6 +1,6 @@
 """The demo assets, for `cml demo` and the tests: the demo model, an offline tokenizer and image A.
 
-The demo model (what it is and why: cml/demo_model.py) is built once, in a child process, and cached
+The demo model (what it is and why: cml/demo/model.py) is built once, in a child process, and cached
 outside the repository (``CML_CACHE_DIR``, default ``~/.cache/cml``), like the tokenizer and A.
 """
 
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from cml.files import atomic_path
 from cml.paths import cache_root
 
-DEMO_VERSION = "2"  # bump when the demo assets change
+DEMO_VERSION = "3"  # bump when the demo assets change
 
 
 def cache_dir() -> Path:
@@ -95,7 +95,7 @@ def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log) -> 
     log(f"building {what} (once): {out}")
     env = python_env(SdScripts(sd_scripts, None, "demo"))
     with atomic_path(out) as tmp:
-        p = subprocess.run([sys.executable, "-m", "cml.demo_model", builder, str(tmp)], cwd=sd_scripts, env=env, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "cml.demo.model", builder, str(tmp)], cwd=sd_scripts, env=env, capture_output=True, text=True)
         if p.returncode != 0 or not tmp.exists():
             tail = indented((p.stdout + p.stderr).splitlines())
             raise StageFailed(f"building the demo model failed (exit code {p.returncode})\n{tail}")
@@ -103,25 +103,27 @@ def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log) -> 
 
 
 def demo_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """The SD1.5-architecture demo model (2.1 GB fp16): see cml/demo_model.py for what it is and why."""
+    """The SD1.5-architecture demo model (2.1 GB fp16): see cml/demo/model.py for what it is and why."""
     return _cached_build("demo-sd15", "sd15", "the SD1.5-architecture demo model (~40 s, 2.1 GB)", sd_scripts, log)
 
 
-def prepare_demo(sd_option: str | None = None) -> tuple[Path, list[str]]:
-    """The demo preset and the --set values that point it at the cached random model and tokenizer."""
+def demo_a() -> Path:
+    """Image A of the demo, cached beside the demo model."""
+    a = cache_dir() / "demo-a.png"
+    if not a.exists():
+        with atomic_path(a) as tmp:
+            demo_image().save(tmp)
+    return a
+
+
+def prepare_demo(sd_option: str | None = None) -> tuple[Path, dict[str, Path | list[Path]]]:
+    """The shipped demo preset, and the typed overrides that point it at the cached demo model, tokenizer and A."""
+    from cml.preset import shipped_presets
     from cml.sdscripts import locate
 
     sd = locate(sd_option)
     model = demo_sd15_checkpoint(sd.path)
-    tok = tokenizer_dir()
-    a = cache_dir() / "demo-a.png"
-    if not a.exists():
-        demo_image().save(a)
-    preset = Path(__file__).resolve().parent.parent / "presets" / "demo.toml"
-    from cml.config import toml_value
-
-    q = lambda p: toml_value(str(p))  # noqa: E731
-    return preset, [f"base_model={q(model)}", f"source={q(a)}", f"tokenizer_cache_dir={q(tok)}"]
+    return shipped_presets()["demo"], {"base_model": model, "source": [demo_a()], "tokenizer_cache_dir": tokenizer_dir()}
 
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:

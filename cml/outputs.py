@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from cml.checkpoint import UNET_PREFIX
+from cml.model_files import UNET_PREFIX
+from cml.safetensors_file import all_finite, as_float32, layout, raw
 
 
-class CheckFailed(Exception):
+class ValidationFailed(Exception):
     pass
 
 
@@ -51,114 +52,82 @@ def _load(path: Path) -> tuple[dict, str]:
         return {k: v.float().numpy() for k, v in load_pt(str(path)).items()}, "pt"
 
 
-def check_lora(path: Path, dim: int, alpha: float, resized: bool = False) -> LoraSummary:
+def validate_lora(path: Path, dim: int, alpha: float, resized: bool = False) -> LoraSummary:
     """A trained LoRA: loads, U-Net keys only, rank = dim, alpha as configured, finite, not all zero.
 
     resized: made by networks/resize_lora.py, which writes a module that learned nothing (an all-zero
     matrix) at rank 1 with alpha scaled to match (alpha / dim); that module is accepted so.
     """
     if not path.is_file():
-        raise CheckFailed(f"no LoRA file was written ({path})")
+        raise ValidationFailed(f"no LoRA file was written ({path})")
     try:
         tensors, _ = _load(path)
     except Exception as e:
-        raise CheckFailed(f"LoRA file does not load: {e}") from None
+        raise ValidationFailed(f"LoRA file does not load: {e}") from None
     keys = sorted(tensors)
     if not keys:
-        raise CheckFailed("LoRA file holds no tensors")
+        raise ValidationFailed("LoRA file holds no tensors")
     modules: dict[str, set[str]] = {}
     for k in keys:
         m = _KEY.match(k)
         if not m:
-            raise CheckFailed(f"unexpected key {k!r} (not a kohya LoRA key)")
+            raise ValidationFailed(f"unexpected key {k!r} (not a kohya LoRA key)")
         modules.setdefault(m.group(1), set()).add(m.group(2))
     te = [m for m in modules if not m.startswith("lora_unet_")]
     if te:
-        raise CheckFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
+        raise ValidationFailed(f"{len(te)} text encoder module(s) in a U-Net-only LoRA, e.g. {te[0]}")
     any_up_nonzero = False
     for name, parts in modules.items():
         if parts != {"lora_down.weight", "lora_up.weight", "alpha"}:
-            raise CheckFailed(f"module {name} is incomplete: has {sorted(parts)}")
+            raise ValidationFailed(f"module {name} is incomplete: has {sorted(parts)}")
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
         a = float(np.asarray(tensors[f"{name}.alpha"], dtype=np.float32).reshape(-1)[0])
         if resized and dim > 1 and down.shape[0] == up.shape[1] == 1 and not _finite_nonzero(up)[1] and abs(a - alpha / dim) <= 1e-3 * max(1.0, alpha):
             continue  # resize_lora.py's rank-1 stand-in for an all-zero module
         if down.shape[0] != dim or up.shape[1] != dim:
-            raise CheckFailed(f"module {name} has rank {down.shape[0]}, expected dim {dim}")
+            raise ValidationFailed(f"module {name} has rank {down.shape[0]}, expected dim {dim}")
         if abs(a - alpha) > 1e-3 * max(1.0, alpha):
-            raise CheckFailed(f"module {name} has alpha {a}, expected {alpha}")
+            raise ValidationFailed(f"module {name} has alpha {a}, expected {alpha}")
         for t, what in ((down, "lora_down"), (up, "lora_up")):
             if not _finite_nonzero(t)[0]:
-                raise CheckFailed(f"module {name} {what} holds NaN or Inf (training diverged; lower the learning rate or use fp32)")
+                raise ValidationFailed(f"module {name} {what} holds NaN or Inf (training diverged; lower the learning rate or use fp32)")
         any_up_nonzero = any_up_nonzero or _finite_nonzero(up)[1]
     if not any_up_nonzero:
-        raise CheckFailed("all lora_up weights are zero: the LoRA learned nothing")
+        raise ValidationFailed("all lora_up weights are zero: the LoRA learned nothing")
     return LoraSummary(len(modules), keys, int(down.shape[0]), a)  # as read from the file (the last module checked)
-
-
-_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # BF16 is widened by _as_float itself
-# Exponent bits all set = Inf or NaN; tested on the integer bits (float16 arithmetic is slow in numpy).
-_EXP = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000), "F64": (np.uint64, 0x7FF0000000000000)}
-
-
-def _layout(path: Path) -> tuple[dict, int]:
-    """A safetensors file's tensor table and where its data starts (8-byte length + JSON header, per the format)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
-
-
-def _bytes(mm: mmap.mmap, info: dict, base: int) -> np.ndarray:
-    s, e = info["data_offsets"]
-    return np.frombuffer(mm, np.uint8, e - s, base + s)
-
-
-def _finite(raw: np.ndarray, dtype: str) -> bool:
-    if dtype not in _EXP:
-        return True
-    t, mask = _EXP[dtype]
-    return not np.any((raw.view(t) & t(mask)) == t(mask))
-
-
-def _as_float(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":  # bfloat16 is the top half of a float32
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return raw.view(_NP.get(dtype, np.uint8)).astype(np.float32)
 
 
 def _compare(k: str, im: dict, ib: dict, mm: mmap.mmap, om: int, mb: mmap.mmap, ob: int) -> tuple[str | None, bool]:
     """(problem, differs) for one tensor of the merged model against the base."""
     if im["shape"] != ib["shape"]:
         return f"{k}: shape {im['shape']} differs from the base's {ib['shape']}", True
-    a, b = _bytes(mm, im, om), _bytes(mb, ib, ob)
+    a, b = raw(mm, im, om), raw(mb, ib, ob)
     if im["dtype"] == ib["dtype"]:
         differs = not np.array_equal(a, b)  # byte-exact: the usual case (an fp16 base saved as fp16)
     else:  # a dtype round trip (e.g. fp32 base saved as fp16) is not a change
-        a32, b32 = _as_float(a, im["dtype"]), _as_float(b, ib["dtype"])
+        a32, b32 = as_float32(a, im["dtype"]), as_float32(b, ib["dtype"])
         differs = bool(np.any(np.abs(a32 - b32) > 1e-3 * (1 + np.abs(b32))))
-    if differs and not _finite(a, im["dtype"]):
+    if differs and not all_finite(a, im["dtype"]):
         return f"{k} holds NaN or Inf after merging", True
     return None, differs
 
 
-def check_merged(merged: Path, base: Path) -> dict:
+def validate_copy_machine(merged: Path, base: Path) -> dict:
     """The copy machine model: loads, same U-Net keys as the base, differs from it in U-Net weights only.
 
     Tensors are compared in place through memory maps (two checkpoints of gigabytes, no copies).
     """
     if not merged.is_file():
-        raise CheckFailed(f"no merged checkpoint was written ({merged})")
+        raise ValidationFailed(f"no merged checkpoint was written ({merged})")
     try:
-        hm, om = _layout(merged)
-        hb, ob = _layout(base)
+        hm, om = layout(merged)
+        hb, ob = layout(base)
     except Exception as e:
-        raise CheckFailed(f"merged checkpoint does not load: {e}") from None
+        raise ValidationFailed(f"merged checkpoint does not load: {e}") from None
     mk, bk = set(hm), set(hb)
     missing = {k for k in bk if k.startswith(UNET_PREFIX)} - mk
     if missing:
-        raise CheckFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
+        raise ValidationFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
     changed_unet, problem = 0, None
     with (
         open(merged, "rb") as fm,
@@ -176,16 +145,16 @@ def check_merged(merged: Path, base: Path) -> dict:
                 problem = f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net"
                 break
     if problem:
-        raise CheckFailed(problem)
+        raise ValidationFailed(problem)
     if changed_unet == 0:
-        raise CheckFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
+        raise ValidationFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}
 
 
 def dropped_markers(base: Path, merged: Path, keys: tuple[str, ...]) -> list[str]:
     """The base's marker keys (``v_pred``, ``ztsnr``) that the merged file lacks."""
-    hb, _ = _layout(base)
-    hm, _ = _layout(merged)
+    hb, _ = layout(base)
+    hm, _ = layout(merged)
     return [k for k in keys if k in hb and k not in hm]
 
 
@@ -195,7 +164,7 @@ def carry_marker_keys(base: Path, merged: Path, dst: Path, missing: list[str]) -
     Header-level: the merged file's tensor bytes are copied as they are and the markers appended, so a
     checkpoint of gigabytes is never loaded.
     """
-    hb, ob = _layout(base)
+    hb, ob = layout(base)
     with open(merged, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))

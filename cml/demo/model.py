@@ -1,60 +1,17 @@
 """Builds the demo checkpoints (run as a child process in sd-scripts' Python: cml's own process never imports torch).
 
-    python -m cml.demo_model sd15 OUT.safetensors
-    python -m cml.demo_model sdxl OUT.safetensors
+    python -m cml.demo.model sd15 OUT.safetensors
+    python -m cml.demo.model sdxl OUT.safetensors
 
 No real weights can be downloaded here, and sd-scripts' U-Nets have fixed channel sizes, so the demo
-models are full size with weights that are random or set by hand. What the SD1.5 demo model is, and why:
+models are full size with weights that are random or set by hand. The SD1.5 demo model:
 
-**VAE, set by hand** (``hand_built_vae``). A random VAE cannot decode what a U-Net learned: the copy check
-gave SSIM 0.04 with and without the copy LoRA. This one is an ``AutoencoderKL`` with the SD config whose
-residual branches and attention outputs are zero, whose shortcuts are identities, whose down-sampling
-convs are 2x2 box filters and whose up-sampling convs are 3x3 [1 2 1]/4 smoothing filters; GroupNorm
-biases of +20 keep SiLU linear (taken off again in the next conv's bias). It returns an image at 1/8
-resolution, smoothly upsampled (per-channel correlation 0.98-0.99 with A's box-downsampled version at
-64-128 px), keeps gray exactly gray, and is linear (round trip of 0.5 x A = 0.5 x round trip of A within
-0.001). Linear, because the GroupNorm before ``conv_out`` is made harmless: its group holds each colour
-channel, its negative (the means cancel) and a constant channel K = 50 (it sets the variance), so it no
-longer rescales each image. The first hand-built VAE let GroupNorm normalise every image: gray(A) was
-then rescaled against A, and the diff LoRA's weight sweep lost A's luminance structure (luminance SSIM
-0.72-0.83 against weight 0). ``quant_conv`` scales the latents so that, times sd-scripts' 0.18215, they
-have about unit variance like a real SD VAE's: with the first hand-built VAE they were ~0.1, the noise
-drowned A, and a copy LoRA reached a low loss without learning A (400 steps, loss 0.05, copy-check SSIM
-0.11-0.15).
+- a hand-built VAE (``hand_built_vae``): linear, returns the image at 1/8 resolution, keeps gray gray;
+- a random U-Net with an identity path (``identity_path_unet``): channels 0-3 carry x_t from input to output,
+  so the base predicts eps = x_t (draws flat gray) and a LoRA writes its corrections there;
+- a random CLIP ViT-L text encoder (the empty prompt is all the demo uses), its final LayerNorm given a bias.
 
-**U-Net, random with an identity path** (``identity_path_unet``). Measured at 64 px with sd-scripts'
-LoRA (dim 16, lr 1e-3, cosine, 1 image), copy-check SSIM to A's round trip at seeds 1/2/3 (DDIM 20 steps):
-
-- plain random U-Net, 150 steps: 0.17 / 0.43 / 0.41; 400 steps: 0.22 / 0.49 / 0.77 (loss 0.08-0.10).
-  The loss by timestep shows why: even at t = 900 it stays ~0.12, where predicting eps = x_t alone
-  gives ~0.02. A rank-16 LoRA on the attention layers cannot turn a random network into an identity,
-  so every seed's starting noise shows through.
-- min-SNR weighting (gamma 5): no change (200 steps: 0.30 / 0.57 / 0.58). 8 copies of A per step
-  (batch 8, 80 steps, same wall time as 200 steps): no better (0.28 / 0.51 / 0.51).
-- **identity path**: channels 0-3 of the residual stream carry x_t from ``conv_in`` to ``conv_out``
-  through every block; the random branches (ResNet ``conv2``, attention ``proj_out``, shortcuts) write
-  only into channels 10 and up, channels 4-9 stay empty (the rest of the output GroupNorm's first group).
-  The base model predicts eps = x_t: it knows nothing of images (through the linear VAE below, its
-  samples are flat gray), and a LoRA writes its corrections into channels 0-3. 150 steps: 0.36 / 0.96 / 0.68 (DDIM); 300 steps:
-  0.35 / 1.00 / 0.81 (loss 0.025). Seed 1 stayed far off: DDIM is deterministic, so whatever part of
-  the starting noise the LoRA does not remove stays in the image.
-- **an ancestral sampler** (gen_img's ``euler_a``: fresh noise at every step, so no seed's start is carried
-  to the end), same LoRAs, seeds 1-4: 150 steps 0.87 / 0.88 / 0.87 / 0.83; 300 steps 0.93 / 0.97 /
-  0.95 / 0.91 (DDIM 50 steps and Euler 20 steps: as DDIM 20). The demo preset uses it.
-
-What ``make demo`` measured with all of this (presets/demo.toml: 200 copy steps, 60 diff steps, euler_a 15
-steps; README, Measured): copy check SSIM 0.948 / 0.981 / 0.938 with the copy LoRA, 0.38 for the base's
-flat gray; the grayscale diff LoRA on the copy machine model: saturation 0.09x at +1 and 1.55x at -1,
-luminance SSIM against weight 0 of 0.88 at +1 and 0.67 at -1. With the earlier, normalising VAE (and 100
-diff steps, euler_a 20 steps) the same U-Net gave copy 0.90-0.97 and base 0.08-0.13 (noise, normalised),
-saturation 0.19x at +1, luminance SSIM 0.72-0.83.
-
-The early-loss method check (diff stage on B against the copy machine model vs the plain base) reads
-differently here than on the all-random model, whose base could not denoise at all (loss ~1, so any
-copy LoRA looked like a 6x head start): this base already predicts eps = x_t, and at small t the copy
-machine model's pull towards A costs it loss on B, so the two start close (0.30 vs 0.27 in the demo).
-
-The text encoder is random (CLIP ViT-L config): the empty prompt is all the demo uses.
+Why each is so, what was tried and what it measured: docs/demo-model.md.
 """
 
 from __future__ import annotations
@@ -196,7 +153,9 @@ def build_sd15(path: str) -> None:
     torch.manual_seed(0)
     unet = identity_path_unet(UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)))
     te = CLIPTextModel._from_config(clip_l_config())
-    meta = {"cml_demo": "random U-Net with an identity path, hand-built VAE (see cml/demo_model.py)"}
+    with torch.no_grad():  # as a trained CLIP's: a final LayerNorm without bias makes every token's mean exactly 0,
+        te.text_model.final_layer_norm.bias.normal_(0.0, 0.1)  # and gen_img's prompt-weight normalisation then 0 / 0 (NaN)
+    meta = {"cml_demo": "random U-Net with an identity path, hand-built VAE (see cml/demo/model.py)"}
     model_util.save_stable_diffusion_checkpoint(False, path, te, unet, None, 0, 0, meta, torch.float16, hand_built_vae())
 
 

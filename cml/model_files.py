@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cml.errors import InputError
 from cml.files import atomic_write
 from cml.paths import cache_root
+from cml.safetensors_file import nonfinite_tensors
 
 # Keys that only one family's single-file checkpoints have.
 SDXL_KEYS = ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.label_emb.0.0.weight")
@@ -91,6 +93,17 @@ def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = No
             vpred = sched.get("prediction_type") == "v_prediction"
         except (OSError, json.JSONDecodeError):
             pass
+        pickled = [
+            d.name
+            for d in sorted(path.iterdir())
+            if d.is_dir() and any(d.glob("*.bin")) and not any(d.glob("*.safetensors"))  # diffusers loads .safetensors first
+        ]
+        if pickled and not allow_pickle:
+            raise InputError(
+                f"the diffusers folder's {', '.join(pickled)} weights are pickled .bin files: loading them can run code hidden in them",
+                where,
+                "use a copy with .safetensors weights, or set allow_pickle = true if you trust its source",
+            )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return ModelInfo(path, "diffusers", family, vpred, size)
     size = path.stat().st_size
@@ -139,23 +152,50 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a base model, cached by (path, size, mtime): base models are gigabytes and users' own files."""
+HASH_CACHE_VERSION = 2
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What says a file is the same file, unchanged: size, mtime, and inode and ctime (a file rewritten in place
+    with its size and mtime restored still gets a new ctime; one swapped in by rename, a new inode)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _facts(path: Path) -> dict:
+    """Cached facts of a base model file (its sha256; for a checkpoint, its U-Net tensors holding NaN or Inf),
+    computed once per file version: base models are gigabytes and the user's own files. The cache drops entries
+    of files that no longer exist, so that removed and temporary files do not pile up."""
     cache_file = cache_root() / "sha256.json"
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = str(path.resolve())
     try:
         cache = json.loads(cache_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    cache[key] = sha256_of(path)
+        files = cache["files"] if cache.get("version") == HASH_CACHE_VERSION and isinstance(cache.get("files"), dict) else {}
+    except (OSError, ValueError, AttributeError, TypeError):
+        files = {}
+    entry = files.get(key)
+    if isinstance(entry, dict) and entry.get("identity") == _identity(st) and "sha256" in entry:
+        return entry
+    entry = {"identity": _identity(st), "sha256": sha256_of(path)}
+    if path.suffix.lower() == ".safetensors":
+        entry["nonfinite_unet"] = nonfinite_tensors(path, UNET_PREFIX)
+    files = {k: v for k, v in files.items() if Path(k).exists()}
+    files[key] = entry
     try:
-        atomic_write(cache_file, json.dumps(cache))
+        atomic_write(cache_file, json.dumps({"version": HASH_CACHE_VERSION, "files": files}))
     except OSError:
         pass  # a cache we cannot write only costs time
-    return cache[key]
+    return entry
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a base model (cached, see _facts)."""
+    return str(_facts(path)["sha256"])
+
+
+def nonfinite_unet_tensors(path: Path) -> list[str]:
+    """The U-Net tensors of a .safetensors checkpoint that hold NaN or Inf (cached, see _facts)."""
+    return list(_facts(path).get("nonfinite_unet", []))
 
 
 def model_identity(info: ModelInfo) -> str:

@@ -8,7 +8,7 @@
 - ``project.tar.gz``: this project's tracked files; ``manifest.json``: what is in it.
 
 ``make gpu-offline`` (there, no network) installs the wheels into a folder of their own with
-``python -m cml.bundle install`` (standard library only: nothing is installed yet), then runs
+``python -m cml.dev.bundle install`` (standard library only: nothing is installed yet), then runs
 ``make test-gpu`` and ``make bench-gpu``. Versions are the ones the CPU test suite passed with.
 """
 
@@ -24,7 +24,9 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from cml.dev import root
+
+ROOT = root()
 DEFAULT_DIR = ROOT / ".gpu-bundle"
 # Distributions the GPU run needs beyond a CUDA machine's usual PyTorch stack (torch, torchvision, numpy,
 # pillow, opencv-python-headless, tensorboard, rich, scikit-image, matplotlib, psutil, filelock, pytest):

@@ -1,0 +1,66 @@
+"""Which sd-scripts script runs each stage, and its exact argv (run with sd-scripts' folder as working directory)."""
+
+from __future__ import annotations
+
+import sys
+
+from cml.plan import Plan, Stage, merge_precision
+
+SCRIPTS = {
+    "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sd2": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sdxl": {"train": "sdxl_train_network.py", "merge": "networks/sdxl_merge_lora.py", "gen": "sdxl_gen_img.py"},
+}
+RESIZE_SCRIPT = "networks/resize_lora.py"
+NETWORK_MODULE = "networks.lora"
+# networks.lora with the --base_weights module-list fix (see cml/kohya/lora_fixed.py).
+FIXED_NETWORK_MODULE = "cml.kohya.lora_fixed"
+
+
+def save_precision(plan: Plan) -> str:
+    """The copy machine model keeps the base's precision: an fp16 base gives an fp16 model of the same size."""
+    return {"F16": "fp16", "BF16": "bf16"}.get(plan.inputs.model.dtype or "", "float")
+
+
+def stage_argv(plan: Plan, stage: Stage) -> list[str]:
+    """The exact argv of a stage, run with sd-scripts' folder as working directory."""
+    fam = plan.inputs.family
+    if stage.kind == "train":
+        return [sys.executable, SCRIPTS[fam]["train"], "--config_file", str(stage.dir / "train.toml")]
+    if stage.kind == "merge":
+        copy = plan.stage("copy")
+        prec = merge_precision(plan.preset, plan.inputs)
+        argv = [sys.executable, SCRIPTS[fam]["merge"]]
+        if fam == "sd2":
+            argv.append("--v2")
+        argv += [
+            "--sd_model",
+            str(stage.model),
+            "--models",
+            str(copy.output),
+            "--ratios",
+            "1.0",
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            prec,
+            "--save_precision",
+            save_precision(plan),
+        ]
+        return argv
+    if stage.kind == "resize":
+        return [
+            sys.executable,
+            RESIZE_SCRIPT,
+            "--model",
+            str(stage.model),
+            "--new_rank",
+            str(plan.preset.resize_to),
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--save_precision",
+            "fp16",
+            "--device",
+            "cuda" if plan.inputs.device == "cuda" else "cpu",
+        ]
+    raise ValueError(stage.kind)

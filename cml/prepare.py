@@ -1,0 +1,85 @@
+"""Preparing a run: preset -> config -> inputs -> plan, and every check that can be made before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cml.console import say
+from cml.inputs import load_inputs
+from cml.kohya.gui import gui_load_order, gui_problems
+from cml.kohya.options import check_extra
+from cml.kohya.scripts import SCRIPTS
+from cml.kohya.training import refuse_managed_extra
+from cml.paths import default_tokenizer_cache, submodule
+from cml.plan import Plan, build_plan
+from cml.preset import find_preset, load_preset
+from cml.preset.models import Preset
+from cml.rundir import check_run_dir, own_preset
+from cml.sdscripts import SdScripts, SdScriptsNotFound, check_tokenizers, commit_warning, locate
+
+
+def prepare(
+    preset_arg: str | Path,
+    sets: list[str] | None,
+    sd_option: str | None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    run_dir: Path | None = None,
+    need_sd: bool = True,
+) -> tuple[Plan, SdScripts]:
+    """Config -> inputs -> plan. Every input check happens here, before anything runs or is written.
+
+    need_sd=False (cml plan): without sd-scripts the plan names the submodule, and train.extra is not checked.
+    run_dir (cml check): the run folder as it is now, wherever it was moved; its name is not the preset's to judge.
+    """
+    preset_path = find_preset(preset_arg)
+    preset, digest = load_preset(preset_path, sets, overrides)
+    try:
+        sd = locate(sd_option)
+    except SdScriptsNotFound:
+        if need_sd:
+            raise
+        say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
+        sd = SdScripts(submodule() or Path("sd-scripts"), None, "not found", present=False)
+    w = commit_warning(sd) if sd.present else None
+    if w:
+        say(w)
+    inputs = load_inputs(preset)
+    for n in inputs.notes:
+        say(f"note: {n}")
+    plan = build_plan(preset, digest, inputs, sd.commit, run_dir=run_dir)
+    say(device_line(plan))
+    for st in plan.stages:
+        for n in st.notes:
+            say(f"note: {st.name}: {n}")
+    for problem in gui_problems(plan):
+        say(f"warning: {problem}")
+    for note in gui_load_order(plan):
+        say(f"note: {note}")
+    refuse_managed_extra(plan)
+    if sd.present:
+        check_extra(plan, sd, SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
+    check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
+    own = own_preset(preset_path, plan.run_dir)
+    check_run_dir(plan.run_dir, preset_file=None if own else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
+    return plan, sd
+
+
+def input_files(preset: Preset) -> list[Path]:
+    """The user's files a run reads: the run folder must not hold or contain them."""
+    out = [*preset.source, preset.base_model, *preset.check.models]
+    for t in preset.targets.values():
+        out += t.images
+    return out
+
+
+def device_line(plan: Plan) -> str:
+    """Where and how the training stages run, as the plan resolved it."""
+    g = plan.inputs.gpu
+    where = f"cuda ({g.describe()})" if g else plan.inputs.device
+    train = [s for s in plan.stages if s.settings is not None]
+    precs = sorted({s.train.precision for s in train})
+    opts = sorted({s.train.optimizer for s in train})
+    return f"device: {where}; precision {', '.join(precs)}; optimizer {', '.join(opts)}"

@@ -1,0 +1,116 @@
+"""Images from sd-scripts' own generator (gen_img.py / sdxl_gen_img.py), and A as the model's VAE returns it.
+
+One generator run per model file: every image the check needs of that model (copy check, sweeps of every
+target) is one prompt line, with the multiplier of each LoRA loaded into that run; lines are ordered so that
+gen_img batches those with equal multipliers.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from cml.errors import StageFailed
+from cml.kohya.scripts import NETWORK_MODULE, SCRIPTS
+from cml.paths import default_tokenizer_cache
+from cml.plan import Plan
+from cml.runner import indented, run_logged
+from cml.sdscripts import SdScripts, python_env
+
+# gen_img.py strips a prompt line before splitting off its " --" options, so an empty prompt followed by
+# options would swallow the first option as prompt text. "()" is an empty emphasis group: sd-scripts'
+# prompt parser turns it into exactly the empty prompt.
+EMPTY_PROMPT = "()"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image: a prompt, a seed, and the multiplier of each LoRA of the run (in the run's order)."""
+
+    prompt: str
+    seed: int
+    muls: tuple[float, ...]
+
+
+def prompt_line(job: Job) -> str:
+    muls = ",".join(f"{m}" for m in job.muls)
+    return f"{job.prompt.strip() or EMPTY_PROMPT} --d {job.seed} --am {muls}"
+
+
+def gen_argv(plan: Plan, model: Path, loras: list[Path], prompt_file: Path, outdir: Path) -> list[str]:
+    c = plan.preset.check
+    size = c.resolution or plan.preset.train.resolution
+    fam = plan.inputs.family
+    argv = [
+        sys.executable,
+        SCRIPTS[fam]["gen"],
+        "--ckpt",
+        str(model),
+        "--outdir",
+        str(outdir),
+        "--from_file",
+        str(prompt_file),
+        "--W",
+        str(size),
+        "--H",
+        str(size),
+        "--steps",
+        str(c.sampling_steps),
+        "--sampler",
+        c.sampler,
+        "--batch_size",
+        str(c.batch_size),
+        "--scale",
+        str(c.guidance_scale),
+        "--images_per_prompt",
+        "1",
+        "--sequential_file_name",
+        "--sdpa",
+        "--tokenizer_cache_dir",
+        str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
+    ]
+    if loras:
+        argv += ["--network_module", *[NETWORK_MODULE] * len(loras), "--network_weights", *map(str, loras), "--network_mul", *["1.0"] * len(loras)]
+    if fam == "sd2":
+        argv.append("--v2")
+    if plan.inputs.v_parameterization and fam != "sdxl":
+        argv.append("--v_parameterization")
+    if plan.inputs.device == "cuda":
+        argv.append("--fp16")
+    return argv
+
+
+def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path], jobs: list[Job], mode: str) -> dict[Job, Image.Image]:
+    """One gen_img run on ``model`` with ``loras`` loaded; the image of each job."""
+    work = plan.run_dir / "check" / "gen" / name
+    if work.exists():
+        for old in work.glob("im_*.png"):
+            old.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    order = sorted(set(jobs), key=lambda j: (j.muls, j.prompt, j.seed))  # equal multipliers together: gen_img batches them
+    prompts = work / "prompts.txt"
+    prompts.write_text("\n".join(prompt_line(j) for j in order) + "\n", encoding="utf-8")
+    res = run_logged(gen_argv(plan, model, loras, prompts, work), sd.path, python_env(sd), work / "log.txt", stream=mode == "verbose")
+    if res.returncode != 0:
+        tail = indented(res.tail)
+        raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
+    files = sorted(work.glob("im_*.png"))
+    if len(files) != len(order):
+        raise StageFailed(f"check: expected {len(order)} images from the generator, found {len(files)}", fix=f"see {work / 'log.txt'}")
+    return {j: Image.open(f).convert("RGB") for j, f in zip(order, files)}
+
+
+def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
+    """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference."""
+    out = plan.run_dir / "check"
+    a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
+    plan.inputs.source[0].image.convert("RGB").save(a_path)
+    argv = [sys.executable, "-m", "cml.kohya.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
+    res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", stream=mode == "verbose")
+    if res.returncode != 0 or not rt_path.is_file():
+        tail = indented(res.tail)
+        raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
+    return rt_path

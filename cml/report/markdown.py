@@ -1,0 +1,90 @@
+"""report.md, and the metrics table printed at the end of a check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cml.plan import Plan
+from cml.records import CheckMetrics, RunSummary, read
+
+
+def write_report(plan: Plan, r: CheckMetrics) -> Path:
+    rel = lambda p: Path(p).relative_to(plan.run_dir).as_posix()  # noqa: E731
+    c = r.settings
+    lines = [f"# {plan.preset.name}: check", ""]
+    summary = read(RunSummary, plan.run_dir / "run.json")
+    mc = summary.method_check if summary is not None else {}
+    if mc:
+        lines += ["## Method check (early diff-stage loss)", "", "| target | against the copy machine model | against the plain base |", "|---|---|---|"]
+        for t, entry in mc.items():
+            fmt = lambda v: f"{v:.4f}" if v is not None else "not measured (set baseline = true)"  # noqa: E731
+            lines.append(f"| {t} | {fmt(entry.get('against_copy_machine'))} | {fmt(entry.get('against_base'))} |")
+        lines.append("")
+    copy = r.copy_check or {}
+    lines += [
+        "## Copy check",
+        "",
+        "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed. "
+        "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better.",
+        "",
+        f"![copy check]({rel(copy['image'])})",
+        "",
+        "| seed | SSIM to A (VAE), base | SSIM to A (VAE), base + copy LoRA |",
+        "|---|---|---|",
+    ]
+    for s in copy["seeds"]:
+        lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
+    lines += [
+        "",
+        "## Weight sweeps",
+        "",
+        "Each diff LoRA at every weight, same seeds and prompts; on the copy machine model the change A -> B shows cleanest.",
+        "",
+    ]
+    lines += ["| sweep label | model |", "|---|---|"] + [f"| {label} | `{what}` |" for label, what in r.models.items()] + [""]
+    for g in r.grids:
+        lines += [f"![{Path(g).stem}]({rel(g)})", ""]
+    lines += ["## Metrics", ""]
+    for t, per_model in r.targets.items():
+        for m, per_weight in per_model.items():
+            keys = list(next(iter(per_weight.values())))
+            ratio = "mean_saturation" in keys and per_weight["0"]["mean_saturation"] > 0  # grayscale: x of weight 0's
+            head = keys + (["saturation vs weight 0"] if ratio else [])
+            lines += [f"### {t} on {m.replace('_', ' ')} (`{r.models.get(m, m)}`)", "", "| weight | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+            for w, vals in per_weight.items():
+                cells = [f"{vals[k]:.4f}" for k in keys]
+                if ratio:
+                    cells.append(f"{vals['mean_saturation'] / per_weight['0']['mean_saturation']:.2f}x")
+                lines.append(f"| {w} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += [
+        "## Training loss",
+        "",
+        f"![loss curves]({rel(r.loss_plot or '')})",
+        "",
+        "## Settings",
+        "",
+        f"Seeds {c['seeds']}, weights {c['weights']}, {c['sampling_steps']} sampling steps ({c['sampler']}), prompts {c['prompts']}. "
+        "Same seeds and settings give the same images.",
+        "",
+    ]
+    path = plan.run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def print_table(result: CheckMetrics) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    for t, per_model in result.targets.items():
+        for m, per_weight in per_model.items():
+            keys = list(next(iter(per_weight.values())))
+            table = Table(title=f"{t} on {m}")
+            table.add_column("weight")
+            for k in keys:
+                table.add_column(k)
+            for w, vals in per_weight.items():
+                table.add_row(w, *(f"{vals[k]:.4f}" for k in keys))
+            console.print(table)
