@@ -1,6 +1,7 @@
 # cml: Copy Machine LoRA training over kohya sd-scripts.
-#   make demo     the whole method on the demo model at 64 px, with its copy check and sweeps (CPU ok)
-#   make test     the test suite (sd-scripts tests skip, with the reason, when sd-scripts is absent)
+#   make demo       the whole method on the demo model at 64 px, with its copy check and sweep (CPU ok)
+#   make test       the fast tier of the tests, real sd-scripts training included (skips, with the reason, without it)
+#   make test-full  every test but SDXL's and the GPU's
 #   make grayscale A=a.png [B=b.png] MODEL=model.safetensors [OUT=runs]
 #   make test-gpu / make bench-gpu   on a CUDA machine: the article's recipe at 512 px (and SDXL at 1024 px)
 #   make gpu-bundle, then on a CUDA machine without network: make gpu-offline
@@ -24,20 +25,27 @@ CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
 TORCH_STAMP := $(VENV)/.torch-$(subst /,_,$(subst :,_,$(subst $(eval) ,_,$(subst ==,-,$(TORCH) $(TORCH_INDEX)))))
 
-.PHONY: setup setup-env sd-scripts demo test lint test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
+.PHONY: setup setup-env test-env sd-scripts demo test test-full test-deps lint test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
 
-## the Python environment: venv, torch, cml (editable) with its test tools; quick when done
+## the Python environment: venv, torch, cml (editable); quick when done
 setup-env: $(TORCH_STAMP) $(VENV)/.cml-installed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(TORCH_STAMP): | $(PY)
-	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q --no-compile $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	rm -f $(VENV)/.torch-* && touch $@
 
 $(VENV)/.cml-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-compile -e .
+	touch $@
+
+## the test tools (pytest, ruff, mypy), for make test and make lint
+test-env: setup-env $(VENV)/.cml-test-installed
+
+$(VENV)/.cml-test-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q --no-compile -e '.[test]'
 	touch $@
 
 ## sd-scripts at the pinned commit (submodule, or SD_SCRIPTS_SOURCE) and its pinned requirements
@@ -49,19 +57,27 @@ setup: sd-scripts
 demo: setup
 	$(CML) demo -o "$(OUT)"
 
-test: setup-env
+test-deps: test-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"
 	@$(PY) -m pip install -q --no-deps peft==0.14.0  # diffusers' LoRA loading, for the loader test; its needs come with sd-scripts'
+
+## the fast tier: unit tests, and one demo run on the real sd-scripts shared by the tests that read it
+test: test-deps
 	$(MAKE) lint PY=$(PY)
 	$(PY) -m pytest
 
+## everything but SDXL (make test-slow, alone: ~23 GB RAM) and the GPU tests (make test-gpu)
+test-full: test-deps
+	$(MAKE) lint PY=$(PY)
+	$(PY) -m pytest -m "not slow"
+
 ## ruff (lint and format) and mypy, configured in pyproject.toml
-lint: setup-env
+lint: test-env
 	$(PY) -m ruff check cml tests
 	$(PY) -m ruff format --check cml tests
 	$(PY) -m mypy
 
-test-slow: setup
+test-slow: test-deps
 	$(PY) -m pytest -m slow
 
 ## on a CUDA GPU: the article's recipe (SD1.5 512 px, 500 steps per stage; SDXL 1024 px); skips without CUDA
@@ -98,4 +114,4 @@ doctor: setup-env
 	$(CML) doctor
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .test-cache

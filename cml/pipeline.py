@@ -16,7 +16,7 @@ from cml.console import StageProgress, fmt_seconds, say
 from cml.device import gpu_memory
 from cml.errors import InputError, StageFailed
 from cml.files import atomic_path
-from cml.kohya.scripts import FIXED_NETWORK_MODULE, NETWORK_MODULE, stage_argv
+from cml.kohya.scripts import CML_NETWORK_MODULE, NETWORK_MODULE, script_label, stage_argv
 from cml.kohya.write import render, stage_images
 from cml.losses import early_loss, read_losses
 from cml.model_files import model_identity, sha256_of
@@ -159,10 +159,10 @@ def finish_output(plan: Plan, stage: Stage, produced: Path, facts: dict) -> None
             produced.replace(stage.output)
         return
     meta = provenance(plan, stage)
-    if read_metadata(produced).get("ss_network_module") == FIXED_NETWORK_MODULE:
-        # The file is a plain networks.lora LoRA; say which module trained it in cml's own key.
+    if read_metadata(produced).get("ss_network_module") == CML_NETWORK_MODULE:
+        # The file is a plain networks.lora LoRA (cml/kohya/lora.py); say which module trained it in cml's own key.
         meta["ss_network_module"] = NETWORK_MODULE
-        meta["cml_network_module"] = FIXED_NETWORK_MODULE
+        meta["cml_network_module"] = CML_NETWORK_MODULE
     with atomic_path(stage.output) as tmp:
         add_metadata(produced, tmp, meta)
     produced.unlink()
@@ -296,11 +296,11 @@ def run_script(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: 
                 "free space (or set output_dir on another disk), then re-run the same command: finished stages are kept",
             )
         raise StageFailed(
-            f"stage {stage.name} failed: {Path(argv[1]).name} exited with code {res.returncode}\n  last log lines:\n{tail}\n  full log: {stage.log_path}",
+            f"stage {stage.name} failed: {script_label(argv)} exited with code {res.returncode}\n  last log lines:\n{tail}\n  full log: {stage.log_path}",
             fix=fix,
         )
     if not produced.exists():
-        raise StageFailed(f"stage {stage.name}: {Path(argv[1]).name} exited 0 but wrote no {produced.name}", fix=f"see {stage.log_path}")
+        raise StageFailed(f"stage {stage.name}: {script_label(argv)} exited 0 but wrote no {produced.name}", fix=f"see {stage.log_path}")
     return validate_produced(plan, stage, produced), res.seconds
 
 

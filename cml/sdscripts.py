@@ -244,7 +244,9 @@ def install_requirements(sd: SdScripts, log=print) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     log(f"installing sd-scripts requirements ({req}) into {sys.prefix} ...")
-    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f.name])
+    # --no-compile: Python compiles what it imports, when it first imports it; compiling every file of transformers
+    # and diffusers at install time costs half a minute that no run needs
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-compile", "-r", f.name])
     os.unlink(f.name)
     if p.returncode != 0:
         raise CmlError(f"pip could not install sd-scripts' requirements (exit {p.returncode})", fix="see pip's output above")

@@ -163,13 +163,19 @@ def sd_scripts():
 
 @pytest.fixture(scope="session")
 def demo_assets(sd_scripts):
-    from cml.demo import cache_dir, demo_image, demo_sd15_checkpoint, tokenizer_dir
+    """The demo model, tokenizer and A, built once into the tests' cache (tests/test_zz_user_cache.py)."""
+    from cml.demo import demo_a, demo_sd15_checkpoint, tokenizer_dir
 
-    model = demo_sd15_checkpoint(sd_scripts.path)
-    a = cache_dir() / "demo-a.png"
-    if not a.exists():
-        demo_image().save(a)
-    return {"model": model, "tokenizer": tokenizer_dir(), "a": a}
+    return {"model": demo_sd15_checkpoint(sd_scripts.path), "tokenizer": tokenizer_dir(), "a": demo_a()}
+
+
+@pytest.fixture(scope="session")
+def demo_run(sd_scripts, demo_assets, tmp_path_factory):
+    """`cml demo`, what `make demo` runs: copy, merge, diff, then the check; shared by every test that reads it."""
+    tmp = tmp_path_factory.mktemp("demo")
+    r = run_cml("demo", "-o", str(tmp), timeout=2400)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {"dir": tmp / "demo", "result": r}
 
 
 def sd_preset(tmp: Path, assets: dict, **top) -> Path:

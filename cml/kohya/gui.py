@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from cml.kohya.scripts import FIXED_NETWORK_MODULE
+from cml.kohya.scripts import CML_NETWORK_MODULE
 from cml.kohya.training import mixed_precision, no_half_vae, zero_terminal_snr
 from cml.paths import default_tokenizer_cache
 from cml.plan import Plan, Stage
@@ -142,7 +142,7 @@ def gui_note(plan: Plan) -> str:
         lines.append(
             "- `network_module` of the in-memory diff stage: `gui.json` passes `--base_weights` in additional parameters, and "
             "plain sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's "
-            f"own runs use `{FIXED_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer "
+            f"own runs use `{CML_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer "
             '`merge = "checkpoint"` for GUI use.'
         )
     if sd1_v_prediction(plan):

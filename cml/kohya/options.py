@@ -60,5 +60,5 @@ def check_extra(plan, sd, script: str) -> None:
                 lines.append(f"{key!r} is not an option of {script}.py{hint}")
     if lines:
         raise InputError(
-            "train.extra: " + "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)"
+            "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from cml.plan import Plan, Stage, merge_precision
 
@@ -13,8 +14,10 @@ SCRIPTS = {
 }
 RESIZE_SCRIPT = "networks/resize_lora.py"
 NETWORK_MODULE = "networks.lora"
-# networks.lora with the --base_weights module-list fix (see cml/kohya/lora_fixed.py).
-FIXED_NETWORK_MODULE = "cml.kohya.lora_fixed"
+# networks.lora with the --base_weights module-list fix and an exact, faster forward (see cml/kohya/lora.py).
+CML_NETWORK_MODULE = "cml.kohya.lora"
+# sd-scripts' trainers with cml's exact speed-ups (see cml/kohya/train.py), run as `python -m`.
+CML_TRAINER = "cml.kohya.train"
 
 
 def save_precision(plan: Plan) -> str:
@@ -26,7 +29,10 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     """The exact argv of a stage, run with sd-scripts' folder as working directory."""
     fam = plan.inputs.family
     if stage.kind == "train":
-        return [sys.executable, SCRIPTS[fam]["train"], "--config_file", str(stage.dir / "train.toml")]
+        config = ["--config_file", str(stage.dir / "train.toml")]
+        if plan.preset.speedups:
+            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *config]
+        return [sys.executable, SCRIPTS[fam]["train"], *config]
     if stage.kind == "merge":
         copy = plan.stage("copy")
         prec = merge_precision(plan.preset, plan.inputs)
@@ -64,3 +70,10 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
             "cuda" if plan.inputs.device == "cuda" else "cpu",
         ]
     raise ValueError(stage.kind)
+
+
+def script_label(argv: list[str]) -> str:
+    """The sd-scripts script a stage's argv runs, for messages: "train_network.py", also when cml's trainer runs it."""
+    if argv[1:2] == ["-m"] and argv[2] == CML_TRAINER:
+        return f"{argv[3]}.py"
+    return Path(argv[1]).name

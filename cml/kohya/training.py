@@ -7,7 +7,7 @@ Everything here is data built from a Plan; nothing runs or is written. TOML is w
 from __future__ import annotations
 
 from cml.errors import InputError
-from cml.kohya.scripts import FIXED_NETWORK_MODULE, NETWORK_MODULE
+from cml.kohya.scripts import CML_NETWORK_MODULE, NETWORK_MODULE
 from cml.paths import default_tokenizer_cache
 from cml.plan import Plan, Stage
 
@@ -110,6 +110,12 @@ def training_toml(plan: Plan, stage: Stage) -> dict:
     return {**managed_options(plan, stage), **stage.train.extra}
 
 
+def network_module(plan: Plan, stage: Stage) -> str:
+    """cml's networks.lora (the --base_weights fix; an exact, faster forward) where speed-ups are on or the fix is
+    needed; sd-scripts' own otherwise. Either way the file written is a plain networks.lora LoRA."""
+    return CML_NETWORK_MODULE if plan.preset.speedups or stage.base_weights else NETWORK_MODULE
+
+
 def managed_options(plan: Plan, stage: Stage) -> dict:
     """The training options cml writes for a stage (train.extra not included)."""
     s = stage.train
@@ -121,7 +127,7 @@ def managed_options(plan: Plan, stage: Stage) -> dict:
         "output_name": stage.output.stem,
         "save_model_as": "safetensors",
         "save_precision": "fp16",
-        "network_module": FIXED_NETWORK_MODULE if stage.base_weights else NETWORK_MODULE,
+        "network_module": network_module(plan, stage),
         "network_dim": s.dim,
         "network_alpha": float(s.alpha),
         "network_train_unet_only": True,

@@ -311,6 +311,10 @@ class Preset(Base):
     """Where to train; auto = CUDA when available."""
     tokenizer_cache_dir: ResolvedPath | None = None
     """sd-scripts --tokenizer_cache_dir; empty means cml's user cache (offline after the first run)."""
+    speedups: bool = True
+    """Train with cml's exact speed-ups (cml/kohya/train.py: the text encoder's output computed once, no device sync
+    per parameter in 8-bit optimizers, no multiplies by 1.0): the same LoRA as sd-scripts' own train_network.py, bit
+    for bit. false runs train_network.py itself."""
     allow_pickle: bool = False
     """Allow a .ckpt base model: sd-scripts unpickles it, which can run code. Prefer .safetensors."""
     baseline: bool = False

@@ -36,7 +36,8 @@ def arg(name: str) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
 
 
-def main(script: str) -> int:
+def main(script: str, via: str = "") -> int:
+    """``via``: the module that ran this trainer (cml.kohya.train), written to FAKE_CALLS."""
     mode = os.environ.get("FAKE_MODE", "ok")
     if script.endswith("train_network.py"):
         cfg = tomllib.loads(Path(arg("--config_file")).read_text())
@@ -51,7 +52,7 @@ def main(script: str) -> int:
     calls = os.environ.get("FAKE_CALLS")
     if calls:
         with open(calls, "a") as f:
-            f.write(f"{script} {stage} {os.getpid()}\n")
+            f.write(f"{script} {stage} {os.getpid()} {via or '-'}\n")
     if mode == "stubborn":  # before anything is printed: a test that sees output knows the handlers are in place
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

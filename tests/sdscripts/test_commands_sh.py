@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from cml.outputs import read_metadata
 from tests.conftest import run_cml
 from tests.conftest import sd_preset as preset
+
+pytestmark = pytest.mark.full  # the full tier: `make test-full`
 
 # ss_* keys that differ between two trainings of the same settings: times, ids, the paths of the run folder, and the
 # hash of the model trained against (the copy machine model is itself a training output: on a CPU, two trainings with

@@ -5,6 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.full  # the full tier: `make test-full`
+
 
 @pytest.fixture(scope="module")
 def torch_sd(sd_scripts):

@@ -1,6 +1,7 @@
-"""End to end on the real sd-scripts: the SD1.5-architecture demo model at 64 px on the CPU.
-
-Each run costs minutes, so runs are module fixtures shared by the tests that read them.
+"""End to end on the real sd-scripts, the full tier (`make test-full`): both merge modes, two targets on one copy
+machine, resize, the module-list defect cml works around, resume after an interrupt, the check run again.
+The SD1.5-architecture demo model at 64 px on the CPU; each run costs minutes, so runs are module fixtures shared by
+the tests that read them. The demo itself (the fast tier) is tests/sdscripts/test_demo.py.
 """
 
 import json
@@ -14,9 +15,12 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cml.outputs import read_metadata, validate_lora
+from cml.outputs import read_metadata
+from cml.records import StageRecord, read
 from tests.conftest import ROOT, read_json, run_cml
 from tests.conftest import sd_preset as preset
+
+pytestmark = pytest.mark.full  # the full tier: `make test-full`
 
 
 def run_ok(p: Path, *args: str) -> subprocess.CompletedProcess:
@@ -63,33 +67,67 @@ def test_two_targets_share_one_copy_machine(checkpoint_run):
 
 
 @pytest.mark.parametrize("target", ["grayscale", "invert"])
-def test_final_loras_pass_checks_and_carry_provenance(checkpoint_run, target):
-    lora = checkpoint_run["dir"] / f"diff-{target}" / f"{target}.safetensors"
-    summary = validate_lora(lora, 16, 16.0)
-    assert summary.modules == 192 and all(k.startswith("lora_unet_") for k in summary.keys)  # U-Net only, SD1.5 attention
+def test_final_loras_carry_provenance_and_their_records_hold(checkpoint_run, target):
+    d = checkpoint_run["dir"]
+    lora = d / f"diff-{target}" / f"{target}.safetensors"
+    rec = read(StageRecord, d / f"diff-{target}" / "record.json")
+    assert rec is not None and rec.lora_modules == 192  # U-Net only, SD1.5 attention
+    import hashlib
+
+    assert rec.output_sha256 == hashlib.sha256(lora.read_bytes()).hexdigest() and rec.output_size == lora.stat().st_size
     meta = read_metadata(lora)
     assert meta["ss_network_dim"] == "16" and meta["ss_network_alpha"] in ("16.0", "16")
-    assert meta["cml_target"] == target and meta["cml_merge_mode"] == "checkpoint"
+    assert meta["cml_target"] == target and meta["cml_merge_mode"] == "checkpoint" and meta["cml_fingerprint"] == rec.fingerprint
     assert meta["cml_base_model_hash"].startswith("sha256:") and len(json.loads(meta["cml_images_sha256"])["A"][0]) == 64
     assert meta["cml_sd_scripts_commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
 
 
-def test_the_copy_machine_is_really_used(checkpoint_run):
-    """Both targets' method check is measured, and the copy stage learned A. (That the copy machine model draws A
-    and the diff LoRA learns A -> B is asserted on images: the test_demo_* tests.)"""
-    check = read_json(checkpoint_run["dir"] / "run.json")["method_check"]
-    for target in ("grayscale", "invert"):
-        cm, base = check[target]["against_copy_machine"], check[target]["against_base"]
-        assert cm is not None and base is not None and cm > 0 and base > 0
-    copy_losses = read_json(checkpoint_run["dir"] / "copy" / "record.json")["losses"]
-    assert sum(copy_losses[-10:]) / 10 < sum(copy_losses[:10]) / 10  # the copy stage learned A
+def test_the_copy_machine_model_is_the_base_plus_the_copy_lora_and_the_diffs_trained_on_it(checkpoint_run, sd_scripts, demo_assets):
+    """The merged file differs from the base by exactly the copy LoRA (up @ down x alpha/dim, read back through
+    sd-scripts' own key conversion), and each diff stage names that file and its bytes."""
+    import torch
+    from safetensors.torch import load_file
+
+    if str(sd_scripts.path) not in sys.path:
+        sys.path.insert(0, str(sd_scripts.path))
+    from library import model_util
+
+    d = checkpoint_run["dir"]
+    merged_path = d / "merge" / "copy_machine.safetensors"
+    merge_rec = read(StageRecord, d / "merge" / "record.json")
+    assert merge_rec is not None
+    for t in ("grayscale", "invert"):
+        rec = read(StageRecord, d / f"diff-{t}" / "record.json")
+        assert rec is not None and rec.inputs == {"merge": merge_rec.output_sha256}
+        assert str(merged_path) in (d / f"diff-{t}" / "train.toml").read_text()
+
+    cfg = model_util.create_unet_diffusers_config(False)
+
+    def unet(path):
+        sd = {k: v for k, v in load_file(str(path)).items() if k.startswith("model.diffusion_model.")}
+        return model_util.convert_ldm_unet_checkpoint(False, sd, cfg)
+
+    base, merged = unet(demo_assets["model"]), unet(merged_path)
+    lora = load_file(str(d / "copy" / "copy.safetensors"))
+    modules = sorted({k.split(".")[0] for k in lora})
+    assert len(modules) == 192
+    checked = 0
+    for name in modules[::24]:  # a sample across the U-Net's blocks
+        key = next(k for k in base if k.endswith(".weight") and "lora_unet_" + k.removesuffix(".weight").replace(".", "_") == name)
+        up, down = lora[f"{name}.lora_up.weight"].float(), lora[f"{name}.lora_down.weight"].float()
+        scale = float(lora[f"{name}.alpha"]) / down.shape[0]
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(base[key].shape) * scale
+        got = merged[key].float() - base[key].float()
+        assert torch.allclose(got, delta, atol=2e-3, rtol=1e-2), f"{key}: merged - base is not the copy LoRA"
+        assert delta.abs().max() > 1e-4
+        checked += 1
+    assert checked == 8
 
 
 def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_memory_run, checkpoint_run):
     d = in_memory_run["dir"]
     assert not (d / "merge").exists()
     lora = d / "diff-grayscale" / "grayscale.safetensors"
-    validate_lora(lora, 16, 16.0)
     with safe_open(str(lora), "numpy") as f:
         mem_keys = set(f.keys())
     with safe_open(str(checkpoint_run["dir"] / "diff-grayscale" / "grayscale.safetensors"), "numpy") as f:
@@ -102,8 +140,11 @@ def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_me
 def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
     d = in_memory_run["dir"]
     small = d / "resize-grayscale" / "grayscale_r4.safetensors"
-    s = validate_lora(small, 4, 4.0, resized=True)  # resize_lora.py keeps alpha/dim: 16/16 * 4
-    assert s.modules == 192
+    with safe_open(str(small), "numpy") as f:
+        downs = {k: f.get_tensor(k).shape[0] for k in f.keys() if k.endswith("lora_down.weight")}
+        alphas = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
+    assert len(downs) == 192 and max(downs.values()) == 4  # rank 4 (resize_lora.py's rank-1 stand-ins aside)
+    assert alphas <= {4.0, 0.25}  # alpha/dim kept: 16/16 x 4, or x 1 for a stand-in
     assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
     assert read_metadata(small)["cml_stage"] == "resize-grayscale"
     assert read_metadata(small)["cml_trained_against"] == "copy machine model"  # a resized diff LoRA is still a diff
@@ -153,115 +194,15 @@ def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     assert "[1/3] copy: up to date, skipped" in again.stderr and "[2/3] merge: up to date, skipped" in again.stderr
     assert read_json(run / "copy" / "record.json") == copy_rec and read_json(run / "merge" / "record.json") == merge_rec
     assert read_json(run / "run.json")["stages_run"] == ["diff-grayscale"]
-    validate_lora(run / "diff-grayscale" / "grayscale.safetensors", 16, 16.0)
+    assert read(StageRecord, run / "diff-grayscale" / "record.json") is not None  # finished and validated by cml
 
 
-# What `make demo` measured on this 2-core CPU (presets/demo.toml on the demo model of cml/demo/model.py;
-# README, Measured), and the floors these tests hold it to, a margin from the measurement.
-COPY_SSIM_MIN = 0.85  # copy check, SSIM to A's VAE round trip with the copy LoRA, every seed (measured 0.938-0.981)
-BASE_SSIM_MAX = 0.45  # ... with the base model alone, which draws flat gray (measured 0.379-0.382: SSIM's mean
-#                       and contrast terms give a flat image that much; the issue's goal was <= 0.3)
-GRAY_AT_PLUS_1_MAX = 0.3  # mean saturation at weight +1, x that at 0, on the copy machine model (measured 0.09)
-MORE_COLOUR_AT_MINUS_1_MIN = 1.2  # ... at weight -1 (measured 1.55)
-LUMA_SSIM_PLUS_1_MIN = 0.8  # luminance SSIM of weight +1 against weight 0 (measured 0.883)
-LUMA_SSIM_MINUS_1_MIN = 0.55  # ... of weight -1 (measured 0.672: doubled colour clips, and clipping moves luminance)
-
-
-@pytest.fixture(scope="module")
-def demo_run(sd_scripts, demo_assets, tmp_path_factory):
-    """`cml demo`, what `make demo` runs: every stage, then the check."""
-    tmp = tmp_path_factory.mktemp("demo")
-    r = run_cml("demo", "-o", str(tmp), "--quiet", timeout=2400)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return {"dir": tmp / "demo", "result": r}
-
-
-def test_demo_copy_lora_gives_back_a_at_every_seed(demo_run):
-    copy = read_json(demo_run["dir"] / "check" / "metrics.json")["copy_check"]
-    assert len(copy["seeds"]) >= 3
-    for s in copy["seeds"]:
-        assert s["ssim_copy_lora"] >= COPY_SSIM_MIN, f"seed {s['seed']}: copy LoRA SSIM {s['ssim_copy_lora']:.3f}"
-        assert s["ssim_base"] <= BASE_SSIM_MAX, f"seed {s['seed']}: the base alone already draws A ({s['ssim_base']:.3f})"
-
-
-def test_demo_grayscale_diff_lora_desaturates_the_copy_machine_and_keeps_its_content(demo_run):
-    per_weight = read_json(demo_run["dir"] / "check" / "metrics.json")["targets"]["grayscale"]["copy_machine"]
-    sat = {w: v["mean_saturation"] for w, v in per_weight.items()}
-    assert sat["1"] <= GRAY_AT_PLUS_1_MAX * sat["0"], sat
-    assert sat["-1"] >= MORE_COLOUR_AT_MINUS_1_MIN * sat["0"], sat  # negative weight: the opposite direction
-    assert per_weight["1"]["luminance_ssim_vs_0"] >= LUMA_SSIM_PLUS_1_MIN, per_weight
-    assert per_weight["-1"]["luminance_ssim_vs_0"] >= LUMA_SSIM_MINUS_1_MIN, per_weight
-
-
-def test_demo_method_check_is_measured_and_reported(demo_run):
-    """The early-loss comparison is measured and in the report. On this model it is no head start (measured
-    0.30 vs 0.27): the base already predicts eps = x_t, and at small t the copy machine's pull to A costs it on B."""
-    m = read_json(demo_run["dir"] / "run.json")["method_check"]["grayscale"]
-    assert 0 < m["against_copy_machine"] < 1 and 0 < m["against_base"] < 1, m
-    assert f"| grayscale | {m['against_copy_machine']:.4f} | {m['against_base']:.4f} |" in (demo_run["dir"] / "report.md").read_text()
-
-
-def test_demo_report_grids_and_the_same_images_again(demo_run):
-    """The report links every figure; grids have their shape; a second check gives the same images (fixed seeds)."""
+def test_check_again_gives_the_same_images(demo_run):
+    """Fixed seeds: `cml check` run again on the demo's run folder draws the same images, byte for byte."""
     from PIL import Image
 
-    from cml.report.figures import HEADER_H, LABEL_W, cell_scale
-
-    run = demo_run["dir"]
-    assert f"grid: {run / 'check'}" in demo_run["result"].stderr and f"report: {run / 'report.md'}" in demo_run["result"].stderr
-    metrics = read_json(run / "check" / "metrics.json")
-    c = metrics["settings"]
-    rows, cols, size = len(c["prompts"]) * len(c["seeds"]), len(c["weights"]), 64
-    k = cell_scale(size)
-    assert len(metrics["grids"]) == 2  # the copy machine model and the plain demo model
-    for g in metrics["grids"]:
-        assert Image.open(g).size == (LABEL_W + cols * size * k, HEADER_H + rows * size * k)
-    per_model = metrics["targets"]["grayscale"]
-    assert list(per_model) == ["copy_machine", "demo-sd15-v2"]
-    for per_weight in per_model.values():
-        assert list(per_weight) == [f"{w:g}" for w in c["weights"]]
-        assert all({"mean_saturation", "luminance_ssim_vs_0"} == set(v) for v in per_weight.values())
-    report = (run / "report.md").read_text()
-    import re
-
-    links = re.findall(r"\]\(([^)]+)\)", report)
-    assert len(links) == 4 and all((run / link).is_file() for link in links)  # copy check, 2 sweeps, losses
-    assert "saturation vs weight 0" in report and "SSIM to A (VAE)" in report
-    first = [Image.open(f).tobytes() for f in sorted((run / "check" / "gen" / "copy").glob("im_*.png"))]
-    again = run_cml("check", str(run), "--quiet", timeout=1200)
+    gen = demo_run["dir"] / "check" / "gen"
+    first = {p.relative_to(gen): Image.open(p).tobytes() for p in sorted(gen.rglob("im_*.png"))}
+    again = run_cml("check", str(demo_run["dir"]), "--quiet", timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    second = [Image.open(f).tobytes() for f in sorted((run / "check" / "gen" / "copy").glob("im_*.png"))]
-    assert first == second  # fixed seeds: the same images
-
-
-def test_diff_lora_loads_in_diffusers_every_key_used(checkpoint_run, sd_scripts):
-    """diffusers' own kohya-LoRA converter maps every key to a U-Net module; weight 1 changes the output, weight 0 not."""
-    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft: `pip install peft==0.14.0` (make test does)")
-    import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
-    from safetensors.torch import load_file
-
-    if str(sd_scripts.path) not in sys.path:
-        sys.path.insert(0, str(sd_scripts.path))
-    from library import model_util
-
-    lora = load_file(str(checkpoint_run["dir"] / "diff-grayscale" / "grayscale.safetensors"))
-    converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(lora))  # raises on a key it cannot map
-    assert converted and all(k.startswith("unet.") for k in converted)
-    kohya_modules = {k.split(".", 1)[0] for k in lora}
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)).eval()
-    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 768)
-    with torch.no_grad():
-        base = unet(x, t, ctx).sample
-        unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas, adapter_name="diff")
-        injected = [n for n, m in unet.named_modules() if "diff" in getattr(m, "lora_A", {})]
-        assert len(injected) == len(kohya_modules), f"{len(kohya_modules)} kohya modules, {len(injected)} U-Net modules got one"
-        unet.set_adapters(["diff"], weights=[0.0])
-        zero = unet(x, t, ctx).sample
-        unet.set_adapters(["diff"], weights=[1.0])
-        one = unet(x, t, ctx).sample
-    assert torch.allclose(zero, base, atol=1e-6)
-    assert (one - base).abs().max() > 1e-4
+    assert first and {p.relative_to(gen): Image.open(p).tobytes() for p in sorted(gen.rglob("im_*.png"))} == first

@@ -7,6 +7,8 @@ import pytest
 from cml import PINNED_SD_SCRIPTS_COMMIT
 from tests.conftest import run_cml
 
+pytestmark = pytest.mark.full  # the full tier: `make test-full`
+
 BIG = 4 * 2**20  # the search library's snapshots leave out files of 4 MiB and more
 
 

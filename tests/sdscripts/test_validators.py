@@ -81,7 +81,7 @@ def test_every_training_toml_key_is_an_option_with_an_acceptable_value(sd, tmp_p
         assert args.dataset_config == str(st.dir / "dataset.toml")
 
 
-def test_every_dataset_toml_passes_config_sanitizer(sd, write_preset, tmp_path):
+def test_every_dataset_toml_passes_config_sanitizer(sd, write_preset):
     from library.config_util import BlueprintGenerator, ConfigSanitizer, load_user_config
 
     plan = plan_for(write_preset(targets={"g": {"transform": "grayscale"}, "s": {"transform": "sepia"}}, train={"resolution": 64, "caption": "a photo"}))
@@ -118,7 +118,8 @@ def test_paths_round_trip_through_read_config_from_file(sd, tmp_path, write_pres
     assert args.output_dir == str(copy.work_dir) and Path(args.logging_dir) == copy.dir / "logs"
 
 
-def test_cml_bucket_rule_is_sd_scripts_bucket_manager(sd):
+@pytest.mark.usefixtures("sd")  # sd-scripts on the path
+def test_cml_bucket_rule_is_sd_scripts_bucket_manager():
     """cml.images.bucket refuses exactly the images BucketManager.select_bucket crashes on, and agrees on the rest."""
     import random
 
@@ -155,7 +156,8 @@ def test_train_extra_is_checked_against_the_trainers_own_parser(sd_scripts, writ
 
 
 @pytest.mark.parametrize("script", ["gen_img", "sdxl_gen_img"])
-def test_check_sampler_choices_are_gen_imgs_own(sd, script):
+@pytest.mark.usefixtures("sd")
+def test_check_sampler_choices_are_gen_imgs_own(script):
     """check.sampler offers exactly what gen_img.py / sdxl_gen_img.py accept, so a preset cannot fail mid-check."""
     from typing import get_args
 
@@ -165,7 +167,8 @@ def test_check_sampler_choices_are_gen_imgs_own(sd, script):
     assert list(get_args(Sampler)) == list(action.choices)
 
 
-def test_optimizer_names_are_sd_scripts_own_and_torchs(sd):
+@pytest.mark.usefixtures("sd")
+def test_optimizer_names_are_sd_scripts_own_and_torchs():
     """train.optimizer accepts what get_optimizer at the pinned commit runs: its own names (read from its source), and
     torch.optim's classes by their exact name, less those that cannot train a LoRA as sd-scripts calls them."""
     import ast

@@ -152,7 +152,7 @@ def test_adamw8bit_kept_where_the_probe_step_worked(write_preset):
     assert copy.settings.optimizer == "AdamW8bit" and copy.settings.precision == "bf16" and not copy.notes
 
 
-def test_gpu_memory_is_reported_before_each_training_stage(write_preset, fake_sd, tmp_path):
+def test_gpu_memory_is_reported_before_each_training_stage(write_preset, fake_sd):
     p = write_preset(device="auto")
     env = fake_env(A100)
     r = run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet", env=env)

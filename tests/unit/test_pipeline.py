@@ -180,7 +180,7 @@ def test_output_folder_not_writable(fake, write_preset, tmp_path):
         assert r.returncode == 2 and "output folder is not writable" in r.stderr
 
 
-def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch, tmp_path):
+def test_disk_space_is_checked_before_the_merge(write_preset, monkeypatch):
     import shutil
 
     from cml import pipeline
@@ -196,7 +196,7 @@ def test_disk_space_is_checked_before_the_merge(fake, write_preset, monkeypatch,
     assert "GiB needed" in e.value.line() and "in_memory" in e.value.line()
 
 
-def test_disk_space_check_comes_before_the_merge_runs(fake, write_preset, tmp_path):
+def test_disk_space_check_comes_before_the_merge_runs(write_preset, tmp_path):
     """Through the real pipeline: the merge stage refuses before merge_lora.py starts, after the copy ran."""
     code = (
         "import shutil, sys; shutil.disk_usage = lambda p: shutil._ntuple_diskusage(10, 10, 10)\n"
@@ -220,7 +220,7 @@ def test_in_memory_mode_runs_no_merge_and_records_the_module(fake, write_preset,
     assert r.calls == ["copy", "diff-grayscale", "resize-grayscale"]
     diff = tmp_path / "runs" / "t" / "diff-grayscale" / "grayscale.safetensors"
     meta = read_metadata(diff)
-    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora_fixed"
+    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora"
     assert (tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors").exists()
 
 
@@ -367,7 +367,7 @@ def test_a_non_finite_loss_stops_the_stage_within_a_few_steps(fake, write_preset
     assert r.calls == ["copy"] and not (tmp_path / "runs" / "t" / "copy" / "copy.safetensors").exists()
 
 
-def test_the_fp16_hint_names_precision(fake, write_preset):
+def test_the_fp16_hint_names_precision(write_preset):
     from cml.pipeline import diverged_cause, diverged_fix
     from tests.conftest import plan_for
 
@@ -417,7 +417,7 @@ def test_a_lora_with_its_fingerprint_is_adopted_without_its_record(fake, write_p
     assert "adopted" in json.loads(rec.read_text())
 
 
-def test_replacing_the_copy_lora_needs_force_and_names_what_would_be_lost(fake, write_preset, tmp_path):
+def test_replacing_the_copy_lora_needs_force_and_names_what_would_be_lost(fake, write_preset):
     p = two_targets(write_preset)
     assert fake(p).returncode == 0
     other = two_targets(write_preset, copy={"steps": 5})

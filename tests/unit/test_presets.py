@@ -1,5 +1,6 @@
 """Every shipped preset loads and plans (its model and images replaced by test files)."""
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -29,8 +30,20 @@ def test_preset_loads_and_plans(path, tmp_path, image_a):
     plan = plan_for(path, sets)
     assert [s.name for s in plan.stages][0] == "copy"
     assert {s.target for s in plan.stages if s.name.startswith("diff-")} == set(preset.targets)
-    files = render(plan, Path("/opt/sd-scripts"))
-    assert all(f.exists() for f in files)
+    render(plan, Path("/opt/sd-scripts"))
+    for st in plan.stages:  # what was written says this stage's run: its images, its model, its output
+        if st.kind == "train":
+            ds = tomllib.loads((st.dir / "dataset.toml").read_text())
+            images = Path(ds["datasets"][0]["subsets"][0]["image_dir"])
+            assert sorted(x.name for x in images.iterdir()) == [f"{i:03d}.png" for i in range(len(st.images))]
+            train = tomllib.loads((st.dir / "train.toml").read_text())
+            assert (train["pretrained_model_name_or_path"], train["output_name"], train["max_train_steps"]) == (str(st.model), st.output.stem, st.train.steps)
+            assert json.loads((st.dir / "gui.json").read_text())["output_name"] == st.output.stem
+        else:
+            assert json.loads((st.dir / "command.json").read_text())["argv"][1].endswith(".py")
+    sh = (plan.run_dir / "commands.sh").read_text()
+    assert all(f"# {st.name}: " in sh for st in plan.stages)
+    assert tomllib.loads((plan.run_dir / "preset.toml").read_text())["name"] == preset.name
 
 
 def test_grayscale_preset_is_the_articles_recipe(tmp_path, image_a):

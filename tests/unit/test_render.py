@@ -9,7 +9,7 @@ import toml  # the reader sd-scripts uses (0.10.2)
 from cml.errors import InputError
 from cml.inputs import load_inputs
 from cml.kohya.gui import gui_json
-from cml.kohya.scripts import FIXED_NETWORK_MODULE, stage_argv
+from cml.kohya.scripts import CML_NETWORK_MODULE, stage_argv
 from cml.kohya.training import dataset_toml, refuse_managed_extra, training_toml
 from cml.kohya.write import render
 from cml.plan import build_plan
@@ -65,7 +65,7 @@ def test_training_toml_has_the_articles_settings_with_correct_types(write_preset
     assert t["network_alpha"] == 16.0 and isinstance(t["network_alpha"], float)
     assert t["learning_rate"] == 1e-3 and isinstance(t["learning_rate"], float)
     assert (t["max_train_steps"], t["lr_scheduler"], t["lr_warmup_steps"]) == (500, "cosine", 0)
-    assert t["network_train_unet_only"] is True and t["network_module"] == "networks.lora"
+    assert t["network_train_unet_only"] is True and t["network_module"] == "cml.kohya.lora"  # networks.lora, exactly faster (cml/kohya/lora.py)
     assert t["mixed_precision"] == "no"  # CPU
     assert t["pretrained_model_name_or_path"] == str(p.preset.base_model)
 
@@ -87,8 +87,11 @@ def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
     p = plan_for(write_preset(merge="in_memory"))
     t = training_toml(p, p.stage("diff-grayscale"))
     assert t["base_weights"] == [str(p.stage("copy").output)] and t["base_weights_multiplier"] == [1.0]
-    assert t["network_module"] == FIXED_NETWORK_MODULE
-    assert training_toml(p, p.stage("copy"))["network_module"] == "networks.lora"
+    assert t["network_module"] == CML_NETWORK_MODULE
+    assert training_toml(p, p.stage("copy"))["network_module"] == CML_NETWORK_MODULE  # the exact speed-ups, on by default
+    plain = plan_for(write_preset(merge="in_memory", speedups=False))  # sd-scripts' own, but where the fix is needed
+    assert training_toml(plain, plain.stage("copy"))["network_module"] == "networks.lora"
+    assert training_toml(plain, plain.stage("diff-grayscale"))["network_module"] == CML_NETWORK_MODULE
     g = gui_json(p, p.stage("diff-grayscale"))
     assert g["additional_parameters"] == f"--base_weights {p.stage('copy').output}"
 
@@ -96,7 +99,9 @@ def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
 def test_exact_argv(write_preset):
     p = plan_for(write_preset(resize_to=4))
     copy, merge = p.stage("copy"), p.stage("merge")
-    assert stage_argv(p, copy) == [sys.executable, "train_network.py", "--config_file", str(copy.dir / "train.toml")]
+    assert stage_argv(p, copy) == [sys.executable, "-m", "cml.kohya.train", "train_network", "--config_file", str(copy.dir / "train.toml")]
+    plain = plan_for(write_preset(speedups=False))
+    assert stage_argv(plain, plain.stage("copy")) == [sys.executable, "train_network.py", "--config_file", str(plain.stage("copy").dir / "train.toml")]
     assert stage_argv(p, merge) == [
         sys.executable,
         "networks/merge_lora.py",
@@ -134,7 +139,7 @@ def test_sdxl_and_sd2_scripts(tmp_path, write_preset):
     from tests.conftest import make_checkpoint, plan_for
 
     x = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "xl.safetensors", "sdxl"))))
-    assert stage_argv(x, x.stage("copy"))[1] == "sdxl_train_network.py"
+    assert stage_argv(x, x.stage("copy"))[1:4] == ["-m", "cml.kohya.train", "sdxl_train_network"]
     assert stage_argv(x, x.stage("merge"))[1:6] == [
         "networks/sdxl_merge_lora.py",
         "--sd_model",
@@ -175,7 +180,7 @@ def test_render_writes_every_file_and_toml_reads_back(write_preset):
         else:
             assert json.loads((st.dir / "command.json").read_text())["argv"] == stage_argv(p, st)
     sh = (p.run_dir / "commands.sh").read_text()
-    assert "cd /opt/sd-scripts" in sh and "python train_network.py --config_file" in sh
+    assert "cd /opt/sd-scripts" in sh and "python -m cml.kohya.train train_network --config_file" in sh
     assert tomllib.loads((p.run_dir / "preset.toml").read_text())["name"] == "t"
 
 

@@ -317,7 +317,7 @@ def test_a_base_model_with_non_finite_unet_weights_is_refused_before_anything_ru
     assert r.calls == [] and not (tmp_path / "runs").exists()
 
 
-def test_nan_at_the_first_step_is_not_blamed_on_the_learning_rate(write_preset, tmp_path, fake):
+def test_nan_at_the_first_step_is_not_blamed_on_the_learning_rate(write_preset, fake):
     r = fake(str(write_preset()), mode="nanloss1")
     assert r.returncode == 1
     assert "training loss became nan at step 1/200" in r.stderr and "at the very first step" in r.stderr
@@ -473,7 +473,7 @@ def test_a_malformed_record_is_named_and_its_output_checked_again(write_preset, 
     assert json.loads(rec.read_text())["adopted"]
 
 
-def test_a_malformed_hash_cache_is_rebuilt(write_preset, tmp_path, fake):
+def test_a_malformed_hash_cache_is_rebuilt(write_preset, fake):
     from cml.paths import cache_root
 
     cache = cache_root() / "sha256.json"
@@ -486,7 +486,7 @@ def test_a_malformed_hash_cache_is_rebuilt(write_preset, tmp_path, fake):
 # ------------------------------------------------------------------ 10. stale trust of changed files
 
 
-def test_a_base_model_changed_in_place_with_size_and_mtime_restored_is_hashed_again(write_preset, tmp_path, fake, ckpt):
+def test_a_base_model_changed_in_place_with_size_and_mtime_restored_is_hashed_again(write_preset, fake, ckpt):
     p = write_preset()
     assert fake(str(p)).returncode == 0
     st = ckpt.stat()

@@ -1,0 +1,108 @@
+"""cml's exact speed-ups (cml/kohya/train.py, cml/kohya/lora.py) give the same LoRA as sd-scripts' own trainer,
+bit for bit, at the same seed; each is also checked on its own where it can be."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.conftest import run_cml
+from tests.conftest import sd_preset as preset
+
+
+@pytest.fixture(scope="module")
+def sd_path(sd_scripts):
+    if str(sd_scripts.path) not in sys.path:
+        sys.path.insert(0, str(sd_scripts.path))
+    return sd_scripts.path
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("merge", ["checkpoint", "in_memory"])
+def test_the_speedups_train_the_same_lora_bit_for_bit(demo_assets, tmp_path, merge):
+    """Copy and diff stages trained through cml's trainer and through train_network.py itself: the same tensors."""
+    out = {}
+    for speedups in (True, False):
+        d = tmp_path / str(speedups)
+        d.mkdir()
+        p = preset(d, demo_assets, speedups=speedups, merge=merge, copy={"steps": 4}, diff={"steps": 3})
+        r = run_cml("run", str(p), "--quiet", timeout=1800)
+        assert r.returncode == 0, r.stderr[-3000:]
+        run = d / "runs" / "e2e"
+        log = (run / "copy" / "log.txt").read_text()
+        assert ("-m cml.kohya.train train_network" in log) == speedups  # which trainer ran
+        out[speedups] = {name: load_file(str(run / name)) for name in ("copy/copy.safetensors", "diff-grayscale/grayscale.safetensors")}
+    for name, fast in out[True].items():
+        slow = out[False][name]
+        assert fast.keys() == slow.keys() and len(fast) == 576
+        assert all(np.array_equal(fast[k], slow[k]) for k in fast), f"{name}: the speed-ups changed the LoRA"
+
+
+def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
+    import torch
+    from networks import lora
+
+    from cml.kohya import lora as cml_lora  # patches networks.lora.LoRAModule.forward in this process
+
+    torch.manual_seed(0)
+    for org in (torch.nn.Linear(32, 48), torch.nn.Conv2d(8, 12, 3, padding=1)):
+        module = lora.LoRAModule("lora_unet_x", org, multiplier=1.0, lora_dim=4, alpha=4)
+        module.apply_to()
+        torch.nn.init.normal_(module.lora_up.weight)
+        x = torch.randn(2, 32) if isinstance(org, torch.nn.Linear) else torch.randn(2, 8, 6, 6)
+        for m in (1.0, 0.0, -0.25, 0.7):
+            module.multiplier = m
+            with torch.no_grad():
+                ours = module(x)
+                theirs = cml_lora._sd_scripts_forward(module, x)
+            assert torch.equal(ours, theirs), f"multiplier {m}"
+
+
+def test_the_text_encoder_output_is_kept_only_while_the_tokens_are_the_same(sd_path):
+    import torch
+
+    from cml.kohya.train import FixedTextEncoding
+
+    calls = []
+
+    class Encoding:
+        def encode_tokens(self, tokenize_strategy, models, tokens):
+            calls.append(tokens[0].clone())
+            return [tokens[0].float() * 2]
+
+    enc = FixedTextEncoding(Encoding())
+    a, b = torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 4]])
+    with torch.no_grad():
+        first = enc.encode_tokens(None, None, [a])
+        assert enc.encode_tokens(None, None, [a.clone()]) is first and len(calls) == 1  # the same tokens: kept
+        assert torch.equal(enc.encode_tokens(None, None, [b])[0], b.float() * 2) and len(calls) == 2  # others: encoded
+    enc.encode_tokens(None, None, [b])  # with gradients on (a text encoder that trains): always encoded
+    assert len(calls) == 3
+
+
+def test_an_8bit_step_without_a_sync_per_parameter_is_the_same(sd_path):
+    """bitsandbytes' AdamW8bit, its own step against cml's (on this machine's device: the sync is the only change)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import torch
+
+    from cml.kohya.train import unsynced_step
+
+    def train(step) -> list:
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(64, 16) * 0.1) for _ in range(3)] + [torch.nn.Parameter(torch.randn(16, 4096) * 0.1)]
+        opt = bnb.optim.AdamW8bit(ps, lr=1e-2)
+        for i in range(3):
+            for p in ps:
+                p.grad = torch.sin(p.detach() * (i + 1))
+            step(opt)
+        return [p.detach().clone() for p in ps]
+
+    try:
+        theirs = train(lambda o: o.step())
+    except Exception as e:  # no 8-bit optimizer on this device
+        pytest.skip(f"bitsandbytes' AdamW8bit does not step here: {type(e).__name__}: {e}")
+    ours = train(lambda o: unsynced_step(o))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
