@@ -1,7 +1,10 @@
 """Builds the demo checkpoints (run as a child process in sd-scripts' Python: cml's own process never imports torch).
 
-    python -m cml.demo.model sd15 OUT.safetensors
+    python -m cml.demo.model sd15 OUT.safetensors [IMAGE SIZE ROUNDTRIP.png]
     python -m cml.demo.model sdxl OUT.safetensors
+
+With IMAGE, SIZE and ROUNDTRIP, the sd15 builder also writes IMAGE's round trip through the saved model's VAE
+(cml/kohya/vae_roundtrip.py, the copy check's reference), in the process that already has torch loaded.
 
 No real weights can be downloaded here, and sd-scripts' U-Nets have fixed channel sizes, so the demo
 models are full size with weights that are random or set by hand. The SD1.5 demo model:
@@ -195,3 +198,7 @@ BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl}
 
 if __name__ == "__main__":
     BUILDERS[sys.argv[1]](sys.argv[2])
+    if len(sys.argv) == 6:
+        from cml.kohya.vae_roundtrip import roundtrip
+
+        roundtrip(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])

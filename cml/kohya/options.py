@@ -59,6 +59,4 @@ def check_extra(plan, sd, script: str) -> None:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 lines.append(f"{key!r} is not an option of {script}.py{hint}")
     if lines:
-        raise InputError(
-            "; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)"
-        )
+        raise InputError("; ".join(sorted(set(lines))), "train.extra", "use option names as sd-scripts' --help lists them (without the leading --)")

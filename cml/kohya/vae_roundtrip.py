@@ -1,4 +1,4 @@
-"""Image A as the model's VAE gives it back: encode, then decode. Run by `cml check` in sd-scripts' Python.
+"""Image A as the model's VAE gives it back: encode, then decode. Run in sd-scripts' Python.
 
 No model can draw A better than its own VAE returns it, so the copy check measures against this
 round trip, not against A itself. The VAE is read with sd-scripts' own loader (``model_util.load_vae``:
@@ -12,8 +12,7 @@ from __future__ import annotations
 import sys
 
 
-def main(argv: list[str]) -> int:
-    model, image, size, out = argv[0], argv[1], int(argv[2]), argv[3]
+def roundtrip(model: str, image: str, size: int, out: str) -> None:
     import numpy as np
     import torch
     from library import model_util
@@ -27,6 +26,10 @@ def main(argv: list[str]) -> int:
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample
     pixels = ((y[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(out)
+
+
+def main(argv: list[str]) -> int:
+    roundtrip(argv[0], argv[1], int(argv[2]), argv[3])
     return 0
 
 

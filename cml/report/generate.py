@@ -7,6 +7,8 @@ gen_img batches those with equal multipliers.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,11 @@ from pathlib import Path
 from PIL import Image
 
 from cml.errors import StageFailed
+from cml.files import atomic_path
+from cml.images import pixel_sha256
 from cml.kohya.scripts import NETWORK_MODULE, SCRIPTS
-from cml.paths import default_tokenizer_cache
+from cml.model_files import model_identity
+from cml.paths import cache_root, default_tokenizer_cache
 from cml.plan import Plan
 from cml.runner import indented, run_logged
 from cml.sdscripts import SdScripts, python_env
@@ -103,14 +108,34 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path
     return {j: Image.open(f).convert("RGB") for j, f in zip(order, files)}
 
 
+def roundtrip_cache(model_identity: str, a: Image.Image, size: int) -> Path:
+    """Where A's VAE round trip is kept: a pure function of the model (its sha256), A's pixels and the size."""
+    key = hashlib.sha256(f"{ROUNDTRIP_VERSION}|{model_identity}|{pixel_sha256(a.convert('RGB'))}|{size}".encode()).hexdigest()[:32]
+    return cache_root() / "vae-roundtrip" / f"{key}.png"
+
+
+ROUNDTRIP_VERSION = "1"  # cml/kohya/vae_roundtrip.py's method: bump when it changes
+
+
 def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
-    """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference."""
+    """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference.
+    Kept in cml's cache: a re-check, or a run on the same model and A, reads it back."""
     out = plan.run_dir / "check"
+    a = plan.inputs.source[0].image
     a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
-    plan.inputs.source[0].image.convert("RGB").save(a_path)
+    a.convert("RGB").save(a_path)
+    cached = roundtrip_cache(model_identity(plan.inputs.model), a, size)
+    if cached.is_file():
+        shutil.copyfile(cached, rt_path)
+        return rt_path
     argv = [sys.executable, "-m", "cml.kohya.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
     res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", stream=mode == "verbose")
     if res.returncode != 0 or not rt_path.is_file():
         tail = indented(res.tail)
         raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
+    try:
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(rt_path, tmp)
+    except OSError:
+        pass  # a cache we cannot write only costs time
     return rt_path
