@@ -10,6 +10,7 @@ from cml.device import Gpu, resolve_device
 from cml.errors import ConfigErrors, InputError
 from cml.images import ORIENT, TRANSFORMS, LoadedImage, bucket, load_image, luminance_match, oriented
 from cml.model_files import ModelInfo, inspect_model, nonfinite_unet_tensors, resolve_family
+from cml.pairs import pair
 from cml.preset.models import Preset
 
 
@@ -84,7 +85,9 @@ def load_inputs(preset: Preset) -> Inputs:
             errors.append(e)
             return None
 
-    loaded = [load(p, f"source[{i}]") for i, p in enumerate(preset.source)]
+    pairing = pair(preset)  # A and each target's B, by order or by file name: every mismatch named at once
+    errors += [InputError(problem) for problem in pairing.problems]
+    loaded = [load(p, f"source[{i}]") for i, p in enumerate(pairing.sources)]
     seen: dict[str, int] = {}
     for i, s in enumerate(loaded):
         if s is None:
@@ -101,7 +104,9 @@ def load_inputs(preset: Preset) -> Inputs:
                 targets[name] = TargetInputs(name, [fn(s.image) for s in loaded if s], [f"transform:{t.transform}"] * len(loaded))
             continue
         imgs, hashes = [], []
-        for i, (p, a) in enumerate(zip(t.images, loaded)):
+        for i, (p, a) in enumerate(zip(pairing.b[name], loaded)):
+            if p is None:  # pair() found none: named in its problems
+                continue
             where = f"targets.{name}.images[{i}] {p}"
             b = load(p, f"targets.{name}.images[{i}]")
             if b is None or a is None:
@@ -131,6 +136,8 @@ def load_inputs(preset: Preset) -> Inputs:
             imgs.append(img)
             hashes.append(b.sha256)
         targets[name] = TargetInputs(name, imgs, hashes)
+    if pairing.problems:
+        errors.append(InputError("every A needs its B", None, "match them by file name, or list them in the same order"))
     if len(errors) == 1:
         raise errors[0]
     if errors:

@@ -188,6 +188,18 @@ def _facts(path: Path) -> dict:
     return entry
 
 
+def cached_sha256(path: Path) -> str | None:
+    """The sha256 cml already knows for this very file (same path, size, mtime, inode and ctime), or None."""
+    try:
+        cache = json.loads((cache_root() / "sha256.json").read_text())
+        entry = cache["files"].get(str(path.resolve())) if cache.get("version") == HASH_CACHE_VERSION else None
+        if isinstance(entry, dict) and entry.get("identity") == _identity(path.stat()):
+            return str(entry["sha256"])
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        pass
+    return None
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a base model (cached, see _facts)."""
     return str(_facts(path)["sha256"])

@@ -129,9 +129,17 @@ def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
         "cml_images_sha256": json.dumps(stage.inputs_sha256, sort_keys=True),
         "cml_sd_scripts_commit": plan.sd_scripts_commit or "unknown",
         "cml_trained_against": stage.trained_against,
+        "cml_method": "direct" if stage.role is Role.DIRECT else "copy_machine",
     }
     if stage.target:
         meta["cml_target"] = stage.target
+    if stage.role is Role.DIRECT:
+        d = plan.preset.direct
+        meta["cml_direct_multiplier"] = f"{d.multiplier}"
+        meta["cml_direct_timesteps"] = f"{d.timesteps[0]},{d.timesteps[1]}"
+        meta["cml_direct_scaled"] = f"lora_up x {d.multiplier}: weight 1 gives what +{d.multiplier} gave in training; +1 moves A toward B"
+    if stage.role is Role.SLIDER:
+        meta["cml_slider"] = "(diff LoRA A->B - diff LoRA B->A) / 2, ranks stacked: +1 toward B, -1 toward A"
     return meta
 
 
@@ -247,7 +255,9 @@ def run_script(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: 
             if old.exists() or old.is_symlink():
                 remove_inside(old, plan.run_dir)  # the stage is being redone: its old record no longer describes an output
         if stage.kind == "train":
-            remove_inside(stage.images_dir, plan.run_dir) if stage.images_dir.exists() else None
+            for folder in (stage.images_dir, stage.images_a_dir):
+                if folder.exists():
+                    remove_inside(folder, plan.run_dir)
             stage_images(plan, stage)  # exactly what the fingerprint names, no caches of earlier inputs
         stage.work_dir.mkdir(parents=True)
         if stage.log_path.exists():

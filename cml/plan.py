@@ -25,17 +25,22 @@ class Role(StrEnum):
     DIFF = "diff"  # image B on the copy machine model: the diff LoRA, one per target
     BASELINE = "baseline"  # image B on the plain base, briefly: the method check
     RESIZE = "resize"  # a diff LoRA shrunk to a lower rank
+    DIRECT = "direct"  # the direct method: A -> B in one stage on the base model (cml/kohya/train.py)
+    SLIDER = "slider"  # a two-way slider: (diff LoRA - reverse diff LoRA) / 2, with sd-scripts' LoRA merge
 
 
-TRAINING = (Role.COPY, Role.DIFF, Role.BASELINE)
+TRAINING = (Role.COPY, Role.DIFF, Role.BASELINE, Role.DIRECT)
 # Finished files users keep: replacing one needs --force.
-KEPT = (Role.COPY, Role.DIFF, Role.RESIZE)
+KEPT = (Role.COPY, Role.DIFF, Role.RESIZE, Role.DIRECT, Role.SLIDER)
+# The difference LoRAs of a target, as the check sweeps them (a resized one is the same LoRA at a lower rank).
+DIFFERENCE = (Role.DIFF, Role.DIRECT, Role.SLIDER)
 
 
 @dataclass(kw_only=True)
 class Stage:
     role: Role
-    target: str | None = None  # the diff target a diff/baseline/resize stage belongs to
+    target: str | None = None  # the target a diff/baseline/resize/direct/slider (or reverse) stage belongs to
+    reverse: bool = False  # of a symmetric target's way back: a copy machine of B, a diff LoRA to A
     what: str  # one line for people
     run_dir: Path
     output_name: str  # the final file's name; written only by renaming a checked temporary file
@@ -43,6 +48,7 @@ class Stage:
     fingerprint: str = ""
     settings: TrainSettings | None = None
     images: list = field(default_factory=list)  # PIL images staged for a train stage
+    images_a: list = field(default_factory=list)  # the direct method: each image's A, staged beside it
     base_weights: list[Path] = field(default_factory=list)  # in_memory merge: LoRAs merged before training
     inputs_sha256: dict[str, list[str]] = field(default_factory=dict)  # provenance: A/B file hashes
     depends: list[str] = field(default_factory=list)
@@ -57,8 +63,10 @@ class Stage:
 
     @property
     def name(self) -> str:
-        """Folder name and --from value: copy, merge, diff-<t>, baseline-<t>, resize-<t>."""
-        return str(self.role) if self.target is None else f"{self.role}-{self.target}"
+        """Folder name and --from value: copy, merge, diff-<t>, baseline-<t>, resize-<t>, direct-<t>, slider-<t>, and a
+        symmetric target's reverse-copy-<t>, reverse-merge-<t>, reverse-diff-<t>."""
+        base = str(self.role) if self.target is None else f"{self.role}-{self.target}"
+        return f"reverse-{base}" if self.reverse else base
 
     @property
     def kind(self) -> str:
@@ -72,7 +80,11 @@ class Stage:
     @property
     def trained_against(self) -> str:
         """What the LoRA's weights are relative to (provenance)."""
-        return "copy machine model" if self.role in (Role.DIFF, Role.RESIZE) else "base model"
+        if self.role is Role.SLIDER:
+            return "copy machine models of A and of B (two-way)"
+        if self.role in (Role.DIFF, Role.RESIZE):
+            return "copy machine model of B" if self.reverse else "copy machine model"
+        return "base model"
 
     @property
     def dir(self) -> Path:
@@ -90,6 +102,11 @@ class Stage:
     @property
     def images_dir(self) -> Path:
         return self.dir / "images"
+
+    @property
+    def images_a_dir(self) -> Path:
+        """The direct method: each image's A, under the same file name."""
+        return self.dir / "images_a"
 
     @property
     def record_path(self) -> Path:
@@ -166,78 +183,120 @@ def effective_settings(s: TrainSettings, inputs: Inputs) -> tuple[TrainSettings,
     return s.model_copy(update=update), notes
 
 
+def _copy_machine(
+    preset: Preset, inputs: Inputs, run_dir: Path, common: dict, base_id: str, images: list, pixels: list[str], files: list[str], target: str | None
+) -> tuple[list[Stage], tuple[Path, str, list[Path], str]]:
+    """The copy stage (and its merge) of A, or of a symmetric target's B (target set): the stages, and what a diff
+    stage trains against: (model, its fingerprint, LoRAs merged in memory, the stage it depends on)."""
+    reverse = target is not None
+    copy_s, notes = effective_settings(preset.copy_settings(), inputs)
+    what = "image B" if reverse else "image A"
+    copy = Stage(
+        role=Role.COPY,
+        target=target,
+        reverse=reverse,
+        what=f"copy LoRA: overfit {what} on the base model" + (f" (the way back of '{target}')" if reverse else ""),
+        run_dir=run_dir,
+        output_name=f"{target}_copy_b.safetensors" if reverse else "copy.safetensors",
+        model=preset.base_model,
+        settings=copy_s,
+        images=images,
+        inputs_sha256={"B" if reverse else "A": files},
+        notes=notes,
+    )
+    copy.fingerprint = fingerprint({"stage": copy.name if reverse else "copy", "settings": copy_s.model_dump(), "A": pixels, "base": base_id, **common})
+    if preset.merge != "checkpoint":
+        return [copy], (preset.base_model, copy.fingerprint, [copy.output], copy.name)
+    merge = Stage(
+        role=Role.MERGE,
+        target=target,
+        reverse=reverse,
+        what=f"merge the copy LoRA into the base: the copy machine model{' of B' if reverse else ''}",
+        run_dir=run_dir,
+        output_name=f"{target}_{COPY_MACHINE.replace('.safetensors', '_b.safetensors')}" if reverse else COPY_MACHINE,
+        model=preset.base_model,
+        depends=[copy.name],
+    )
+    merge.fingerprint = fingerprint(
+        {"stage": merge.name if reverse else "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common}
+    )
+    return [copy, merge], (merge.output, merge.fingerprint, [], merge.name)
+
+
 def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_commit: str | None, run_dir: Path | None = None) -> Plan:
     run_dir = run_dir if run_dir is not None else preset.output_dir / preset.name
     base_id = model_identity(inputs.model)
     common = {"family": inputs.family, "v": inputs.v_parameterization, "device": inputs.device, "sd_scripts": sd_scripts_commit}
-    a_pixels = [pixel_sha256(s.image) for s in inputs.source]
+    a_images = [s.image for s in inputs.source]
+    a_pixels = [pixel_sha256(i) for i in a_images]
     a_files = [s.sha256 for s in inputs.source]
     stages: list[Stage] = []
-
-    copy_s, copy_notes = effective_settings(preset.copy_settings(), inputs)
-    copy = Stage(
-        role=Role.COPY,
-        what="copy LoRA: overfit image A on the base model",
-        run_dir=run_dir,
-        output_name="copy.safetensors",
-        model=preset.base_model,
-        settings=copy_s,
-        images=[s.image for s in inputs.source],
-        inputs_sha256={"A": a_files},
-        notes=copy_notes,
-    )
-    copy.fingerprint = fingerprint({"stage": "copy", "settings": copy_s.model_dump(), "A": a_pixels, "base": base_id, **common})
-    stages.append(copy)
-
-    if preset.merge == "checkpoint":
-        merge = Stage(
-            role=Role.MERGE,
-            what="merge the copy LoRA into the base: the copy machine model",
-            run_dir=run_dir,
-            output_name=COPY_MACHINE,
-            model=preset.base_model,
-            depends=[copy.name],
-        )
-        merge.fingerprint = fingerprint({"stage": "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common})
-        stages.append(merge)
-        machine, machine_fp, base_weights, machine_stage = merge.output, merge.fingerprint, [], merge.name
-    else:
-        machine, machine_fp, base_weights, machine_stage = preset.base_model, copy.fingerprint, [copy.output], copy.name
+    machine = None
+    if any(preset.target_method(t) == "copy_machine" for t in inputs.targets):  # a direct target needs no copy machine
+        made, machine = _copy_machine(preset, inputs, run_dir, common, base_id, a_images, a_pixels, a_files, None)
+        stages += made
 
     for name, t in inputs.targets.items():
-        s, notes = effective_settings(preset.diff_settings(name), inputs)
         b_pixels = [pixel_sha256(i) for i in t.images]
-        diff = Stage(
-            role=Role.DIFF,
-            target=name,
-            what=f"diff LoRA '{name}': image B on the copy machine model",
-            run_dir=run_dir,
-            output_name=f"{name}.safetensors",
-            model=machine,
-            settings=s,
-            images=t.images,
-            base_weights=base_weights,
-            inputs_sha256={"A": a_files, "B": t.sha256},
-            depends=[machine_stage],
-            notes=notes,
-        )
-        diff.fingerprint = fingerprint({"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common})
-        stages.append(diff)
-        if preset.baseline:
-            bs = s.model_copy(update={"steps": preset.baseline_steps, "warmup_steps": 0})
-            base = Stage(
-                role=Role.BASELINE,
+        if preset.target_method(name) == "direct":
+            s, notes = effective_settings(preset.direct_settings(name), inputs)
+            d = preset.direct
+            final = Stage(
+                role=Role.DIRECT,
                 target=name,
-                what=f"baseline for '{name}': image B on the plain base (method check)",
+                what=f"direct LoRA '{name}': A -> B on the base model, in one stage (the direct method)",
                 run_dir=run_dir,
-                output_name=f"{name}_baseline.safetensors",
+                output_name=f"{name}.safetensors",
                 model=preset.base_model,
-                settings=bs,
+                settings=s,
                 images=t.images,
-                inputs_sha256={"B": t.sha256},
+                images_a=a_images,
+                inputs_sha256={"A": a_files, "B": t.sha256},
+                notes=notes,
             )
-            base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
-            stages.append(base)
+            final.fingerprint = fingerprint(
+                {"stage": "direct", "settings": s.model_dump(), "direct": d.model_dump(), "A": a_pixels, "B": b_pixels, "base": base_id, **common}
+            )
+            stages.append(final)
+        else:
+            assert machine is not None
+            model, machine_fp, base_weights, machine_stage = machine
+            s, notes = effective_settings(preset.diff_settings(name), inputs)
+            final = Stage(
+                role=Role.DIFF,
+                target=name,
+                what=f"diff LoRA '{name}': image B on the copy machine model",
+                run_dir=run_dir,
+                output_name=f"{name}.safetensors",
+                model=model,
+                settings=s,
+                images=t.images,
+                base_weights=base_weights,
+                inputs_sha256={"A": a_files, "B": t.sha256},
+                depends=[machine_stage],
+                notes=notes,
+            )
+            final.fingerprint = fingerprint(
+                {"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common}
+            )
+            stages.append(final)
+            if preset.baseline:
+                bs = s.model_copy(update={"steps": preset.baseline_steps, "warmup_steps": 0})
+                base = Stage(
+                    role=Role.BASELINE,
+                    target=name,
+                    what=f"baseline for '{name}': image B on the plain base (method check)",
+                    run_dir=run_dir,
+                    output_name=f"{name}_baseline.safetensors",
+                    model=preset.base_model,
+                    settings=bs,
+                    images=t.images,
+                    inputs_sha256={"B": t.sha256},
+                )
+                base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
+                stages.append(base)
+            if preset.targets[name].symmetric:
+                stages += _slider(preset, inputs, run_dir, common, base_id, name, t, final, s, a_images, a_pixels, a_files, b_pixels)
         if preset.resize_to:
             rs = Stage(
                 role=Role.RESIZE,
@@ -245,13 +304,45 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                 what=f"shrink '{name}' to rank {preset.resize_to} (resize_lora.py)",
                 run_dir=run_dir,
                 output_name=f"{name}_r{preset.resize_to}.safetensors",
-                model=diff.output,
-                depends=[diff.name],
-                inputs_sha256=diff.inputs_sha256,
+                model=final.output,
+                depends=[final.name],
+                inputs_sha256=final.inputs_sha256,
             )
-            rs.fingerprint = fingerprint({"stage": "resize", "diff": diff.fingerprint, "rank": preset.resize_to})
+            rs.fingerprint = fingerprint({"stage": "resize", "of": final.fingerprint, "rank": preset.resize_to})
             stages.append(rs)
     return Plan(preset, preset_sha256, inputs, run_dir, stages, sd_scripts_commit)
+
+
+def _slider(preset, inputs, run_dir, common, base_id, name, t, diff: Stage, s: TrainSettings, a_images, a_pixels, a_files, b_pixels) -> list[Stage]:
+    """A symmetric target's way back (a copy machine of B, a diff LoRA to A), and the two-way slider of both."""
+    stages, (model, machine_fp, base_weights, machine_stage) = _copy_machine(preset, inputs, run_dir, common, base_id, t.images, b_pixels, t.sha256, name)
+    back = Stage(
+        role=Role.DIFF,
+        target=name,
+        reverse=True,
+        what=f"diff LoRA back from '{name}': image A on the copy machine model of B",
+        run_dir=run_dir,
+        output_name=f"{name}_reverse.safetensors",
+        model=model,
+        settings=s,
+        images=a_images,
+        base_weights=base_weights,
+        inputs_sha256={"A": a_files, "B": t.sha256},
+        depends=[machine_stage],
+    )
+    back.fingerprint = fingerprint({"stage": back.name, "settings": s.model_dump(), "A": a_pixels, "machine": machine_fp, "merge": preset.merge, **common})
+    slider = Stage(
+        role=Role.SLIDER,
+        target=name,
+        what=f"two-way slider '{name}': (diff LoRA - diff LoRA back) / 2, at twice the rank (sd-scripts' merge_lora.py --concat)",
+        run_dir=run_dir,
+        output_name=f"{name}_slider.safetensors",
+        model=diff.output,
+        depends=[diff.name, back.name],
+        inputs_sha256={"A": a_files, "B": t.sha256},
+    )
+    slider.fingerprint = fingerprint({"stage": "slider", "diff": diff.fingerprint, "back": back.fingerprint})
+    return [*stages, back, slider]
 
 
 def merge_precision(preset: Preset, inputs: Inputs) -> str:

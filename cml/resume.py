@@ -82,6 +82,10 @@ def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, bool]:
         s = plan.preset.diff_settings(stage.target)
         r = plan.preset.resize_to
         return r, s.alpha / s.dim * r, True  # resize_lora.py keeps alpha/dim
+    if stage.role is Role.SLIDER:  # --concat stacks both ranks under the first LoRA's alpha
+        assert stage.target is not None
+        s = plan.preset.diff_settings(stage.target)
+        return 2 * s.dim, s.alpha, False
     return stage.train.dim, stage.train.alpha, False
 
 

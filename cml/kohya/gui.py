@@ -7,7 +7,7 @@ import re
 from cml.kohya.scripts import CML_NETWORK_MODULE
 from cml.kohya.training import mixed_precision, no_half_vae, zero_terminal_snr
 from cml.paths import default_tokenizer_cache
-from cml.plan import Plan, Stage
+from cml.plan import Plan, Role, Stage
 
 # The kohya_ss GUI (bmaltais/kohya_ss 45088f04, common_gui.run_cmd_advanced_training) strips double quotes from
 # "additional_parameters", splits it on whitespace and shlex.quote()s each piece before running the list without
@@ -47,7 +47,7 @@ def gui_problems(plan: Plan) -> list[str]:
     """Why a stage's gui.json would not give the same run in the kohya GUI; empty when it would."""
     out = []
     for st in plan.stages:
-        if st.settings is None:
+        if st.settings is None or st.role is Role.DIRECT:  # no gui.json for a direct stage
             continue
         bad = [a for a in gui_additional_parameters(plan, st) if not GUI_SAFE_ARG.fullmatch(a)]
         if bad:
@@ -150,6 +150,12 @@ def gui_note(plan: Plan) -> str:
             "- v-prediction on an SD1 model: the GUI's v-parameterization box is unticked by its model-family boxes when "
             "neither v2 nor SDXL is ticked, so `gui.json` passes `--v_parameterization` in additional parameters instead; "
             "leave the box as it is."
+        )
+    direct = [st.name for st in plan.stages if st.role is Role.DIRECT]
+    if direct:
+        lines.append(
+            f"- {', '.join(direct)}: the direct method trains with cml's own trainer (`python -m cml.kohya.train`, in "
+            "`commands.sh`), which the GUI cannot run; there is no `gui.json` for it."
         )
     for note in gui_load_order(plan):
         lines.append(f"- **When to load it:** {note}.")

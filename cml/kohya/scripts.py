@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cml.plan import Plan, Stage, merge_precision
+from cml.plan import Plan, Role, Stage, merge_precision
 
 SCRIPTS = {
     "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
@@ -30,11 +30,37 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     fam = plan.inputs.family
     if stage.kind == "train":
         config = ["--config_file", str(stage.dir / "train.toml")]
+        if stage.role is Role.DIRECT:  # cml's trainer: the direct method's step (cml/kohya/train.py)
+            d = plan.preset.direct
+            direct = ["--cml_direct_a", str(stage.dir / "dataset_a.toml"), "--cml_direct_multiplier", f"{d.multiplier}"]
+            direct += ["--cml_direct_timesteps", f"{d.timesteps[0]},{d.timesteps[1]}"]
+            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *direct, *config]
         if plan.preset.speedups:
             return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *config]
         return [sys.executable, SCRIPTS[fam]["train"], *config]
+    if stage.kind == "slider":
+        # LoRA into LoRA: ratio r scales lora_down by r and lora_up by |r| (r acts as sign(r) r^2), and --concat stacks
+        # the ranks under the first LoRA's alpha, halving alpha / rank: ratios 1 and -1 give (L_ab - L_ba) / 2.
+        ab, ba = (plan.stage(d).output for d in stage.depends)
+        return [
+            sys.executable,
+            SCRIPTS[fam]["merge"],
+            "--models",
+            str(ab),
+            str(ba),
+            "--ratios",
+            "1.0",
+            "-1.0",
+            "--concat",
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            "float",
+            "--save_precision",
+            "fp16",
+        ]
     if stage.kind == "merge":
-        copy = plan.stage("copy")
+        copy = plan.stage(stage.depends[0])
         prec = merge_precision(plan.preset, plan.inputs)
         argv = [sys.executable, SCRIPTS[fam]["merge"]]
         if fam == "sd2":

@@ -6,6 +6,8 @@ Everything here is data built from a Plan; nothing runs or is written. TOML is w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cml.errors import InputError
 from cml.kohya.scripts import CML_NETWORK_MODULE, NETWORK_MODULE
 from cml.paths import default_tokenizer_cache
@@ -70,7 +72,8 @@ def num_repeats(stage: Stage) -> int:
     return -(-stage.train.batch_size // n)
 
 
-def dataset_toml(stage: Stage) -> dict:
+def dataset_toml(stage: Stage, images_dir: Path | None = None) -> dict:
+    """kohya's dataset config of a stage (or of its A images: the direct method's dataset_a.toml)."""
     s = stage.train
     return {
         "general": {
@@ -84,7 +87,7 @@ def dataset_toml(stage: Stage) -> dict:
             "caption_extension": ".txt",
             "shuffle_caption": False,
         },
-        "datasets": [{"subsets": [{"image_dir": str(stage.images_dir), "num_repeats": num_repeats(stage)}]}],
+        "datasets": [{"subsets": [{"image_dir": str(images_dir or stage.images_dir), "num_repeats": num_repeats(stage)}]}],
     }
 
 

@@ -14,7 +14,7 @@ from cml.images import save_png
 from cml.kohya.gui import gui_json, gui_note
 from cml.kohya.scripts import stage_argv
 from cml.kohya.training import dataset_toml, training_toml
-from cml.plan import Plan, Stage
+from cml.plan import Plan, Role, Stage
 from cml.rundir import mark, remove_inside
 
 
@@ -64,17 +64,20 @@ def write_file(path: Path, text: str) -> None:
 
 def stage_images(plan: Plan, stage: Stage) -> None:
     """images/ holds exactly the stage's images (and captions): anything else there (an image of an earlier, longer
-    source list; sd-scripts' cached latents, *.npz) would be trained on, or trusted, without its fingerprint saying so."""
-    keep = set()
-    for i, img in enumerate(stage.images):
-        save_png(img, stage.images_dir / f"{i:03d}.png")
-        keep.add(f"{i:03d}.png")
-        if stage.train.caption:  # sd-scripts refuses empty caption files; no file means an empty caption
-            write_file(stage.images_dir / f"{i:03d}.txt", stage.train.caption)
-            keep.add(f"{i:03d}.txt")
-    for entry in sorted(stage.images_dir.iterdir()):
-        if entry.name not in keep:
-            remove_inside(entry, plan.run_dir)
+    source list; sd-scripts' cached latents, *.npz) would be trained on, or trusted, without its fingerprint saying so.
+    The direct method's A images go to images_a/ under the same names: the trainer pairs them by name."""
+    folders = [(stage.images_dir, stage.images)] + ([(stage.images_a_dir, stage.images_a)] if stage.images_a else [])
+    for folder, images in folders:
+        keep = set()
+        for i, img in enumerate(images):
+            save_png(img, folder / f"{i:03d}.png")
+            keep.add(f"{i:03d}.png")
+            if stage.train.caption:  # sd-scripts refuses empty caption files; no file means an empty caption
+                write_file(folder / f"{i:03d}.txt", stage.train.caption)
+                keep.add(f"{i:03d}.txt")
+        for entry in sorted(folder.iterdir()):
+            if entry.name not in keep:
+                remove_inside(entry, plan.run_dir)
 
 
 def render(plan: Plan, sd_path: Path) -> list[Path]:
@@ -86,11 +89,12 @@ def render(plan: Plan, sd_path: Path) -> list[Path]:
         st.dir.mkdir(parents=True, exist_ok=True)
         if st.kind == "train":
             stage_images(plan, st)
-            for name, text in (
-                ("dataset.toml", tomli_w.dumps(dataset_toml(st))),
-                ("train.toml", tomli_w.dumps(training_toml(plan, st))),
-                ("gui.json", json.dumps(gui_json(plan, st), indent=2, ensure_ascii=False) + "\n"),
-            ):
+            files = [("dataset.toml", tomli_w.dumps(dataset_toml(st))), ("train.toml", tomli_w.dumps(training_toml(plan, st)))]
+            if st.role is Role.DIRECT:  # the GUI cannot run cml's trainer: no gui.json (the run's README says so)
+                files.append(("dataset_a.toml", tomli_w.dumps(dataset_toml(st, st.images_a_dir))))
+            else:
+                files.append(("gui.json", json.dumps(gui_json(plan, st), indent=2, ensure_ascii=False) + "\n"))
+            for name, text in files:
                 write_file(st.dir / name, text)
                 written.append(st.dir / name)
         else:

@@ -67,6 +67,7 @@ TORCH_OPTIMIZERS_REFUSED = {
     "Muon": "takes 2-D parameters only, and a LoRA's conv modules are 4-D",
 }
 OPTIMIZERS = SD_SCRIPTS_OPTIMIZERS + TORCH_OPTIMIZERS
+SAFE_SUFFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" would let a trailing newline through
 
 
@@ -202,20 +203,57 @@ def apply_overrides(settings: TrainSettings, *overrides: BaseModel) -> TrainSett
     return TrainSettings.model_validate(data)
 
 
+Method = Literal["copy_machine", "direct"]
+
+
+class DirectSettings(Base):
+    """The direct method (method = "direct"): the difference A -> B trained in one stage, without a copy LoRA or a
+    merge (hako-mikan's ADDifT, on sd-scripts' own trainer: cml/kohya/train.py). Defaults measured on the demo model."""
+
+    steps: int = Field(80, gt=0)
+    """Training steps (the peers use 30-100)."""
+    multiplier: float = Field(0.25, gt=0, le=1)
+    """w: the LoRA trains at +w on B and -w on A, on alternate steps; the saved LoRA is scaled by w, so weight 1 gives
+    what +w gave in training."""
+    timesteps: tuple[int, int] = (0, 1000)
+    """The range timesteps are drawn from, [min, max): each pair of steps takes the next of its tenths 2, 4, 6, 8, 10, in turn."""
+
+    @field_validator("timesteps")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not 0 <= lo < hi <= 1000:
+            raise ValueError(f"{list(v)} is not a range of timesteps: give [min, max] with 0 <= min < max <= 1000")
+        return v
+
+
 class Target(Base):
-    """One diff LoRA: B images paired with the source images, or a built-in transform of them."""
+    """One difference LoRA: B images paired with the source images, or a built-in transform of them."""
 
     images: PathList = Field(default_factory=list)
-    """B images, one per source image, in the same order."""
+    """B images, one per source image in the same order; or one folder: B matched to A by file name."""
+    suffix: str | None = None
+    """B of `x.png` is `x<suffix>.png` in the source folder (e.g. "_gray"); files with a target's suffix are not sources."""
     transform: Transform | None = None
     """Make B from A with a built-in transform instead of images."""
+    method: Method | None = None
+    """copy_machine (the article: copy LoRA, copy machine model, diff LoRA) or direct; empty means the preset's."""
+    symmetric: bool = False
+    """Copy machine method: also train the reverse difference (a copy machine of B, a diff LoRA back to A) and combine
+    the two into one two-way slider, (L_ab - L_ba) / 2 at twice the rank. The direct method is two-way already."""
     train: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
-    """Training settings for this target's diff stage only."""
+    """Training settings for this target's stages only."""
 
     @model_validator(mode="after")
-    def _images_or_transform(self) -> Target:
-        if bool(self.images) == bool(self.transform):
-            raise ValueError("give either 'images' (B files) or 'transform' (one of grayscale, sepia, invert, blur), not both or neither")
+    def _one_way_to_b(self) -> Target:
+        given = [k for k, v in (("images", self.images), ("suffix", self.suffix), ("transform", self.transform)) if v]
+        if len(given) != 1:
+            raise ValueError(
+                "give one of 'images' (B files, or a folder of them), 'suffix' (B beside A: x.png -> x<suffix>.png) or "
+                f"'transform' (one of grayscale, sepia, invert, blur){'; this target gives ' + ' and '.join(given) if given else ''}"
+            )
+        if self.suffix is not None and not SAFE_SUFFIX.fullmatch(self.suffix):
+            raise ValueError(f"suffix {self.suffix!r} is not a file-name suffix: use 1 to 32 letters, digits, '_', '-' or '.'")
         return self
 
 
@@ -288,7 +326,7 @@ class Preset(Base):
     v_parameterization: bool | None = None
     """v-prediction model (SD2 768-v); empty means detect from metadata, else no."""
     source: Annotated[PathList, Field(min_length=1)]
-    """Image A, or several images (a copy machine of a small set)."""
+    """Image A, or several images (a copy machine of a small set), or a folder: its images, sorted by name."""
     targets: dict[str, Target]
     """Named targets; one copy machine serves them all."""
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -297,6 +335,11 @@ class Preset(Base):
     """Overrides for the copy stage."""
     diff: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
     """Overrides for every diff stage."""
+    method: Method = "copy_machine"
+    """How each target's difference LoRA is made (a target's own ``method`` wins): copy_machine, the article's
+    three stages; direct, one stage in a tenth of the steps (see ``direct``)."""
+    direct: DirectSettings = Field(default_factory=DirectSettings)
+    """Settings of the direct method."""
     merge: MergeMode = "checkpoint"
     """checkpoint: merge_lora.py writes the copy machine model (faithful). in_memory: --base_weights."""
     merge_precision: Literal["auto", "float", "fp16", "bf16"] = "auto"
@@ -356,12 +399,20 @@ class Preset(Base):
 
     @model_validator(mode="after")
     def _pairs(self) -> Preset:
+        listed = not any(p.is_dir() for p in self.source)
         for name, t in self.targets.items():
-            if t.images and len(t.images) != len(self.source):
+            by_name = any(p.is_dir() for p in t.images)
+            if t.images and not by_name and listed and len(t.images) != len(self.source):
                 raise ValueError(
                     f"targets.{name}.images has {len(t.images)} image(s) but source has {len(self.source)}: "
-                    "give one B image per source image, in the same order"
+                    "give one B image per source image, in the same order (or folders: B matched to A by file name)"
                 )
+            if by_name and len(t.images) != 1:
+                raise ValueError(f"targets.{name}.images: a folder of B images is given alone (B matched to A by file name)")
+            if t.suffix is not None and not (len(self.source) == 1 and self.source[0].is_dir()):
+                raise ValueError(f"targets.{name}.suffix: B beside A needs source = a folder (x.png and x{t.suffix}.png in it)")
+            if t.symmetric and self.target_method(name) == "direct":
+                raise ValueError(f"targets.{name}: symmetric is for the copy machine method; the direct method trains both ways already")
         # Overrides stack (train < copy/diff < target): check each stage's result now, not mid-run.
         stages = [("copy", self.copy_settings)] + [(f"targets.{n}.train", lambda n=n: self.diff_settings(n)) for n in self.targets]
         for where, resolve in stages:
@@ -377,6 +428,15 @@ class Preset(Base):
 
     def diff_settings(self, target: str) -> TrainSettings:
         return apply_overrides(self.train, self.diff, self.targets[target].train)
+
+    def target_method(self, target: str) -> str:
+        return self.targets[target].method or self.method
+
+    def direct_settings(self, target: str) -> TrainSettings:
+        """A direct target's training settings: the diff stage's, with the direct method's steps."""
+        explicit = self.targets[target].train.model_dump(exclude_none=True)
+        s = self.diff_settings(target)
+        return s if "steps" in explicit else s.model_copy(update={"steps": self.direct.steps})
 
     def to_toml_dict(self) -> dict:
         """The fully resolved preset, itself a valid preset."""

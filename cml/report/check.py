@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from cml.errors import InputError
-from cml.plan import Plan, Role, Stage
+from cml.plan import DIFFERENCE, Plan, Role, Stage
 from cml.records import CheckMetrics, StageRecord, read
 from cml.report.figures import grid, loss_plot
 from cml.report.generate import Job, generate, vae_roundtrip
@@ -49,10 +49,20 @@ def labels_for(paths: list[Path]) -> list[str]:
     return [s if s not in (COPY_MACHINE, BASE) and stems.count(s) == 1 else f"{s}-{i + 1}" for i, s in enumerate(stems)]
 
 
+def copy_stage(plan: Plan) -> Stage | None:
+    """The copy LoRA of A, where a target uses the copy machine method (a direct target needs none)."""
+    return next((s for s in plan.stages if s.role is Role.COPY and not s.reverse), None)
+
+
+def swept_loras(plan: Plan) -> dict[str, Stage]:
+    """The difference LoRAs the sweep tests, by name: each target's (diff or direct), and a symmetric target's slider."""
+    return {(st.target if st.role is not Role.SLIDER else f"{st.target}_slider") or "": st for st in plan.stages if st.role in DIFFERENCE and not st.reverse}
+
+
 def sweep_models(plan: Plan) -> list[SweepModel]:
-    """The copy machine model (if the check asks for it), then check.models or the base model."""
+    """The copy machine model (if there is one and the check asks for it), then check.models or the base model."""
     out = []
-    if plan.preset.check.copy_machine:
+    if plan.preset.check.copy_machine and copy_stage(plan) is not None:
         if plan.preset.merge == "checkpoint":
             out.append(SweepModel(COPY_MACHINE, plan.stage("merge").output))
         else:  # in memory: the base with the copy LoRA at weight 1 is what the diff stages trained against
@@ -68,8 +78,9 @@ def sweep_models(plan: Plan) -> list[SweepModel]:
 def verify_trained(plan: Plan) -> None:
     """Every output the check reads exists and was made from the settings the plan now holds."""
     rerun = f"cml run {plan.run_dir / 'preset.toml'}"
-    needed: list[Stage] = [s for s in plan.stages if s.role in (Role.COPY, Role.DIFF)]
-    if plan.preset.check.copy_machine and plan.preset.merge == "checkpoint":
+    copy = copy_stage(plan)
+    needed: list[Stage] = ([copy] if copy else []) + list(swept_loras(plan).values())
+    if copy and plan.preset.check.copy_machine and plan.preset.merge == "checkpoint":
         needed.append(plan.stage("merge"))
     problems = []
     for st in needed:
@@ -104,9 +115,11 @@ def muls(loras: list[Path], weights: dict[Path, float]) -> tuple[float, ...]:
 def plan_sampling(plan: Plan, models: list[SweepModel]) -> Sampling:
     """One generator run per model file, holding every image the check needs of it."""
     c = plan.preset.check
-    copy = plan.stage("copy").output
-    diffs = [plan.stage(f"diff-{t}").output for t in plan.preset.targets]
-    runs: dict[Path, list[Path]] = {plan.preset.base_model: [copy, *diffs]}  # the copy check loads the copy LoRA on the base
+    copy_st = copy_stage(plan)
+    diffs = [st.output for st in swept_loras(plan).values()]
+    runs: dict[Path, list[Path]] = {}
+    if copy_st is not None:  # the copy check loads the copy LoRA on the base
+        runs[plan.preset.base_model] = [copy_st.output, *diffs]
     for m in models:
         runs.setdefault(m.model, [*m.fixed, *diffs])
         for p in m.fixed:
@@ -114,9 +127,10 @@ def plan_sampling(plan: Plan, models: list[SweepModel]) -> Sampling:
                 runs[m.model].insert(0, p)
     jobs: dict[Path, list[Job]] = {k: [] for k in runs}
     base = plan.preset.base_model
-    for s in c.seeds:
-        for w in (0.0, 1.0):
-            jobs[base].append(Job("", s, muls(runs[base], {copy: w})))
+    if copy_st is not None:
+        for s in c.seeds:
+            for w in (0.0, 1.0):
+                jobs[base].append(Job("", s, muls(runs[base], {copy_st.output: w})))
     for m in models:
         for diff in diffs:
             for w in c.weights:
@@ -129,7 +143,9 @@ def plan_sampling(plan: Plan, models: list[SweepModel]) -> Sampling:
 def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras: list[Path], mode: str) -> dict:
     """Base model with and without the copy LoRA, empty prompt, every seed: SSIM to A as the VAE returns it."""
     seeds = plan.preset.check.seeds
-    copy = plan.stage("copy").output
+    copy_st = copy_stage(plan)
+    assert copy_st is not None
+    copy = copy_st.output
     base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] for s in seeds]
     copy_imgs = [images[Job("", s, muls(loras, {copy: 1.0}))] for s in seeds]
     ref_path = vae_roundtrip(plan, sd, copy_imgs[0].width, mode)
@@ -145,15 +161,17 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     return {"image": str(path), "reference": str(ref_path), "seeds": scores}
 
 
-def sweep(plan: Plan, target: str, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path]) -> tuple[Path, dict]:
+def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path]) -> tuple[Path, dict]:
     c = plan.preset.check
-    diff = plan.stage(f"diff-{target}").output
+    target = lora.target
+    assert target is not None
+    diff = lora.output
     rows_def = [(p, s) for p in c.prompts for s in c.seeds]
     cells = [[images[Job(p, s, muls(loras, {**{f: 1.0 for f in on.fixed}, diff: w}))] for w in c.weights] for p, s in rows_def]
     labels = [f"{p or '(empty prompt)'}\nseed {s}" for p, s in rows_def]
-    path = plan.run_dir / "check" / f"sweep-{target}-{on.label}.png"
+    path = plan.run_dir / "check" / f"sweep-{key}-{on.label}.png"
     grid(cells, labels, [f"w={w:+g}" for w in c.weights], f"on {on.label.replace('_', ' ')}").save(path)
-    effect_name, effect = EFFECTS[plan.preset.targets[target].transform]
+    effect_name, effect = EFFECTS[plan.preset.targets[target].transform]  # the target's transform names the measure
     zero = c.weights.index(0.0)
     per_weight = {}
     for col, w in enumerate(c.weights):
@@ -170,17 +188,18 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> CheckMetrics:
     models = sweep_models(plan)
     sampling = plan_sampling(plan, models)
     images: dict[Path, dict[Job, Image.Image]] = {}
-    for i, (model, loras) in enumerate(sampling.runs.items()):
+    for i, (model, run_loras) in enumerate(sampling.runs.items()):
         name = "base" if model == plan.preset.base_model else next(m.label for m in models if m.model == model)
-        images[model] = generate(plan, sd, f"{i + 1}-{name}", model, loras, sampling.jobs[model], mode)
+        images[model] = generate(plan, sd, f"{i + 1}-{name}", model, run_loras, sampling.jobs[model], mode)
     base = plan.preset.base_model
-    copy = copy_check(plan, sd, images[base], sampling.runs[base], mode)
-    targets: dict[str, dict] = {t: {} for t in plan.preset.targets}
+    copy = copy_check(plan, sd, images[base], sampling.runs[base], mode) if copy_stage(plan) is not None else None
+    swept = swept_loras(plan)
+    targets: dict[str, dict] = {key: {} for key in swept}
     grids = []
-    for t in plan.preset.targets:
+    for key, lora in swept.items():
         for m in models:
-            path, per_weight = sweep(plan, t, m, images[m.model], sampling.runs[m.model])
-            targets[t][m.label] = per_weight
+            path, per_weight = sweep(plan, key, lora, m, images[m.model], sampling.runs[m.model])
+            targets[key][m.label] = per_weight
             grids.append(str(path))
     curves = {}
     for st in plan.stages:

@@ -20,25 +20,26 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
             fmt = lambda v: f"{v:.4f}" if v is not None else "not measured (set baseline = true)"  # noqa: E731
             lines.append(f"| {t} | {fmt(entry.get('against_copy_machine'))} | {fmt(entry.get('against_base'))} |")
         lines.append("")
-    copy = r.copy_check or {}
-    lines += [
-        "## Copy check",
-        "",
-        "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed. "
-        "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better.",
-        "",
-        f"![copy check]({rel(copy['image'])})",
-        "",
-        "| seed | SSIM to A (VAE), base | SSIM to A (VAE), base + copy LoRA |",
-        "|---|---|---|",
-    ]
-    for s in copy["seeds"]:
-        lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
+    copy = r.copy_check
+    if copy is not None:
+        lines += [
+            "## Copy check",
+            "",
+            "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed. "
+            "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better.",
+            "",
+            f"![copy check]({rel(copy['image'])})",
+            "",
+            "| seed | SSIM to A (VAE), base | SSIM to A (VAE), base + copy LoRA |",
+            "|---|---|---|",
+        ]
+        for s in copy["seeds"]:
+            lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
     lines += [
         "",
         "## Weight sweeps",
         "",
-        "Each diff LoRA at every weight, same seeds and prompts; on the copy machine model the change A -> B shows cleanest.",
+        "Each difference LoRA (diff, direct, slider) at every weight, same seeds and prompts; on the copy machine model the change A -> B shows cleanest.",
         "",
     ]
     lines += ["| sweep label | model |", "|---|---|"] + [f"| {label} | `{what}` |" for label, what in r.models.items()] + [""]

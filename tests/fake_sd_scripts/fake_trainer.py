@@ -96,6 +96,14 @@ def main(script: str, via: str = "") -> int:
             (out.parent / "sample" / f"{cfg['output_name']}_000001.png").write_bytes(b"fake sample image")
         if cfg.get("save_every_n_steps"):
             (out.parent / f"{cfg['output_name']}-step00000001.safetensors").write_bytes(out.read_bytes())
+    elif script.endswith("merge_lora.py") and "--sd_model" not in sys.argv:  # LoRA into LoRA (--concat): ranks stacked
+        from safetensors.numpy import load_file
+
+        i = sys.argv.index("--models") + 1
+        first = load_file(sys.argv[i])
+        dim = next(v.shape[0] for k, v in first.items() if k.endswith("lora_down.weight"))
+        alpha = float(next(v for k, v in first.items() if k.endswith(".alpha")))
+        save_file(lora(2 * dim, alpha, 0.02), str(out))
     elif script.endswith("merge_lora.py"):
         from safetensors import safe_open
 

@@ -7,7 +7,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "."))
 from fake_trainer import main
 
-
 # The options the tests' presets use (cml checks train.extra against the trainer's own parser).
 OPTIONS = ("config_file", "sample_prompts", "save_every_n_steps", "cache_latents_to_disk", "noise_offset", "max_grad_norm")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from cml.outputs import read_metadata
 from tests.conftest import run_cml
 from tests.conftest import sd_preset as preset
 
@@ -24,7 +25,7 @@ def sd_path(sd_scripts):
 @pytest.mark.parametrize("merge", ["checkpoint", "in_memory"])
 def test_the_speedups_train_the_same_lora_bit_for_bit(demo_assets, tmp_path, merge):
     """Copy and diff stages trained through cml's trainer and through train_network.py itself: the same tensors."""
-    out = {}
+    out, hashes = {}, {}
     for speedups in (True, False):
         d = tmp_path / str(speedups)
         d.mkdir()
@@ -34,11 +35,14 @@ def test_the_speedups_train_the_same_lora_bit_for_bit(demo_assets, tmp_path, mer
         run = d / "runs" / "e2e"
         log = (run / "copy" / "log.txt").read_text()
         assert ("-m cml.kohya.train train_network" in log) == speedups  # which trainer ran
-        out[speedups] = {name: load_file(str(run / name)) for name in ("copy/copy.safetensors", "diff-grayscale/grayscale.safetensors")}
+        names = ("copy/copy.safetensors", "diff-grayscale/grayscale.safetensors")
+        out[speedups] = {name: load_file(str(run / name)) for name in names}
+        hashes[speedups] = {name: read_metadata(run / name)["ss_new_sd_model_hash"] for name in names}
     for name, fast in out[True].items():
         slow = out[False][name]
         assert fast.keys() == slow.keys() and len(fast) == 576
         assert all(np.array_equal(fast[k], slow[k]) for k in fast), f"{name}: the speed-ups changed the LoRA"
+    assert hashes[True] == hashes[False]  # the base model's sha256 from cml's cache is sd-scripts' own
 
 
 def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):

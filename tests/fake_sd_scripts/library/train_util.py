@@ -8,3 +8,10 @@ def verify_command_line_training_args(args):
 def read_config_from_file(args, parser):
     args.network_train_unet_only, args.weighted_captions = True, False
     return args
+
+
+def calculate_sha256(filename):
+    import hashlib
+
+    with open(filename, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,0 +1,90 @@
+"""Which image is A and which is its B: lists in order, or pairs by file name (folders, suffixes).
+
+- ``source = ["a.png", "b.png"]``: the A images, in this order; ``source = "A/"``: a folder's images, sorted by name
+  (leaving out files that carry a target's suffix);
+- a target's ``images = [...]``: one B per A, in the same order; ``images = "B/"``: the B of ``A/x.png`` is the
+  image of ``B/`` named ``x`` (any image extension);
+- a target's ``suffix = "_gray"``: the B of ``x.png`` is ``x_gray.png`` (any image extension) beside it.
+
+Every problem (an A without its B, a B without its A, two files of one name) is collected, for load_inputs to
+report at once with the images' own (a B of another size than its A), before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cml.preset.models import Preset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+@dataclass
+class Pairing:
+    sources: list[Path]  # A, in order
+    b: dict[str, list[Path | None]] = field(default_factory=dict)  # target -> its B per A (None: a transform makes it, or none found)
+    problems: list[str] = field(default_factory=list)  # every mismatch, for load_inputs to report with the images' own
+
+
+def _by_stem(paths: list[Path], where: str, problems: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in out:
+            problems.append(f"{where}: {out[p.stem].name} and {p.name} have one name: keep one of them")
+            continue
+        out[p.stem] = p
+    return out
+
+
+def pair(preset: Preset) -> Pairing:
+    problems: list[str] = []
+    suffixes = [t.suffix for t in preset.targets.values() if t.suffix]
+    sources: list[Path] = []
+    for i, entry in enumerate(preset.source):
+        if entry.is_dir():
+            found = [p for p in images_in(entry) if not any(p.stem.endswith(s) for s in suffixes)]
+            if not found:
+                problems.append(f"source[{i}] {entry}: the folder holds no images (PNG, JPEG, WebP, BMP, TIFF, GIF)")
+            sources += found
+        else:
+            sources.append(entry)
+    a_by_stem = _by_stem(sources, "source", problems) if any(e.is_dir() for e in preset.source) else {}
+    pairing = Pairing(sources)
+    for name, t in preset.targets.items():
+        where = f"targets.{name}"
+        if t.transform:
+            pairing.b[name] = [None] * len(sources)
+            continue
+        if t.suffix:
+            b_by_stem = _by_stem([p for p in images_in(preset.source[0]) if p.stem.endswith(t.suffix)], f"{where}.suffix", problems)
+            missing = [a for a in sources if a.stem + t.suffix not in b_by_stem]
+            if missing:
+                names = ", ".join(f"{a.name} (no {a.stem}{t.suffix}.*)" for a in missing)
+                problems.append(f"{where}.suffix {t.suffix!r}: no B beside {names}")
+            pairing.b[name] = [b_by_stem.get(a.stem + t.suffix) for a in sources]
+            continue
+        if len(t.images) == 1 and t.images[0].is_dir():
+            folder = t.images[0]
+            if not a_by_stem:
+                a_by_stem = _by_stem(sources, "source", problems)
+            b_by_stem = _by_stem(images_in(folder), f"{where}.images", problems)
+            no_b = [a_by_stem[s].name for s in a_by_stem if s not in b_by_stem]
+            no_a = [b_by_stem[s].name for s in b_by_stem if s not in a_by_stem]
+            if no_b:
+                problems.append(f"{where}.images {folder}: no B named like {', '.join(no_b)}")
+            if no_a:
+                problems.append(f"{where}.images {folder}: {', '.join(no_a)} match no A of the source (by file name)")
+            pairing.b[name] = [b_by_stem.get(s.stem) for s in sources]
+            continue
+        if len(t.images) != len(sources):
+            problems.append(f"{where}.images has {len(t.images)} image(s) but the source has {len(sources)}: give one B per A, in the same order")
+            pairing.b[name] = [None] * len(sources)
+            continue
+        pairing.b[name] = list(t.images)
+    pairing.problems = problems
+    return pairing
