@@ -107,8 +107,10 @@ grayscale: setup
 	@test -n "$(MODEL)" || { echo "make grayscale: set MODEL=path/to/checkpoint.safetensors"; exit 2; }
 	$(CML) grayscale "$(A)" $(if $(B),"$(B)") --model "$(MODEL)" -o "$(OUT)"
 
+## e.g. BENCH_ARGS="--only ops setup": parts of the bench (each keeps the others' results)
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m cml.dev.bench
+	$(PY) -m cml.dev.bench $(BENCH_ARGS)
 
 doctor: setup-env
 	$(CML) doctor

@@ -318,7 +318,7 @@ def method_check(plan: Plan) -> dict[str, dict[str, float | None]]:
     """Early diff-stage loss against the copy machine model (and the plain base, with baseline)."""
     out = {}
     for st in plan.stages:
-        if st.role is not Role.DIFF:
+        if st.role is not Role.DIFF or st.reverse:
             continue
         rec = read_record(st)
         entry = {"against_copy_machine": rec.early_loss if rec else None}

@@ -1,11 +1,16 @@
-"""`make bench`: what the wrapper costs and what the fast paths save, on the demo model at 64 px.
+"""`make bench`: what cml costs, what its cuts save, and what its methods cost, on the demo model at 64 px.
 
-One run measures everything on one machine, so the ratios side by side compare like with like:
-- overhead: `cml run` vs the same sd-scripts commands run directly (as commands.sh runs them);
-- merge modes: checkpoint vs in_memory, whole pipeline: wall time, peak RSS, disk written;
-- resume: re-running after changing one target's setting vs the full run;
-- many targets: K targets on one copy machine vs K separate pipelines.
-Writes bench/results.json and bench/results.md.
+Parts (``--only`` runs some; each writes its results into bench/results.json at once, so a run cut short keeps
+what it measured, and bench/results.md is made from all that is there):
+- ``ops``: host tensor operations per training step, before and after cml's exact cuts (cml/dev/opcount.py);
+- ``setup``: a training stage's set-up, from its time-stamped lines (imports, model load, latent caching, first
+  step), through sd-scripts' own trainer and through cml's;
+- ``cuts``: one stage's seconds per step, through sd-scripts' own trainer and through cml's (the same LoRA);
+- ``methods``: the direct method at its default steps against the copy machine pipeline (copy + merge + diff) at
+  the article's 500 + 500 steps, and both at the demo's step counts;
+- ``overhead``, ``merge_modes``, ``resume``, ``many_targets``: the wrapper's cost, the two merge modes, a resumed
+  run after one target changed, K targets on one copy machine against K pipelines.
+One machine, one run: ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,45 +33,73 @@ import tomli_w
 from cml.dev import root
 
 ROOT = root()
-# Runs a command and prints the peak RSS (KiB) of its largest descendant: a fresh process per measurement.
-PEAK = "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:]).returncode; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r)"
+PARTS = ("ops", "setup", "cuts", "methods", "overhead", "resume")
 
 
 def measure(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", PEAK, *argv], env=env, cwd=cwd, capture_output=True, text=True)
-    secs = time.perf_counter() - t
-    if p.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(argv[:4])} ... failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    return {"seconds": secs, "peak_rss_kib": int(p.stderr.strip().splitlines()[-1])}
+    """Wall seconds, and the peak RSS of the command or of the largest process it waited for (wait4's rusage)."""
+    with tempfile.TemporaryFile() as log:
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+        secs = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"bench: {' '.join(map(str, argv[:4]))} ... failed:\n{log.read().decode(errors='replace')[-3000:]}")
+    return {"seconds": secs, "peak_rss_kib": usage.ru_maxrss}
+
+
+def timed_lines(argv: list[str], cwd: Path, env: dict | None = None) -> list[tuple[float, str]]:
+    """Each line a command prints, with the seconds since it started, as the line arrives."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[tuple[float, str]] = []
+    assert p.stdout is not None
+    buf = b""
+    while True:
+        chunk = p.stdout.read1(65536) if hasattr(p.stdout, "read1") else p.stdout.read(65536)
+        if not chunk:
+            break
+        buf += chunk
+        *done, buf = buf.replace(b"\r", b"\n").split(b"\n")
+        now = time.monotonic() - t0
+        lines += [(now, ln.decode(errors="replace")) for ln in done if ln.strip()]
+    if p.wait() != 0:
+        raise SystemExit("bench: " + " ".join(argv[:5]) + " failed:\n" + "\n".join(ln for _, ln in lines[-30:]))
+    return lines
 
 
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def med(xs: list[dict], key: str = "seconds") -> float:
+    return statistics.median(x[key] for x in xs)
+
+
 class Bench:
-    def __init__(self, work: Path, reps: int, copy_steps: int, diff_steps: int):
+    def __init__(self, work: Path, reps: int):
         from cml.demo import prepare_demo
         from cml.sdscripts import locate
 
         self.work, self.reps = work, reps
         self.sd = locate()
         _, assets = prepare_demo()
-        self.assets = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in assets.items()}  # base_model, source, tokenizer
-        self.copy_steps, self.diff_steps = copy_steps, diff_steps
+        self.assets: dict[str, Any] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in assets.items()}
+        self.model = str(assets["base_model"])
 
-    def preset(self, name: str, merge: str, targets: dict) -> Path:
-        data = {
+    def preset(self, name: str, targets: dict, **top: Any) -> Path:
+        data: dict[str, Any] = {
             **self.assets,
             "name": name,
-            "merge": merge,
             "output_dir": str(self.work / "runs"),
             "device": "cpu",
-            "train": {"resolution": 64, "steps": self.diff_steps},
-            "copy": {"steps": self.copy_steps},
+            "train": {"resolution": 64},
             "targets": targets,
         }
+        for k, v in top.items():
+            data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
         p = self.work / f"{name}.toml"
         p.write_text(tomli_w.dumps(data))
         return p
@@ -73,31 +107,23 @@ class Bench:
     def cml(self, preset: Path, *extra: str) -> dict:
         return measure([sys.executable, "-m", "cml", "run", str(preset), "--quiet", *extra], cwd=ROOT)
 
-    def direct(self, preset: Path) -> dict:
-        """The commands of commands.sh, run one after another: no cml in the loop."""
-        from cml.kohya.scripts import stage_argv
-        from cml.kohya.write import render
-        from cml.prepare import prepare
-        from cml.sdscripts import python_env
+    def stages(self, name: str) -> dict[str, float]:
+        """Seconds of each stage of the last run of ``name``, from its records."""
+        from cml.records import StageRecord, read
 
-        plan, sd = prepare(preset, [], None)
-        render(plan, sd.path)
-        steps = self.work / "direct.json"
-        steps.write_text(
-            json.dumps([{"argv": stage_argv(plan, st), "produced": str(st.work_dir / st.output.name), "output": str(st.output)} for st in plan.stages])
-        )
-        return measure([sys.executable, "-m", "cml.dev.bench", "direct", str(steps), str(sd.path)], env=python_env(sd), cwd=ROOT)
+        out = {}
+        for rec_path in sorted((self.work / "runs" / name).glob("*/record.json")):
+            rec = read(StageRecord, rec_path)
+            if rec is not None and rec.seconds is not None:
+                out[rec.stage] = rec.seconds
+        return out
 
     def clean(self, name: str) -> None:
         shutil.rmtree(self.work / "runs" / name, ignore_errors=True)
 
 
-def med(xs: list[dict], key: str = "seconds") -> float:
-    return statistics.median(x[key] for x in xs)
-
-
-def run_direct(steps_file: Path, cwd: Path) -> int:
-    """The bench's "no cml in the loop" side: each stage's argv run in turn, its output moved into place."""
+def run_direct_commands(steps_file: Path, cwd: Path) -> int:
+    """The overhead part's "no cml in the loop" side: each stage's argv run in turn, its output moved into place."""
     for s in json.loads(steps_file.read_text()):
         Path(s["produced"]).parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(s["argv"], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,136 +131,301 @@ def run_direct(steps_file: Path, cwd: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["direct"]:
-        return run_direct(Path(argv[1]), Path(argv[2]))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--copy-steps", type=int, default=10)
-    ap.add_argument("--diff-steps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench")
-    a = ap.parse_args(argv)
-    work = a.out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    b = Bench(work, a.reps, a.copy_steps, a.diff_steps)
-    one = {"grayscale": {"transform": "grayscale"}}
-    two = {"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"}}
-    say = lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)  # noqa: E731
+# ---------------------------------------------------------------- parts
 
-    # Warm the caches (demo model, sha256 of the base, page cache) outside the timings.
-    warm = b.preset("warm", "checkpoint", one)
+ONE = {"grayscale": {"transform": "grayscale"}}
+TWO = {"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"}}
+
+
+def part_ops(b: Bench) -> dict:
+    from cml.sdscripts import python_env
+
+    p = subprocess.run([sys.executable, "-m", "cml.dev.opcount", b.model, "64"], cwd=b.sd.path, env=python_env(b.sd), capture_output=True, text=True)
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
+    if p.returncode != 0 or line is None:
+        raise SystemExit(f"bench: opcount failed:\n{p.stderr[-3000:]}")
+    r = json.loads(line)
+    r["ratio_after_before"] = r["step_after"] / r["step_before"]
+    return r
+
+
+SETUP_MARKS = (  # sd-scripts' own lines, in the order a training stage prints them
+    ("first line", ""),
+    ("model loaded", "loading text encoder"),
+    ("latents cached", "create LoRA network"),
+    ("first step", "steps:  "),
+)
+
+
+def setup_breakdown(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds from the trainer's start to each mark, from its time-stamped output."""
+    out: dict[str, float] = {}
+    start = next(t for t, ln in lines if "$ (cd " in ln or ln.startswith("cml: [1/1] copy:"))
+    for name, needle in SETUP_MARKS:
+        hit = next((t for t, ln in lines if t >= start and needle in ln and (name != "first step" or " 1/" in ln)), None)
+        if name == "first line":
+            hit = next((t for t, ln in lines if t > start and not ln.startswith("cml:")), None)
+        if hit is not None:
+            out[name] = round(hit - start, 2)
+    return out
+
+
+def part_setup(b: Bench) -> dict:
+    out = {}
+    for speedups in (False, True):
+        name = f"setup-{speedups}"
+        b.clean(name)
+        p = b.preset(name, ONE, merge="in_memory", speedups=speedups, copy={"steps": 3}, train={"resolution": 64, "steps": 2})
+        lines = timed_lines([sys.executable, "-m", "cml", "run", str(p), "--verbose", "--from", "copy", "--force"], ROOT)
+        out["cml" if speedups else "sd-scripts"] = setup_breakdown([(t, ln) for t, ln in lines if not ln.startswith("cml: diff")])
+    return out
+
+
+def part_cuts(b: Bench, steps: int) -> dict:
+    """One copy stage of ``steps`` steps through sd-scripts' trainer, then cml's: seconds per step (from the bars)."""
+    out: dict[str, Any] = {"steps": steps}
+    for speedups in (False, True):
+        name = f"cuts-{speedups}"
+        b.clean(name)
+        p = b.preset(name, ONE, merge="in_memory", speedups=speedups, copy={"steps": steps}, train={"resolution": 64, "steps": 1})
+        lines = timed_lines([sys.executable, "-m", "cml", "run", str(p), "--verbose"], ROOT)
+        bar = [(t, ln) for t, ln in lines if "steps:" in ln and f"/{steps} [" in ln]
+        first = next(t for t, ln in bar if f" 1/{steps} [" in ln)
+        last = next(t for t, ln in reversed(bar) if f" {steps}/{steps} [" in ln)
+        out["cml" if speedups else "sd-scripts"] = {"s_per_step": (last - first) / (steps - 1), "stage_s": b.stages(name).get("copy")}
+    out["ratio_cml_sd_scripts"] = out["cml"]["s_per_step"] / out["sd-scripts"]["s_per_step"]
+    return out
+
+
+def part_methods(b: Bench, article_steps: int) -> dict:
+    """The direct method at its default steps against the copy machine pipeline, at the article's and the demo's steps."""
+    out: dict[str, Any] = {}
+    b.clean("direct")
+    m = b.cml(b.preset("direct", {"grayscale": {"transform": "grayscale", "method": "direct"}}))
+    out["direct_default"] = {"seconds": m["seconds"], "stages": b.stages("direct")}
+    for label, copy_steps, diff_steps, merge in (("article", article_steps, article_steps, "checkpoint"), ("demo", 150, 30, "in_memory")):
+        name = f"pipeline-{label}"
+        b.clean(name)
+        m = b.cml(b.preset(name, ONE, merge=merge, copy={"steps": copy_steps}, train={"resolution": 64, "steps": diff_steps}))
+        out[f"copy_machine_{label}"] = {"seconds": m["seconds"], "stages": b.stages(name), "copy_steps": copy_steps, "diff_steps": diff_steps, "merge": merge}
+        out[f"ratio_direct_vs_{label}"] = out["direct_default"]["seconds"] / m["seconds"]
+    return out
+
+
+def part_overhead(b: Bench, copy_steps: int, diff_steps: int) -> dict:
+    from cml.kohya.scripts import stage_argv
+    from cml.kohya.write import render
+    from cml.prepare import prepare
+    from cml.sdscripts import python_env
+
+    steps = {"copy": {"steps": copy_steps}, "train": {"resolution": 64, "steps": diff_steps}}
+    warm = b.preset("warm", ONE, merge="checkpoint", **steps)  # the caches (sha256, probe, page cache) outside the timings
     b.cml(warm)
     b.clean("warm")
-
-    r: dict = {"overhead": {"cml": [], "direct": []}, "in_memory": [], "resume": [], "two_targets": None}
-    ck, mem = b.preset("ckpt", "checkpoint", one), b.preset("mem", "in_memory", one)
-    for i in range(a.reps):
-        say(f"overhead rep {i + 1}/{a.reps}")
+    r: dict = {"cml": [], "commands": [], "in_memory": []}
+    ck, mem = b.preset("ckpt", ONE, merge="checkpoint", **steps), b.preset("mem", ONE, merge="in_memory", **steps)
+    for _ in range(b.reps):
         b.clean("ckpt")
         m = b.cml(ck)
-        m["disk_bytes"] = du(work / "runs" / "ckpt")
-        r["overhead"]["cml"].append(m)
+        m["disk_bytes"] = du(b.work / "runs" / "ckpt")
+        r["cml"].append(m)
         b.clean("ckpt")
-        r["overhead"]["direct"].append(b.direct(ck))
-        say(f"in_memory rep {i + 1}/{a.reps}")
+        plan, sd = prepare(ck, [], None)
+        render(plan, sd.path)
+        steps_file = b.work / "commands.json"
+        steps_file.write_text(
+            json.dumps([{"argv": stage_argv(plan, st), "produced": str(st.work_dir / st.output.name), "output": str(st.output)} for st in plan.stages])
+        )
+        r["commands"].append(measure([sys.executable, "-m", "cml.dev.bench", "commands", str(steps_file), str(sd.path)], env=python_env(sd), cwd=ROOT))
         b.clean("mem")
         m = b.cml(mem)
-        m["disk_bytes"] = du(work / "runs" / "mem")
+        m["disk_bytes"] = du(b.work / "runs" / "mem")
         r["in_memory"].append(m)
-
-    say("two targets on one copy machine")
-    multi = b.preset("multi", "checkpoint", two)
-    r["two_targets"] = b.cml(multi)
-    for i in range(a.reps):
-        say(f"resume rep {i + 1}/{a.reps}")
-        steps = a.diff_steps + 1 + i % 2  # a different setting each time, for one target only
-        changed = b.preset("multi", "checkpoint", {**two, "invert": {"transform": "invert", "train": {"steps": steps}}})
-        m = b.cml(changed, "--force")
-        ran = json.loads((work / "runs" / "multi" / "run.json").read_text())["stages_run"]
-        assert ran == ["diff-invert"], ran
-        r["resume"].append(m)
-
-    full = med(r["overhead"]["cml"])
-    res: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": versions(b.sd),
-        "settings": {"reps": a.reps, "copy_steps": a.copy_steps, "diff_steps": a.diff_steps, "resolution": 64, "model": "the SD1.5-architecture demo model"},
-        "overhead": {"cml_s": full, "direct_s": med(r["overhead"]["direct"]), "ratio": full / med(r["overhead"]["direct"])},
+    full = med(r["cml"])
+    return {
+        "copy_steps": copy_steps,
+        "diff_steps": diff_steps,
+        "reps": b.reps,
+        "cml_s": full,
+        "commands_s": med(r["commands"]),
+        "ratio": full / med(r["commands"]),
         "merge_modes": {
-            "checkpoint": {
-                "s": full,
-                "peak_rss_gib": med(r["overhead"]["cml"], "peak_rss_kib") / 2**20,
-                "disk_gib": med(r["overhead"]["cml"], "disk_bytes") / 2**30,
-            },
+            "checkpoint": {"s": full, "peak_rss_gib": med(r["cml"], "peak_rss_kib") / 2**20, "disk_gib": med(r["cml"], "disk_bytes") / 2**30},
             "in_memory": {
                 "s": med(r["in_memory"]),
                 "peak_rss_gib": med(r["in_memory"], "peak_rss_kib") / 2**20,
                 "disk_gib": med(r["in_memory"], "disk_bytes") / 2**30,
             },
         },
-        "resume": {
-            "changed_one_target_s": med(r["resume"]),
-            "full_two_target_run_s": r["two_targets"]["seconds"],
-            "ratio": med(r["resume"]) / r["two_targets"]["seconds"],
-        },
-        "many_targets": {
-            "k": 2,
-            "one_copy_machine_s": r["two_targets"]["seconds"],
-            "separate_pipelines_s": 2 * full,
-            "ratio": r["two_targets"]["seconds"] / (2 * full),
-        },
-        "gpu": gpu_note(),
-        "raw": r,
     }
-    res["merge_modes"]["time_ratio_in_memory_vs_checkpoint"] = res["merge_modes"]["in_memory"]["s"] / full
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "results.json").write_text(json.dumps(res, indent=2))
-    (a.out / "results.md").write_text(markdown(res))
-    shutil.rmtree(work, ignore_errors=True)
-    print((a.out / "results.md").read_text())
-    return 0
+
+
+def part_resume(b: Bench, copy_steps: int, diff_steps: int) -> dict:
+    steps = {"copy": {"steps": copy_steps}, "train": {"resolution": 64, "steps": diff_steps}}
+    b.clean("multi")
+    two = b.cml(b.preset("multi", TWO, merge="checkpoint", **steps))
+    b.clean("single")
+    one = b.cml(b.preset("single", ONE, merge="checkpoint", **steps))
+    resumed = []
+    for i in range(b.reps):
+        changed = {**TWO, "invert": {"transform": "invert", "train": {"steps": diff_steps + 1 + i % 2}}}  # one target's setting
+        m = b.cml(b.preset("multi", changed, merge="checkpoint", **steps), "--force")
+        ran = json.loads((b.work / "runs" / "multi" / "run.json").read_text())["stages_run"]
+        assert ran == ["diff-invert"], ran
+        resumed.append(m)
+    return {
+        "two_targets_s": two["seconds"],
+        "one_target_s": one["seconds"],
+        "many_targets_ratio": two["seconds"] / (2 * one["seconds"]),
+        "resume_s": med(resumed),
+        "resume_ratio": med(resumed) / two["seconds"],
+    }
+
+
+# ---------------------------------------------------------------- results
 
 
 def versions(sd) -> dict:
-    import torch
+    from importlib import metadata
 
     from cml import __version__
 
-    return {"cml": __version__, "torch": torch.__version__, "sd_scripts": sd.commit}
-
-
-def gpu_note() -> str:
-    from cml.device import probe
-
-    gpu = probe(check_bnb=False).gpu
-    if gpu is not None:
-        return f"CUDA available ({gpu.name}): `make bench-gpu` measures the article's recipe on it"
-    return "not measured here (no CUDA GPU): `make bench-gpu` on a CUDA machine, see bench/results-gpu.md"
+    return {"cml": __version__, "torch": metadata.version("torch"), "sd_scripts": sd.commit}
 
 
 def markdown(r: dict) -> str:
-    o, m, rs, mt = r["overhead"], r["merge_modes"], r["resume"], r["many_targets"]
-    s = r["settings"]
-    return f"""# cml benchmarks
+    m = r.get("machine", {})
+    lines = [
+        "# cml benchmarks",
+        "",
+        f"Machine: {m.get('platform')}, {m.get('cpus')} CPUs, Python {m.get('python')}; torch {r.get('versions', {}).get('torch')}; "
+        f"sd-scripts {str(r.get('versions', {}).get('sd_scripts'))[:10]}; cml {r.get('versions', {}).get('cml')}.",
+        "The demo model (SD1.5 architecture) at 64 px, on the CPU. Each part's figures come from one `make bench` run of that part.",
+        "",
+    ]
+    if "ops" in r:
+        o = r["ops"]
+        lines += [
+            "## Host tensor operations per training step",
+            "",
+            f"Counted with a dispatch-mode counter around sd-scripts' own modules ({o['lora_modules']} LoRA modules, dim 16, {o['optimizer']}):",
+            "",
+            "| | sd-scripts | with cml's exact cuts |",
+            "|---|---|---|",
+            f"| text encoder (every step; cml: once) | {o['text_encoder']} | 0 |",
+            f"| U-Net forward + backward, no LoRA | {o['unet']} | {o['unet']} |",
+            f"| U-Net forward + backward, with the LoRA | {o['unet_lora_sd_scripts']} ({o['mul_sd_scripts']} multiplies) | {o['unet_lora_cml']} ({o['mul_cml']} multiplies) |",
+            f"| optimizer step | {o['optimizer_step_sd_scripts']} | {o['optimizer_step_cml']} |",
+            f"| device syncs in the optimizer step | {o['device_syncs_sd_scripts']} | {o['device_syncs_cml']} |",
+            f"| **a whole step** | **{o['step_before']}** | **{o['step_after']}** (ratio **{o['ratio_after_before']:.3f}**) |",
+            "",
+        ]
+    if "setup" in r:
+        s = r["setup"]
+        keys = [k for k, _ in SETUP_MARKS]
+        lines += ["## A training stage's set-up (seconds from the trainer's start)", "", "| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for who, marks in s.items():
+            lines.append(f"| {who} | " + " | ".join(f"{marks.get(k, float('nan')):.1f}" for k in keys) + " |")
+        lines.append("")
+    if "cuts" in r:
+        c = r["cuts"]
+        lines += [
+            "## Seconds per step, one copy stage",
+            "",
+            f"sd-scripts' trainer {c['sd-scripts']['s_per_step']:.3f} s, cml's {c['cml']['s_per_step']:.3f} s ({c['steps']} steps): "
+            f"ratio **{c['ratio_cml_sd_scripts']:.3f}** (the same LoRA, bit for bit: tests/sdscripts/test_speedups.py).",
+            "",
+        ]
+    if "methods" in r:
+        d = r["methods"]
+        lines += [
+            "## The direct method against the copy machine pipeline",
+            "",
+            "| run | seconds | ratio direct / it |",
+            "|---|---|---|",
+            f"| direct, default {d['direct_default']['stages']} | {d['direct_default']['seconds']:.0f} | |",
+            f"| copy machine: copy {d['copy_machine_article']['copy_steps']} + merge + diff {d['copy_machine_article']['diff_steps']} (the article's steps) | "
+            f"{d['copy_machine_article']['seconds']:.0f} | **{d['ratio_direct_vs_article']:.3f}** |",
+            f"| copy machine: copy {d['copy_machine_demo']['copy_steps']} + diff {d['copy_machine_demo']['diff_steps']}, in memory (the demo's) | "
+            f"{d['copy_machine_demo']['seconds']:.0f} | **{d['ratio_direct_vs_demo']:.3f}** |",
+            "",
+        ]
+    if "overhead" in r:
+        o = r["overhead"]
+        mm = o["merge_modes"]
+        lines += [
+            f"## The wrapper and the merge modes (copy {o['copy_steps']}, diff {o['diff_steps']} steps; medians of {o['reps']})",
+            "",
+            "| measure | value | ratio |",
+            "|---|---|---|",
+            f"| overhead: `cml run` vs the same sd-scripts commands run directly | {o['cml_s']:.1f} s vs {o['commands_s']:.1f} s | **{o['ratio']:.3f}** |",
+            f"| merge modes, wall time: in_memory vs checkpoint | {mm['in_memory']['s']:.1f} s vs {mm['checkpoint']['s']:.1f} s | **{mm['in_memory']['s'] / mm['checkpoint']['s']:.3f}** |",
+            f"| merge modes, peak RSS | {mm['in_memory']['peak_rss_gib']:.1f} GiB vs {mm['checkpoint']['peak_rss_gib']:.1f} GiB | {mm['in_memory']['peak_rss_gib'] / mm['checkpoint']['peak_rss_gib']:.3f} |",
+            f"| merge modes, disk written | {mm['in_memory']['disk_gib']:.3f} GiB vs {mm['checkpoint']['disk_gib']:.3f} GiB | {mm['in_memory']['disk_gib'] / mm['checkpoint']['disk_gib']:.3f} |",
+            "",
+        ]
+    if "resume" in r:
+        o = r["resume"]
+        lines += [
+            "## Resume and many targets",
+            "",
+            f"- change one target's setting, re-run: {o['resume_s']:.1f} s vs the full 2-target run {o['two_targets_s']:.1f} s: **{o['resume_ratio']:.3f}**",
+            f"- 2 targets on one copy machine vs 2 separate pipelines: {o['two_targets_s']:.1f} s vs {2 * o['one_target_s']:.1f} s: **{o['many_targets_ratio']:.3f}**",
+            "",
+        ]
+    lines.append(f"GPU: {r.get('gpu', 'not measured here')}.")
+    return "\n".join(lines) + "\n"
 
-Machine: {r["machine"]["platform"]}, {r["machine"]["cpus"]} CPUs, Python {r["machine"]["python"]}; torch {r["versions"]["torch"]};
-sd-scripts {str(r["versions"]["sd_scripts"])[:10]}; cml {r["versions"]["cml"]}.
-Workload: {s["model"]} checkpoint, {s["resolution"]} px, copy {s["copy_steps"]} steps, diff {s["diff_steps"]} steps, CPU.
-Medians of {s["reps"]} runs, all in one `make bench` run.
 
-| measure | value | ratio |
-|---|---|---|
-| overhead: `cml run` vs the same sd-scripts commands run directly | {o["cml_s"]:.1f} s vs {o["direct_s"]:.1f} s | **{o["ratio"]:.3f}** (goal <= 1.03) |
-| merge modes, wall time: in_memory vs checkpoint | {m["in_memory"]["s"]:.1f} s vs {m["checkpoint"]["s"]:.1f} s | **{m["time_ratio_in_memory_vs_checkpoint"]:.3f}** |
-| merge modes, peak RSS: in_memory vs checkpoint | {m["in_memory"]["peak_rss_gib"]:.1f} GiB vs {m["checkpoint"]["peak_rss_gib"]:.1f} GiB | {m["in_memory"]["peak_rss_gib"] / m["checkpoint"]["peak_rss_gib"]:.3f} |
-| merge modes, disk written: in_memory vs checkpoint | {m["in_memory"]["disk_gib"]:.3f} GiB vs {m["checkpoint"]["disk_gib"]:.3f} GiB | {m["in_memory"]["disk_gib"] / m["checkpoint"]["disk_gib"]:.3f} |
-| resume: change one target's setting, re-run vs the full 2-target run | {rs["changed_one_target_s"]:.1f} s vs {rs["full_two_target_run_s"]:.1f} s | **{rs["ratio"]:.3f}** |
-| many targets: 2 targets on one copy machine vs 2 separate pipelines | {mt["one_copy_machine_s"]:.1f} s vs {mt["separate_pipelines_s"]:.1f} s | **{mt["ratio"]:.3f}** |
+def gpu_note() -> str:
+    from cml.device import nvidia_gpus
 
-GPU: {r["gpu"]}.
-"""
+    if nvidia_gpus():
+        return "an NVIDIA GPU is here: `make bench-gpu` measures the article's recipe on it"
+    return "not measured here (no CUDA GPU): `make bench-gpu` on a CUDA machine, see bench/results-gpu.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["commands"]:
+        return run_direct_commands(Path(argv[1]), Path(argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=PARTS, help="run only these parts (the others' results are kept)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--copy-steps", type=int, default=10, help="overhead and resume parts")
+    ap.add_argument("--diff-steps", type=int, default=5, help="overhead and resume parts")
+    ap.add_argument("--cut-steps", type=int, default=30)
+    ap.add_argument("--article-steps", type=int, default=500, help="the methods part's copy machine pipeline")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench")
+    a = ap.parse_args(argv)
+    work = a.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    b = Bench(work, a.reps)
+    results_file = a.out / "results.json"
+    try:
+        res = json.loads(results_file.read_text())
+    except (OSError, ValueError):
+        res = {}
+    res.update(machine={"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}, versions=versions(b.sd), gpu=gpu_note())
+    runs = {
+        "ops": lambda: part_ops(b),
+        "setup": lambda: part_setup(b),
+        "cuts": lambda: part_cuts(b, a.cut_steps),
+        "methods": lambda: part_methods(b, a.article_steps),
+        "overhead": lambda: part_overhead(b, a.copy_steps, a.diff_steps),
+        "resume": lambda: part_resume(b, a.copy_steps, a.diff_steps),
+    }
+    for part in a.only or PARTS:
+        print(f"bench: {part} ...", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        res[part] = runs[part]()
+        res[part]["bench_s"] = round(time.monotonic() - t, 1)
+        results_file.write_text(json.dumps(res, indent=2))
+        (a.out / "results.md").write_text(markdown(res))
+    shutil.rmtree(work, ignore_errors=True)
+    print((a.out / "results.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ def test_demo_output_to_a_file_is_a_few_lines_per_stage(demo_run):
 
 
 def test_diff_lora_loads_in_diffusers_every_key_used(demo_run, sd_scripts):
+    lora_loads_in_diffusers(demo_run["dir"] / "diff-grayscale" / "grayscale.safetensors", sd_scripts)
+
+
+def lora_loads_in_diffusers(path, sd_scripts):
     """diffusers' own kohya-LoRA converter maps every key to a U-Net module; weight 1 changes the output, weight 0 not."""
     pytest.importorskip("peft", reason="diffusers loads LoRAs through peft: `pip install peft==0.14.0` (make test does)")
     import torch
@@ -115,7 +119,7 @@ def test_diff_lora_loads_in_diffusers_every_key_used(demo_run, sd_scripts):
         sys.path.insert(0, str(sd_scripts.path))
     from library import model_util
 
-    lora = load_file(str(demo_run["dir"] / "diff-grayscale" / "grayscale.safetensors"))
+    lora = load_file(str(path))
     converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(lora))  # raises on a key it cannot map
     assert converted and all(k.startswith("unet.") for k in converted)
     kohya_modules = {k.split(".", 1)[0] for k in lora}
