@@ -170,6 +170,23 @@ def demo_assets(sd_scripts):
 
 
 @pytest.fixture(scope="session")
+def small_run(sd_scripts, demo_assets, tmp_path_factory):
+    """The fast tier's real run: copy, merge (merge_lora.py), diff and the check (gen_img.py), a few steps each."""
+    tmp = tmp_path_factory.mktemp("small")
+    p = sd_preset(
+        tmp,
+        demo_assets,
+        name="small",
+        copy={"steps": 4},
+        diff={"steps": 3},
+        check={"enabled": True, "weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 2, "sampler": "euler_a", "guidance_scale": 1.0},
+    )
+    r = run_cml("run", str(p), timeout=1800)  # output captured: what a log file gets
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {"dir": tmp / "runs" / "small", "result": r, "preset": p}
+
+
+@pytest.fixture(scope="session")
 def demo_run(sd_scripts, demo_assets, tmp_path_factory):
     """`cml demo`, what `make demo` runs: copy, merge, diff, then the check; shared by every test that reads it."""
     tmp = tmp_path_factory.mktemp("demo")

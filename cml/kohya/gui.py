@@ -138,13 +138,17 @@ def gui_note(plan: Plan) -> str:
         f"- `tokenizer_cache_dir` ({plan.preset.tokenizer_cache_dir or default_tokenizer_cache()}): the GUI's run loads the "
         "tokenizer from the Hugging Face hub instead (the same tokenizer; it needs network on its first run).",
     ]
-    if plan.preset.merge == "in_memory":
-        lines.append(
-            "- `network_module` of the in-memory diff stage: `gui.json` passes `--base_weights` in additional parameters, and "
-            "plain sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list); cml's "
-            f"own runs use `{CML_NETWORK_MODULE}` to train exactly the modules the checkpoint mode trains. Prefer "
+    lines.append(
+        f"- `network_module`: cml trains with `{CML_NETWORK_MODULE}` (sd-scripts' networks.lora, exactly faster, and fixed for "
+        "`--base_weights`), the GUI with `networks.lora`: the same LoRA file either way."
+        + (
+            " In the in-memory diff stage, though, `gui.json` passes `--base_weights` in additional parameters, and plain "
+            "sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list): prefer "
             '`merge = "checkpoint"` for GUI use.'
+            if plan.preset.merge == "in_memory"
+            else ""
         )
+    )
     if sd1_v_prediction(plan):
         lines.append(
             "- v-prediction on an SD1 model: the GUI's v-parameterization box is unticked by its model-family boxes when "

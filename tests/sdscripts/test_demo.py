@@ -1,10 +1,9 @@
 """`cml demo` on the real sd-scripts, run once per session (tests/conftest.py, demo_run): the method itself, asserted
-on its images and records. The fast tier's real training, merge and generation: `make test` runs these.
+on its images and records (the full tier: `make test-full`; the fast tier's real run is tests/sdscripts/test_real_run.py).
 """
 
 import json
 import re
-import sys
 import tomllib
 
 import pytest
@@ -13,6 +12,8 @@ from PIL import Image
 from cml.outputs import read_metadata
 from cml.records import CheckMetrics, RunSummary, StageRecord, read
 from tests.conftest import read_json
+
+pytestmark = pytest.mark.full  # the full tier: `make test-full`
 
 # What `make demo` measured on this project's 2-core CPU (the shipped demo preset on the demo model; README,
 # Measured), and the floors these tests hold it to, a margin from the measurement.
@@ -101,43 +102,6 @@ def test_demo_output_to_a_file_is_a_few_lines_per_stage(demo_run):
     for stage in ("copy", "diff-grayscale"):
         assert 2 <= sum(ln.startswith(f"cml: {stage}: step ") for ln in err.splitlines()) <= 12
     assert "avr_loss" not in err and len((demo_run["result"].stdout + err).encode()) < 12 * 1024
-
-
-def test_diff_lora_loads_in_diffusers_every_key_used(demo_run, sd_scripts):
-    lora_loads_in_diffusers(demo_run["dir"] / "diff-grayscale" / "grayscale.safetensors", sd_scripts)
-
-
-def lora_loads_in_diffusers(path, sd_scripts):
-    """diffusers' own kohya-LoRA converter maps every key to a U-Net module; weight 1 changes the output, weight 0 not."""
-    pytest.importorskip("peft", reason="diffusers loads LoRAs through peft: `pip install peft==0.14.0` (make test does)")
-    import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
-    from safetensors.torch import load_file
-
-    if str(sd_scripts.path) not in sys.path:
-        sys.path.insert(0, str(sd_scripts.path))
-    from library import model_util
-
-    lora = load_file(str(path))
-    converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(lora))  # raises on a key it cannot map
-    assert converted and all(k.startswith("unet.") for k in converted)
-    kohya_modules = {k.split(".", 1)[0] for k in lora}
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False)).eval()
-    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 768)
-    with torch.no_grad():
-        base = unet(x, t, ctx).sample
-        unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas, adapter_name="diff")
-        injected = [n for n, m in unet.named_modules() if "diff" in getattr(m, "lora_A", {})]
-        assert len(injected) == len(kohya_modules), f"{len(kohya_modules)} kohya modules, {len(injected)} U-Net modules got one"
-        unet.set_adapters(["diff"], weights=[0.0])
-        zero = unet(x, t, ctx).sample
-        unet.set_adapters(["diff"], weights=[1.0])
-        one = unet(x, t, ctx).sample
-    assert torch.allclose(zero, base, atol=1e-6)
-    assert (one - base).abs().max() > 1e-4
 
 
 def test_demo_run_again_trains_nothing_and_says_so(demo_run):

@@ -82,46 +82,13 @@ def test_final_loras_carry_provenance_and_their_records_hold(checkpoint_run, tar
     assert meta["cml_sd_scripts_commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
 
 
-def test_the_copy_machine_model_is_the_base_plus_the_copy_lora_and_the_diffs_trained_on_it(checkpoint_run, sd_scripts, demo_assets):
-    """The merged file differs from the base by exactly the copy LoRA (up @ down x alpha/dim, read back through
-    sd-scripts' own key conversion), and each diff stage names that file and its bytes."""
-    import torch
-    from safetensors.torch import load_file
-
-    if str(sd_scripts.path) not in sys.path:
-        sys.path.insert(0, str(sd_scripts.path))
-    from library import model_util
-
+def test_both_diffs_trained_against_the_one_copy_machine_model(checkpoint_run):
     d = checkpoint_run["dir"]
-    merged_path = d / "merge" / "copy_machine.safetensors"
     merge_rec = read(StageRecord, d / "merge" / "record.json")
     assert merge_rec is not None
     for t in ("grayscale", "invert"):
         rec = read(StageRecord, d / f"diff-{t}" / "record.json")
         assert rec is not None and rec.inputs == {"merge": merge_rec.output_sha256}
-        assert str(merged_path) in (d / f"diff-{t}" / "train.toml").read_text()
-
-    cfg = model_util.create_unet_diffusers_config(False)
-
-    def unet(path):
-        sd = {k: v for k, v in load_file(str(path)).items() if k.startswith("model.diffusion_model.")}
-        return model_util.convert_ldm_unet_checkpoint(False, sd, cfg)
-
-    base, merged = unet(demo_assets["model"]), unet(merged_path)
-    lora = load_file(str(d / "copy" / "copy.safetensors"))
-    modules = sorted({k.split(".")[0] for k in lora})
-    assert len(modules) == 192
-    checked = 0
-    for name in modules[::24]:  # a sample across the U-Net's blocks
-        key = next(k for k in base if k.endswith(".weight") and "lora_unet_" + k.removesuffix(".weight").replace(".", "_") == name)
-        up, down = lora[f"{name}.lora_up.weight"].float(), lora[f"{name}.lora_down.weight"].float()
-        scale = float(lora[f"{name}.alpha"]) / down.shape[0]
-        delta = (up.flatten(1) @ down.flatten(1)).reshape(base[key].shape) * scale
-        got = merged[key].float() - base[key].float()
-        assert torch.allclose(got, delta, atol=2e-3, rtol=1e-2), f"{key}: merged - base is not the copy LoRA"
-        assert delta.abs().max() > 1e-4
-        checked += 1
-    assert checked == 8
 
 
 def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_memory_run, checkpoint_run):

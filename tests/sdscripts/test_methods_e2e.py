@@ -9,7 +9,7 @@ import pytest
 from cml.outputs import read_metadata
 from cml.records import CheckMetrics, RunSummary, read
 from tests.conftest import run_cml
-from tests.sdscripts.test_demo import lora_loads_in_diffusers
+from tests.sdscripts.test_real_run import lora_loads_in_diffusers
 
 pytestmark = pytest.mark.full
 

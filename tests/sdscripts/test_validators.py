@@ -147,7 +147,7 @@ def test_train_extra_is_checked_against_the_trainers_own_parser(sd_scripts, writ
     r = run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path))
     assert r.returncode == 2 and "'noise_ofset' is not an option of train_network.py; did you mean 'noise_offset'?" in r.stderr
     assert not (tmp_path / "runs").exists()
-    for managed in ("max_train_epochs", "save_every_n_steps", "base_weights_multiplier", "max_train_steps"):
+    for managed in ("max_train_epochs", "save_state", "base_weights_multiplier", "max_train_steps"):  # intermediate saves are allowed: kept in extra/
         p = write_preset(train={"steps": 3, "resolution": 64, "extra": {managed: 1}})
         r = run_cml("plan", str(p), "--sd-scripts", str(sd_scripts.path))
         assert r.returncode == 2 and f"train.extra sets {managed}, which cml manages" in r.stderr, r.stderr
