@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cml import kohya
 from cml.plan import Plan, Role, Stage, merge_precision
 
 SCRIPTS = {
@@ -15,7 +16,7 @@ SCRIPTS = {
 RESIZE_SCRIPT = "networks/resize_lora.py"
 NETWORK_MODULE = "networks.lora"
 # networks.lora with the --base_weights module-list fix and an exact, faster forward (see cml/kohya/lora.py).
-CML_NETWORK_MODULE = "cml.kohya.lora"
+CML_NETWORK_MODULE = kohya.CML_NETWORK_MODULE
 # sd-scripts' trainers with cml's exact speed-ups (see cml/kohya/train.py), run as `python -m`.
 CML_TRAINER = "cml.kohya.train"
 

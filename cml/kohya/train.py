@@ -29,6 +29,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from cml.kohya import CML_NETWORK_MODULE
+
 
 class FixedTextEncoding:
     """A text encoding strategy that computes each distinct set of tokens once, while no gradient is asked for."""
@@ -189,6 +191,13 @@ def trainer_class(script: str, direct: DirectStep | None = None):
     base = module.SdxlNetworkTrainer if script == "sdxl_train_network" else module.NetworkTrainer
 
     class Trainer(base):  # type: ignore[misc, valid-type]
+        def post_process_network(self, args, accelerator, network, text_encoders, unet):
+            super().post_process_network(args, accelerator, network, text_encoders, unet)
+            if args.network_module == CML_NETWORK_MODULE:
+                plain_lora_metadata(network)
+            if direct is not None:
+                scale_saved_lora(network, direct.w)
+
         def get_text_encoding_strategy(self, args):
             inner = super().get_text_encoding_strategy(args)
             self.cml_text_encoding = FixedTextEncoding(inner) if args.network_train_unet_only and not args.weighted_captions else inner
@@ -199,10 +208,6 @@ def trainer_class(script: str, direct: DirectStep | None = None):
             def cache_text_encoder_outputs_if_needed(self, args, accelerator, unet, vae, text_encoders, dataset, weight_dtype):
                 direct.cache_a(self, args, accelerator, vae, dataset)
                 return super().cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
-
-            def post_process_network(self, args, accelerator, network, text_encoders, unet):
-                super().post_process_network(args, accelerator, network, text_encoders, unet)
-                scale_saved_lora(network, direct.w)
 
             def get_noise_pred_and_target(
                 self, args, accelerator, noise_scheduler, latents, batch, text_encoder_conds, unet, network, weight_dtype, train_unet, is_train=True
@@ -231,6 +236,20 @@ def trainer_class(script: str, direct: DirectStep | None = None):
                 return pred, target.detach(), timesteps, None
 
     return module, Trainer
+
+
+def plain_lora_metadata(network) -> None:
+    """Files saved by cml's networks.lora say what they are: a plain networks.lora LoRA (every loader's key), and
+    which module trained it in cml's own key: also when commands.sh runs the trainer without cml."""
+    original = network.save_weights
+
+    def save_weights(file, dtype, metadata):
+        if metadata is not None and metadata.get("ss_network_module") == CML_NETWORK_MODULE:
+            metadata["ss_network_module"] = "networks.lora"
+            metadata["cml_network_module"] = CML_NETWORK_MODULE
+        return original(file, dtype, metadata)
+
+    network.save_weights = save_weights
 
 
 def scale_saved_lora(network, w: float) -> None:
