@@ -134,6 +134,20 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Training settings added after runs were made with cml 0.1: at their default they leave a stage's fingerprint as it
+# was, so a finished run stays up to date after cml is upgraded; set otherwise, they are part of it.
+LATER_SETTINGS: dict[str, object] = {"torch_compile": False}
+
+
+def settings_id(settings: TrainSettings) -> dict:
+    """A stage's training settings as its fingerprint holds them."""
+    d = settings.model_dump()
+    for key, default in LATER_SETTINGS.items():
+        if d.get(key) == default:
+            del d[key]
+    return d
+
+
 def resolve_precision(requested: str, inputs: Inputs) -> str:
     """The one precision rule: fp32 | fp16 | bf16 as the stage will run on this device.
 
@@ -204,7 +218,7 @@ def _copy_machine(
         inputs_sha256={"B" if reverse else "A": files},
         notes=notes,
     )
-    copy.fingerprint = fingerprint({"stage": copy.name if reverse else "copy", "settings": copy_s.model_dump(), "A": pixels, "base": base_id, **common})
+    copy.fingerprint = fingerprint({"stage": copy.name if reverse else "copy", "settings": settings_id(copy_s), "A": pixels, "base": base_id, **common})
     if preset.merge != "checkpoint":
         return [copy], (preset.base_model, copy.fingerprint, [copy.output], copy.name)
     merge = Stage(
@@ -255,7 +269,7 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                 notes=notes,
             )
             final.fingerprint = fingerprint(
-                {"stage": "direct", "settings": s.model_dump(), "direct": d.model_dump(), "A": a_pixels, "B": b_pixels, "base": base_id, **common}
+                {"stage": "direct", "settings": settings_id(s), "direct": d.model_dump(), "A": a_pixels, "B": b_pixels, "base": base_id, **common}
             )
             stages.append(final)
         else:
@@ -277,7 +291,7 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                 notes=notes,
             )
             final.fingerprint = fingerprint(
-                {"stage": "diff", "settings": s.model_dump(), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common}
+                {"stage": "diff", "settings": settings_id(s), "B": b_pixels, "machine": machine_fp, "merge": preset.merge, **common}
             )
             stages.append(final)
             if preset.baseline:
@@ -293,7 +307,7 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                     images=t.images,
                     inputs_sha256={"B": t.sha256},
                 )
-                base.fingerprint = fingerprint({"stage": "baseline", "settings": bs.model_dump(), "B": b_pixels, "base": base_id, **common})
+                base.fingerprint = fingerprint({"stage": "baseline", "settings": settings_id(bs), "B": b_pixels, "base": base_id, **common})
                 stages.append(base)
             if preset.targets[name].symmetric:
                 stages += _slider(preset, inputs, run_dir, common, base_id, name, t, final, s, a_images, a_pixels, a_files, b_pixels)
@@ -330,7 +344,7 @@ def _slider(preset, inputs, run_dir, common, base_id, name, t, diff: Stage, s: T
         inputs_sha256={"A": a_files, "B": t.sha256},
         depends=[machine_stage],
     )
-    back.fingerprint = fingerprint({"stage": back.name, "settings": s.model_dump(), "A": a_pixels, "machine": machine_fp, "merge": preset.merge, **common})
+    back.fingerprint = fingerprint({"stage": back.name, "settings": settings_id(s), "A": a_pixels, "machine": machine_fp, "merge": preset.merge, **common})
     slider = Stage(
         role=Role.SLIDER,
         target=name,

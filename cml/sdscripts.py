@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cml import PINNED_SD_SCRIPTS_COMMIT
 from cml.errors import CmlError, InputError
-from cml.paths import checkout_root, data_dir, submodule
+from cml.paths import cache_root, checkout_root, data_dir, submodule
 
 UPSTREAM = "https://github.com/kohya-ss/sd-scripts.git"
 # What cml runs; a checkout without these cannot work.
@@ -208,6 +208,9 @@ def python_env(sd: SdScripts) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(sd.path), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
+    compiled = cache_root() / "torch-compile"  # train.torch_compile: inductor's and triton's caches live in cml's cache
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compiled / "inductor"))
+    env.setdefault("TRITON_CACHE_DIR", str(compiled / "triton"))
     return env
 
 

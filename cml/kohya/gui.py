@@ -34,6 +34,8 @@ def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
         extra.append("--v_parameterization")
     if stage.train.seed == 0:
         extra += ["--seed", "0"]  # the GUI leaves out seed = 0, and sd-scripts then picks a random seed
+    if stage.train.torch_compile:
+        extra.append("--torch_compile")  # the GUI's dynamo fields are accelerate launch's; this is the trainer's own
     for key, value in stage.train.extra.items():  # train.extra: what cml's train.toml adds, the GUI gets too
         if value is False:
             continue

@@ -41,6 +41,7 @@ CONDITIONAL = frozenset(
         "cache_text_encoder_outputs",
         "no_half_vae",
         "zero_terminal_snr",
+        "torch_compile",
         "base_weights",
         "base_weights_multiplier",
     }
@@ -158,6 +159,8 @@ def managed_options(plan: Plan, stage: Stage) -> dict:
         cfg["cache_text_encoder_outputs"] = True  # U-Net only: the text encoders never change
     if no_half_vae(plan, stage):
         cfg["no_half_vae"] = True
+    if s.torch_compile:
+        cfg["torch_compile"] = True  # sd-scripts' default dynamo_backend: inductor
     if zero_terminal_snr(plan):
         cfg["zero_terminal_snr"] = True
     if stage.base_weights:

@@ -152,6 +152,9 @@ class TrainSettings(Base):
     """Mixed precision: auto = bf16 on GPUs with compute capability 8.0+ (Ampere and newer), fp16 on older GPUs, fp32 on a CPU."""
     gradient_checkpointing: bool | None = None
     """Trade compute for GPU memory; empty means on for SDXL (sd-scripts' SDXL docs recommend it), off otherwise."""
+    torch_compile: bool = False
+    """sd-scripts' --torch_compile (torch.compile with inductor): slower first steps while it compiles, faster after;
+    its compile cache is kept in cml's cache (torch-compile/), so later stages and runs start warm."""
     extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     """Further train_network.py options, written into the training TOML as they are."""
 

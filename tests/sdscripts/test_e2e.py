@@ -108,10 +108,11 @@ def test_resize_to_writes_a_smaller_rank_beside_the_full_one(in_memory_run):
     d = in_memory_run["dir"]
     small = d / "resize-grayscale" / "grayscale_r4.safetensors"
     with safe_open(str(small), "numpy") as f:
-        downs = {k: f.get_tensor(k).shape[0] for k in f.keys() if k.endswith("lora_down.weight")}
-        alphas = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
+        downs = {k.removesuffix(".lora_down.weight"): f.get_tensor(k).shape[0] for k in f.keys() if k.endswith("lora_down.weight")}
+        alphas = {k.removesuffix(".alpha"): float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
     assert len(downs) == 192 and max(downs.values()) == 4  # rank 4 (resize_lora.py's rank-1 stand-ins aside)
-    assert alphas <= {4.0, 0.25}  # alpha/dim kept: 16/16 x 4, or x 1 for a stand-in
+    assert set(downs.values()) <= {1, 4} and alphas.keys() == downs.keys()
+    assert all(alphas[m] == downs[m] for m in downs)  # alpha / rank kept at the trained 16 / 16, stand-ins included
     assert (d / "diff-grayscale" / "grayscale.safetensors").is_file()
     assert read_metadata(small)["cml_stage"] == "resize-grayscale"
     assert read_metadata(small)["cml_trained_against"] == "copy machine model"  # a resized diff LoRA is still a diff
@@ -144,7 +145,15 @@ def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     p = preset(tmp_path, demo_assets, diff={"steps": 60})
     run = tmp_path / "runs" / "e2e"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cml", "run", str(p), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-m", "cml", "run", str(p), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # Ctrl-C's signal as a terminal sends it: a suite started in the background (`make test-full &`) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = run / "diff-grayscale" / "log.txt"
     deadline = time.time() + 900

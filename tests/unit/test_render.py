@@ -44,6 +44,25 @@ def test_fingerprints_change_only_downstream(write_preset):
     assert all(fp(a)[k] != fp(c)[k] for k in fp(a))
 
 
+# TrainSettings' fields when cml 0.1's runs were made: a field added since must be in plan.LATER_SETTINGS, or every
+# finished run would look made from other settings after an upgrade (and need --force).
+FIELDS_OF_0_1 = {
+    "dim", "alpha", "steps", "learning_rate", "optimizer", "scheduler", "warmup_steps", "resolution", "batch_size",
+    "caption", "seed", "precision", "gradient_checkpointing", "extra",
+}  # fmt: skip
+
+
+def test_settings_added_later_leave_finished_runs_up_to_date(write_preset):
+    from cml.plan import LATER_SETTINGS, settings_id
+    from cml.preset.models import TrainSettings
+
+    assert set(TrainSettings.model_fields) == FIELDS_OF_0_1 | set(LATER_SETTINGS)
+    assert set(settings_id(TrainSettings())) == FIELDS_OF_0_1  # at their defaults, later settings are not in it
+    fp = lambda p: {s.name: s.fingerprint for s in p.stages}  # noqa: E731
+    a, b = plan_for(write_preset()), plan_for(write_preset(train={"torch_compile": True}))
+    assert all(fp(a)[k] != fp(b)[k] for k in ("copy", "diff-grayscale"))  # set, they are: another way of training
+
+
 def test_cpu_falls_back_from_8bit_optimizers_and_says_so(write_preset):
     p = plan_for(write_preset())
     copy = p.stage("copy")
@@ -81,6 +100,26 @@ def test_extra_options_pass_through_but_not_managed_ones(write_preset):
     with pytest.raises(InputError, match="output_dir, which cml manages") as e:
         refuse_managed_extra(p)
     assert "copy: train.extra sets output_dir" in str(e.value) and "diff-grayscale: train.extra sets output_dir" in str(e.value)  # all stages at once
+
+
+def test_torch_compile_is_sd_scripts_own_option_with_its_cache_in_cmls(write_preset, tmp_path, monkeypatch):
+    from cml.sdscripts import SdScripts, python_env
+
+    p = plan_for(write_preset(train={"resolution": 64, "torch_compile": True}))
+    for st in ("copy", "diff-grayscale"):
+        assert training_toml(p, p.stage(st))["torch_compile"] is True
+        assert "dynamo_backend" not in training_toml(p, p.stage(st))  # sd-scripts' default: inductor
+        assert gui_json(p, p.stage(st))["additional_parameters"].split() == ["--torch_compile"]
+    assert "torch_compile" not in training_toml(plan_for(write_preset()), plan_for(write_preset()).stage("copy"))
+    with pytest.raises(InputError, match="torch_compile, which cml manages"):  # the preset's key, not train.extra
+        refuse_managed_extra(plan_for(write_preset(train={"extra": {"torch_compile": True}})))
+    monkeypatch.setenv("CML_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    env = python_env(SdScripts(tmp_path, None, "test"))
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "inductor")
+    assert env["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "torch-compile" / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")  # the user's own setting wins
+    assert python_env(SdScripts(tmp_path, None, "test"))["TORCHINDUCTOR_CACHE_DIR"] == "/mine"
 
 
 def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
@@ -209,7 +248,8 @@ def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tm
     for family in ("sd1", "sd2", "sdxl"):
         model = make_checkpoint(tmp_path / f"{family}.safetensors", family, {"modelspec.prediction_type": "v"} if family != "sd1" else None)
         for merge in ("checkpoint", "in_memory"):
-            preset, digest = load_preset(write_preset(base_model=str(model), merge=merge, baseline=True))
+            train = {"torch_compile": merge == "in_memory"}
+            preset, digest = load_preset(write_preset(base_model=str(model), merge=merge, baseline=True, train=train))
             inputs = load_inputs(preset)
             inputs.device, inputs.gpu = "cuda", Gpu("GPU", 8 * 2**30, (7, 5), None)
             plan = build_plan(preset, digest, inputs, None)
