@@ -124,6 +124,9 @@ def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_pre
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C's signal as a terminal sends it: a suite started in the background (`make test &`) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = tmp_path / "runs" / "t" / "copy" / "log.txt"
     deadline = time.time() + 60
