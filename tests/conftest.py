@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,12 @@ def plan_for(preset_path, sets=None):
 
     preset, digest = load_preset(preset_path, sets)
     return build_plan(preset, digest, load_inputs(preset), "c0ffee")
+
+
+def sigint_as_a_terminal_sends_it() -> None:
+    """preexec_fn of a cml that a test stops with Ctrl-C's SIGINT: a suite started in the background (`make test &`)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cml(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from cml.outputs import read_metadata
 from cml.records import StageRecord, read
-from tests.conftest import ROOT, read_json, run_cml
+from tests.conftest import ROOT, read_json, run_cml, sigint_as_a_terminal_sends_it
 from tests.conftest import sd_preset as preset
 
 pytestmark = pytest.mark.full  # the full tier: `make test-full`
@@ -151,9 +151,7 @@ def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        # Ctrl-C's signal as a terminal sends it: a suite started in the background (`make test-full &`) inherits
-        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     log = run / "diff-grayscale" / "log.txt"
     deadline = time.time() + 900

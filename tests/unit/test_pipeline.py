@@ -15,7 +15,7 @@ import pytest
 
 from cml.outputs import read_metadata
 from cml.runner import RunLock
-from tests.conftest import ROOT, run_cml, tokenizer_dir
+from tests.conftest import ROOT, run_cml, sigint_as_a_terminal_sends_it, tokenizer_dir
 
 
 @pytest.fixture
@@ -124,9 +124,7 @@ def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_pre
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        # Ctrl-C's signal as a terminal sends it: a suite started in the background (`make test &`) inherits SIGINT
-        # ignored, and Python then installs no KeyboardInterrupt handler
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     log = tmp_path / "runs" / "t" / "copy" / "log.txt"
     deadline = time.time() + 60
