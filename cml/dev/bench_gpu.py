@@ -120,15 +120,15 @@ def stage_entry(run_dir: Path, st: str, d: dict, mon: GpuMonitor | None, idle: i
 MACHINE_PATHS = ("base_model", "source", "tokenizer_cache_dir", "output_dir")
 
 
-def write_preset(work: Path, name: str, settings: dict) -> Path:
-    """The article's recipe as shipped (presets/grayscale), with this run's settings, as a preset file of the run."""
+def write_preset(work: Path, name: str, settings: dict, preset: str = "grayscale") -> Path:
+    """A shipped preset (the article's recipe: grayscale), with this run's settings, as a preset file of the run."""
     import tomllib
 
     import tomli_w
 
     from cml.preset import shipped_presets
 
-    data = tomllib.loads(shipped_presets()["grayscale"].read_text(encoding="utf-8"))
+    data = tomllib.loads(shipped_presets()[preset].read_text(encoding="utf-8"))
     for key, value in settings.items():
         node = data
         *parents, last = key.split(".")
@@ -141,13 +141,15 @@ def write_preset(work: Path, name: str, settings: dict) -> Path:
     return path
 
 
-def run_cml(name: str, settings: dict, work: Path, out: Path, mon: GpuMonitor | None, res: dict, save) -> None:
+def run_cml(
+    name: str, settings: dict, work: Path, out: Path, mon: GpuMonitor | None, res: dict, save, env: dict | None = None, preset: str = "grayscale"
+) -> None:
     """One `cml run`, its output time-stamped line by line, into ``res``; ``save()`` after every finished stage."""
-    argv = [sys.executable, "-m", "cml", "run", str(write_preset(work, name, settings))]
+    argv = [sys.executable, "-m", "cml", "run", str(write_preset(work, name, settings, preset))]
     run_dir = work / "runs" / name
     idle = mon.now() if mon else None
     t_launch = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work, env=env)
     cuda_maps: list[str] = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_libcuda, args=(proc.pid, cuda_maps, stop), daemon=True)
@@ -245,18 +247,35 @@ def device_facts() -> dict:
     return facts
 
 
+# The runs, each a `cml run` of the shipped grayscale preset (the article's recipe) with these settings; `--only`
+# picks some, so that a lease whose commands stop at 10 minutes runs them in parts. SD1.5 at --resolution, SDXL apart.
+RUNS: dict[str, dict] = {
+    "sd15": {"baseline": True},  # as shipped: cml's exact cuts on (speedups, the default); the baseline: the method check
+    "sd15-sd-scripts": {"speedups": False},  # the same through train_network.py itself: what the exact cuts are worth
+    "sd15-in-memory": {"merge": "in_memory"},
+    "sd15-batch4": {"train.batch_size": 4, "train.steps": 125},  # the article's hint: its image samples in 1/4 the steps
+    "sd15-compile": {"train.torch_compile": True},  # sd-scripts' --torch_compile, an empty compile cache (cold)
+    "sd15-compile-warm": {"train.torch_compile": True},  # the cache the cold run left
+    "sd15-fast": {"preset": "fast"},  # the fast preset as shipped
+    "sd15-profile": {"merge": "in_memory", "train.steps": 70},  # torch.profiler over 50 steps of each stage
+    "sdxl": {},
+}
+DEFAULT_RUNS = ["sd15", "sd15-sd-scripts", "sd15-in-memory", "sd15-batch4", "sd15-compile", "sd15-compile-warm", "sd15-fast", "sd15-profile", "sdxl"]
+PROFILED_STEPS = 50
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench", help="where results-gpu.json/.md go")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work-gpu", help="run folders and images")
-    ap.add_argument("--only", nargs="*", choices=["sd15", "sd15-in-memory", "sdxl"], help="run only these")
+    ap.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these")
     ap.add_argument("--steps", type=int, default=None, help="SD1.5 steps per stage (default: the preset's, 500)")
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--sdxl-steps", type=int, default=30)
     ap.add_argument("--sdxl-resolution", type=int, default=1024)
     ap.add_argument("--device", default="auto", help="preset device (cpu only to try the harness without a GPU)")
     a = ap.parse_args(argv)
-    runs = a.only or ["sd15", "sd15-in-memory", "sdxl"]
+    runs = a.only or DEFAULT_RUNS
     say = lambda m: print(f"bench-gpu: {m}", file=sys.stderr, flush=True)  # noqa: E731
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
@@ -291,14 +310,24 @@ def main(argv: list[str] | None = None) -> int:
                 settings["train.steps"] = a.sdxl_steps
             elif a.steps:
                 settings["train.steps"] = a.steps
-            if r == "sd15":
-                settings["baseline"] = True
-            if r == "sd15-in-memory":
-                settings["merge"] = "in_memory"
-            say(f"{r}: cml run grayscale ({res} px)")
+            settings.update(RUNS[r])
+            if r == "sd15-batch4" and a.steps:
+                settings["train.steps"] = max(1, a.steps // 4)
+            env = dict(os.environ)
+            compile_cache = a.out / "torch-compile"  # its own, so that the cold run is cold
+            if r == "sd15-compile":
+                shutil.rmtree(compile_cache, ignore_errors=True)
+            env.update(TORCHINDUCTOR_CACHE_DIR=str(compile_cache / "inductor"), TRITON_CACHE_DIR=str(compile_cache / "triton"))
+            if r == "sd15-profile":
+                env["CML_PROFILE"] = f"{a.work / 'profile-STAGE.json'}:{PROFILED_STEPS}"
+            preset = settings.pop("preset", "grayscale")
+            say(f"{r}: cml run {preset} ({res} px)")
             results["runs"][r] = {}
             # written after every stage: a run cut short (time limit, failure) keeps what was measured
-            run_cml(r, settings, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0))
+            run_cml(r, settings, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0), env=env, preset=preset)
+            if r == "sd15-profile":
+                results["runs"][r]["profile"] = {f.stem.removeprefix("profile-"): json.loads(f.read_text()) for f in sorted(a.work.glob("profile-*.json"))}
+                write_results(a.out, results, t0)
     finally:
         if mon:
             mon.stop()
@@ -360,9 +389,28 @@ def markdown(r: dict) -> str:
             lines.append(
                 f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio {cm / base:.3f} (on the demo model no measure of the method: README, Measured)."
             )
-    mem = r["runs"].get("sd15-in-memory")
-    if sd and sd.get("finished") and mem and mem.get("finished"):
-        lines.append(f"In-memory merge: SD1.5 pipeline {pipeline_seconds(mem, ('copy', 'diff-grayscale')):.1f} s (no merge stage, no merged file).")
+    for name, run in r["runs"].items():
+        if name.startswith("sd15") and name != "sd15-profile" and run.get("finished"):
+            lines.append(
+                f"- {name} ({', '.join(f'{k}={v}' for k, v in run['settings'].items() if k not in ('device', 'train.resolution')) or 'as shipped'}): "
+                f"pipeline (start + copy + merge + diff) **{pipeline_seconds(run):.1f} s**"
+            )
+    prof = r["runs"].get("sd15-profile", {}).get("profile", {})
+    if prof:
+        lines += [
+            "",
+            "torch.profiler, per training step (50 steps after 12 of warm-up):",
+            "",
+            "| stage | wall ms | host ms in tensor ops | device busy ms | device busy share | host ops | costliest on the host | costliest on the device |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for st, p in prof.items():
+            top_h, top_d = p["top_host"][0], p["top_device"][0]
+            lines.append(
+                f"| {st} | {p['wall_ms_per_step']:.1f} | {p['host_op_ms_per_step']:.1f} | {p['device_ms_per_step']:.1f} | {_f(p['device_busy'], '.2f')} | "
+                f"{p['host_ops_per_step']:.0f} | {top_h['op']} {top_h['ms_per_step']:.1f} ms | {top_d['op']} {top_d['ms_per_step']:.1f} ms |"
+            )
+        lines.append("")
     libcuda = {n: bool(run["cml_libcuda"]) for n, run in r["runs"].items()}
     lines.append(f"cml's own process mapped libcuda: {', '.join(f'{n}: {v}' for n, v in libcuda.items())} (false = no CUDA context in cml).")
     return "\n".join(lines) + "\n"

@@ -121,6 +121,68 @@ def patch_8bit_optimizers() -> bool:
     return True
 
 
+class StepProfiler:
+    """``CML_PROFILE=FILE:N`` (make bench-gpu): torch.profiler over N training steps after SKIP steps of warm-up. FILE
+    gets, per step: the wall time, the host's time in tensor operations, the device's busy time, and the device's
+    share of the wall time (its utilisation), with the operations that cost most on each side."""
+
+    SKIP, WARMUP = 10, 2
+
+    def __init__(self, path: str, steps: int):
+        import torch
+
+        self.torch, self.path, self.steps = torch, path, steps
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        schedule = torch.profiler.schedule(wait=self.SKIP, warmup=self.WARMUP, active=steps, repeat=1)
+        self.prof = torch.profiler.profile(activities=acts, schedule=schedule, on_trace_ready=self.write)
+        self.prof.start()
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        """At the start of every training step: the interval since the last call is one whole step."""
+        import time
+
+        if len(self.times) + 1 in (self.SKIP + self.WARMUP, self.SKIP + self.WARMUP + self.steps) and self.torch.cuda.is_available():
+            self.torch.cuda.synchronize()  # the window's two ends only: the steps inside run as they would
+        self.times.append(time.perf_counter())
+        self.prof.step()
+
+    def write(self, prof) -> None:
+        import json
+
+        events = prof.key_averages()
+        device = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0  # noqa: E731
+        host_us, device_us = sum(e.self_cpu_time_total for e in events), sum(device(e) for e in events)
+        wall_s = self.times[-1] - self.times[self.SKIP + self.WARMUP - 1]
+        n = self.steps
+        top = lambda key: [{"op": e.key, "ms_per_step": key(e) / n / 1e3} for e in sorted(events, key=key, reverse=True)[:8]]  # noqa: E731
+        out = {
+            "steps": n,
+            "wall_ms_per_step": wall_s / n * 1e3,
+            "host_op_ms_per_step": host_us / n / 1e3,
+            "device_ms_per_step": device_us / n / 1e3,
+            "device_busy": device_us / 1e6 / wall_s if wall_s > 0 else None,
+            "host_ops_per_step": sum(e.count for e in events) / n,
+            "top_host": top(lambda e: e.self_cpu_time_total),
+            "top_device": top(device),
+        }
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+
+
+def step_profiler(stage: str) -> StepProfiler | None:
+    """The profiler CML_PROFILE asks for (STAGE in its file name: the stage's output name), or None."""
+    import os
+
+    spec = os.environ.get("CML_PROFILE")
+    if not spec:
+        return None
+    path, steps = spec.rsplit(":", 1)
+    return StepProfiler(path.replace("STAGE", stage), int(steps))
+
+
 def direct_timestep(step: int, lo: int, hi: int) -> int:
     """The timestep of a direct step, as train_diff2 gives it: each pair of steps (the +w step, then the -w step) takes
     the next of lo + (hi - lo) * k / 10 for k = 1, 3, 5, 7, 9. (train_diff2 draws from [t, t + 1): one value.)"""
@@ -238,6 +300,18 @@ def trainer_class(script: str, direct: DirectStep | None = None):
     return module, Trainer
 
 
+def profiled(trainer, profiler: StepProfiler):
+    """The trainer class with ``profiler.step()`` at the start of every training step."""
+
+    class Profiled(trainer):  # type: ignore[misc, valid-type]
+        def get_noise_pred_and_target(self, *args, **kwargs):
+            if kwargs.get("is_train", True):
+                profiler.step()
+            return super().get_noise_pred_and_target(*args, **kwargs)
+
+    return Profiled
+
+
 def plain_lora_metadata(network) -> None:
     """Files saved by cml's networks.lora say what they are: a plain networks.lora LoRA (every loader's key), and
     which module trained it in cml's own key: also when commands.sh runs the trainer without cml."""
@@ -303,6 +377,9 @@ def main(argv: list[str]) -> int:
     train_util.verify_command_line_training_args(args)
     sys.argv = [f"{script}.py", *rest]  # read_config_from_file reads sys.argv again
     args = train_util.read_config_from_file(args, parser)
+    profiler = step_profiler(str(args.output_name))
+    if profiler is not None:
+        trainer = profiled(trainer, profiler)
     patch_model_hash()
     optimizer = str(getattr(args, "optimizer_type", "") or "").lower()
     if "8bit" in optimizer or optimizer.startswith("paged"):
