@@ -277,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     runs = a.only or DEFAULT_RUNS
     say = lambda m: print(f"bench-gpu: {m}", file=sys.stderr, flush=True)  # noqa: E731
-    shutil.rmtree(a.work, ignore_errors=True)
-    a.work.mkdir(parents=True)
+    a.work.mkdir(parents=True, exist_ok=True)  # the run folders of other parts stay: tests/gpu reads them
     t0 = time.monotonic()
     dev = device_facts()
     say(f"device: {dev.get('name', 'no CUDA GPU')} ({dev.get('torch')}, CUDA {dev.get('torch_cuda')})")
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     from cml.demo import demo_image
 
     mon = GpuMonitor() if shutil.which("nvidia-smi") and dev.get("name") else None
-    results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": {}}
+    results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": earlier_runs(a.out / "results-gpu.json", dev)}
     try:
         for r in runs:
             fam = "sdxl" if r == "sdxl" else "sd15"
@@ -323,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             preset = settings.pop("preset", "grayscale")
             say(f"{r}: cml run {preset} ({res} px)")
             results["runs"][r] = {}
+            shutil.rmtree(a.work / "runs" / r, ignore_errors=True)  # this run afresh
             # written after every stage: a run cut short (time limit, failure) keeps what was measured
             run_cml(r, settings, a.work, a.out, mon, results["runs"][r], lambda: write_results(a.out, results, t0), env=env, preset=preset)
             if r == "sd15-profile":
@@ -334,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     write_results(a.out, results, t0)
     print((a.out / "results-gpu.md").read_text())
     return 0
+
+
+def earlier_runs(path: Path, dev: dict) -> dict:
+    """The runs an earlier part measured on this same device (bench-gpu runs in parts where commands are short)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = earlier.get("device", {}).get("name") == dev.get("name") and earlier.get("device", {}).get("torch") == dev.get("torch")
+    return dict(earlier.get("runs", {})) if same else {}
 
 
 def write_results(out: Path, results: dict, t0: float) -> None:

@@ -59,3 +59,13 @@ def test_the_bench_report_names_each_part():
     md = markdown(r)
     assert "**1.50 s** with the base model's sha256 and the device probe cached" in md
     assert "| batch 4 | train.batch_size=4 | 0.820 | 0.150x | 1.400x | 0.830 | 0.780 | 150 | 200 |" in md
+
+
+def test_gpu_bench_parts_keep_the_runs_of_earlier_parts_on_the_same_device_only(tmp_path):
+    from cml.dev.bench_gpu import earlier_runs
+
+    h100 = {"name": "NVIDIA H100", "torch": "2.11.0"}
+    (tmp_path / "results-gpu.json").write_text(json.dumps({"device": h100, "runs": {"sd15": {"finished": True}}}))
+    assert earlier_runs(tmp_path / "results-gpu.json", dict(h100)) == {"sd15": {"finished": True}}
+    assert earlier_runs(tmp_path / "results-gpu.json", {"name": "NVIDIA H200", "torch": "2.11.0"}) == {}
+    assert earlier_runs(tmp_path / "missing.json", h100) == {}
