@@ -253,6 +253,7 @@ RUNS: dict[str, dict] = {
     "sd15": {"baseline": True},  # as shipped: cml's exact cuts on (speedups, the default); the baseline: the method check
     "sd15-sd-scripts": {"speedups": False},  # the same through train_network.py itself: what the exact cuts are worth
     "sd15-in-memory": {"merge": "in_memory"},
+    "sd15-in-memory-lowram": {"merge": "in_memory", "train.extra": {"lowram": True}},  # models loaded and merged on the GPU
     "sd15-batch4": {"train.batch_size": 4, "train.steps": 125},  # the article's hint: its image samples in 1/4 the steps
     "sd15-compile": {"train.torch_compile": True},  # sd-scripts' --torch_compile, an empty compile cache (cold)
     "sd15-compile-warm": {"train.torch_compile": True},  # the cache the cold run left
@@ -260,7 +261,18 @@ RUNS: dict[str, dict] = {
     "sd15-profile": {"merge": "in_memory", "train.steps": 70},  # torch.profiler over 50 steps of each stage
     "sdxl": {},
 }
-DEFAULT_RUNS = ["sd15", "sd15-sd-scripts", "sd15-in-memory", "sd15-batch4", "sd15-compile", "sd15-compile-warm", "sd15-fast", "sd15-profile", "sdxl"]
+DEFAULT_RUNS = [
+    "sd15",
+    "sd15-sd-scripts",
+    "sd15-in-memory",
+    "sd15-in-memory-lowram",
+    "sd15-batch4",
+    "sd15-compile",
+    "sd15-compile-warm",
+    "sd15-fast",
+    "sd15-profile",
+    "sdxl",
+]
 PROFILED_STEPS = 50
 
 
