@@ -377,7 +377,7 @@ def main(argv: list[str]) -> int:
     train_util.verify_command_line_training_args(args)
     sys.argv = [f"{script}.py", *rest]  # read_config_from_file reads sys.argv again
     args = train_util.read_config_from_file(args, parser)
-    profiler = step_profiler(str(args.output_name))
+    profiler = step_profiler(str(getattr(args, "output_name", None) or "stage"))
     if profiler is not None:
         trainer = profiled(trainer, profiler)
     patch_model_hash()
