@@ -152,9 +152,11 @@ class StepProfiler:
     def write(self, prof) -> None:
         import json
 
-        events = prof.key_averages()
+        every = prof.key_averages()
+        events = [e for e in every if not e.key.startswith("ProfilerStep")]  # the step itself: its self time is the rest
         device = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0  # noqa: E731
         host_us, device_us = sum(e.self_cpu_time_total for e in events), sum(device(e) for e in events)
+        other_us = sum(e.self_cpu_time_total for e in every if e.key.startswith("ProfilerStep"))
         wall_s = self.times[-1] - self.times[self.SKIP + self.WARMUP - 1]
         n = self.steps
         top = lambda key: [{"op": e.key, "ms_per_step": key(e) / n / 1e3} for e in sorted(events, key=key, reverse=True)[:8]]  # noqa: E731
@@ -162,9 +164,10 @@ class StepProfiler:
             "steps": n,
             "wall_ms_per_step": wall_s / n * 1e3,
             "host_op_ms_per_step": host_us / n / 1e3,
+            "host_other_ms_per_step": other_us / n / 1e3,  # in the step, outside any tensor operation: Python, the loop
             "device_ms_per_step": device_us / n / 1e3,
             "device_busy": device_us / 1e6 / wall_s if wall_s > 0 else None,
-            "host_ops_per_step": sum(e.count for e in events) / n,
+            "host_events_per_step": sum(e.count for e in events) / n,  # operations, nested ones included
             "top_host": top(lambda e: e.self_cpu_time_total),
             "top_device": top(device),
         }

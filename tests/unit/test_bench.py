@@ -22,8 +22,9 @@ def test_the_step_profiler_writes_time_per_step_of_its_window_only(tmp_path):
     out = json.loads((tmp_path / "p.json").read_text())
     assert out["steps"] == steps and out["wall_ms_per_step"] > 0 and out["host_op_ms_per_step"] > 0
     assert out["device_ms_per_step"] == 0 and out["device_busy"] == 0  # a CPU: no device time
-    assert 5 <= out["host_ops_per_step"] < 200  # a linear layer's forward and backward, not the warm-up's steps too
-    assert any("addmm" in t["op"] or "mm" in t["op"] for t in out["top_host"])
+    assert 5 <= out["host_events_per_step"] < 200  # a linear layer's forward and backward, not the warm-up's steps too
+    assert any("addmm" in t["op"] or "mm" in t["op"] for t in out["top_host"]) and out["host_other_ms_per_step"] > 0
+    assert not any(t["op"].startswith("ProfilerStep") for t in out["top_host"])  # the step is not an operation
 
 
 def test_every_gpu_bench_run_is_a_valid_preset(tmp_path):
