@@ -148,16 +148,15 @@ def test_check_follows_a_moved_run_folder(write_preset, fake_sd, tmp_path):
 
 def test_as_vae_round_trip_is_made_once_per_model_a_and_size(write_preset, fake_sd, tmp_path):
     """The copy check's reference is kept in cml's cache: the next check on the same model and A starts no process for it."""
-    from cml.paths import cache_root
-
+    cache = {"CML_CACHE_DIR": str(tmp_path / "cache")}  # its own: the suite's cache may hold this round trip already
     p = write_preset(check={"weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 1, "resolution": 72})
-    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet").returncode == 0
+    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet", env=cache).returncode == 0
     run = tmp_path / "runs" / "t"
-    assert run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet").returncode == 0
+    assert run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet", env=cache).returncode == 0
     log = run / "check" / "vae_roundtrip.log"
     made = (run / "check" / "a_vae_roundtrip.png").read_bytes()
-    assert log.is_file() and any(f.read_bytes() == made for f in (cache_root() / "vae-roundtrip").glob("*.png"))
+    assert log.is_file() and any(f.read_bytes() == made for f in (tmp_path / "cache" / "vae-roundtrip").glob("*.png"))
     log.unlink()
-    again = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet")
+    again = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet", env=cache)
     assert again.returncode == 0 and not log.exists()  # read back from the cache
     assert (run / "check" / "a_vae_roundtrip.png").read_bytes() == made
