@@ -34,6 +34,16 @@ from cml.dev import root
 
 ROOT = root()
 PARTS = ("ops", "setup", "cuts", "methods", "recipes", "overhead", "resume")
+# A key each part's results hold in this bench's format (results.json keeps the parts of earlier runs).
+CURRENT = {
+    "ops": {"ratio_after_before"},
+    "setup": {"cml"},
+    "cuts": {"ratio_cml_sd_scripts"},
+    "methods": {"direct_default"},
+    "recipes": set(),
+    "overhead": {"merge_modes"},
+    "resume": {"resume_ratio"},
+}
 
 
 def measure(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
@@ -493,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(results_file.read_text())
     except (OSError, ValueError):
         res = {}
+    res = {k: v for k, v in res.items() if k in PARTS and CURRENT[k] <= set(v)}  # parts an older bench wrote otherwise: gone
     res.update(machine={"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}, versions=versions(b.sd), gpu=gpu_note())
     runs = {
         "ops": lambda: part_ops(b),

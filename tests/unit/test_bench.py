@@ -70,3 +70,20 @@ def test_gpu_bench_parts_keep_the_runs_of_earlier_parts_on_the_same_device_only(
     assert earlier_runs(tmp_path / "results-gpu.json", dict(h100)) == {"sd15": {"finished": True}}
     assert earlier_runs(tmp_path / "results-gpu.json", {"name": "NVIDIA H200", "torch": "2.11.0"}) == {}
     assert earlier_runs(tmp_path / "missing.json", h100) == {}
+
+
+def test_bench_results_of_an_older_format_are_dropped_not_rendered(tmp_path, monkeypatch):
+    from cml.dev import bench
+
+    setup = {"sd-scripts": {"first line": 5.0}, "cml": {"first line": 4.0}}
+    old = {"overhead": {"cml_s": 1.0, "direct_s": 1.0, "ratio": 1.0}, "merge_modes": {}, "setup": setup}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    monkeypatch.setattr(bench, "Bench", lambda work, reps: type("B", (), {"sd": type("S", (), {"commit": "x"})()})())
+    monkeypatch.setattr(bench, "versions", lambda sd: {"cml": "0", "torch": "t", "sd_scripts": "x"})
+    monkeypatch.setattr(
+        bench, "part_cuts", lambda b, steps: {"sd-scripts": {"s_per_step": 1.0}, "cml": {"s_per_step": 0.5}, "steps": 3, "ratio_cml_sd_scripts": 0.5}
+    )
+    assert bench.main(["--only", "cuts", "--out", str(tmp_path)]) == 0
+    kept = json.loads((tmp_path / "results.json").read_text())
+    assert "overhead" not in kept and "merge_modes" not in kept and kept["setup"] == setup  # a current part is kept
+    assert "ratio **0.500**" in (tmp_path / "results.md").read_text()
