@@ -77,6 +77,13 @@ def main(argv: list[str]) -> int:
     result["mul_sd_scripts"] = ops["aten.mul"]
     from cml.kohya import lora as cml_lora  # noqa: F401  (patches LoRAModule.forward: the exact, faster one)
 
+    # apply_to() put the LoRA module's bound forward of then on each wrapped module: bind the patched one (in cml's
+    # trainer the patch comes first: train_network.py imports network_module before it builds the network)
+    for mod in unet.modules():
+        bound = mod.__dict__.get("forward")
+        if isinstance(getattr(bound, "__self__", None), lora.LoRAModule):
+            mod.forward = bound.__self__.forward
+
     result["unet_lora_cml"], ops = count(unet_step)
     result["mul_cml"] = ops["aten.mul"]
 
