@@ -410,7 +410,7 @@ def markdown(r: dict) -> str:
             "## Seconds per step, one copy stage",
             "",
             f"sd-scripts' trainer {c['sd-scripts']['s_per_step']:.3f} s, cml's {c['cml']['s_per_step']:.3f} s ({c['steps']} steps): "
-            f"ratio **{c['ratio_cml_sd_scripts']:.3f}** (the same LoRA, bit for bit: tests/sdscripts/test_speedups.py).",
+            f"ratio **{c['ratio_cml_sd_scripts']:.3f}** (the same LoRA, bit for bit under MKL's reproducible mode: tests/sdscripts/test_speedups.py).",
             "",
         ]
     if "methods" in r:
