@@ -138,6 +138,20 @@ def sigint_as_a_terminal_sends_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_cml_to_interrupt(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m cml ...` in its own process group, for a test to stop with Ctrl-C's SIGINT (os.killpg)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cml", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )
+
+
 def run_cml(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`python -m cml ...` as a user runs it (from ``cwd``); captured output."""
     e = dict(os.environ, **(env or {}))

@@ -188,7 +188,7 @@ def cml_start(lines: list[tuple[float, str]]) -> float:
 def part_setup(b: Bench) -> dict:
     out: dict[str, Any] = {}
     starts = []
-    for speedups in (False, True, True):  # the last: everything cached (the base model's sha256, the device probe)
+    for speedups in (False, True):  # the second with everything cached that the first made (sha256, device probe)
         name = f"setup-{speedups}"
         b.clean(name)
         p = b.preset(name, ONE, merge="in_memory", speedups=speedups, copy={"steps": 3}, train={"resolution": 64, "steps": 2})

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from cml.outputs import read_metadata
 from cml.records import StageRecord, read
-from tests.conftest import ROOT, read_json, run_cml, sigint_as_a_terminal_sends_it
+from tests.conftest import read_json, run_cml, start_cml_to_interrupt
 from tests.conftest import sd_preset as preset
 
 pytestmark = pytest.mark.full  # the full tier: `make test-full`
@@ -144,15 +144,7 @@ def test_without_cmls_module_fix_plain_base_weights_trains_more_modules(in_memor
 def test_resume_after_kill_during_the_diff_stage(demo_assets, tmp_path):
     p = preset(tmp_path, demo_assets, diff={"steps": 60})
     run = tmp_path / "runs" / "e2e"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cml", "run", str(p), "--quiet"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=sigint_as_a_terminal_sends_it,
-    )
+    proc = start_cml_to_interrupt("run", str(p), "--quiet")
     log = run / "diff-grayscale" / "log.txt"
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not (log.exists() and "steps:" in log.read_text(errors="replace")):

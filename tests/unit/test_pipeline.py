@@ -15,7 +15,7 @@ import pytest
 
 from cml.outputs import read_metadata
 from cml.runner import RunLock
-from tests.conftest import ROOT, run_cml, sigint_as_a_terminal_sends_it, tokenizer_dir
+from tests.conftest import ROOT, run_cml, start_cml_to_interrupt, tokenizer_dir
 
 
 @pytest.fixture
@@ -116,16 +116,7 @@ def test_bad_outputs_fail_the_stage_and_never_become_final(fake, write_preset, t
 def test_ctrl_c_stops_the_trainer_leaves_no_partial_output_and_resumes(write_preset, fake_sd, tmp_path, fake):
     p = write_preset()
     env = dict(os.environ, FAKE_MODE="hang")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cml", "run", str(p), "--sd-scripts", fake_sd],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=sigint_as_a_terminal_sends_it,
-    )
+    proc = start_cml_to_interrupt("run", str(p), "--sd-scripts", fake_sd, env=env)
     log = tmp_path / "runs" / "t" / "copy" / "log.txt"
     deadline = time.time() + 60
     while time.time() < deadline and not (log.exists() and "steps:" in log.read_text()):
