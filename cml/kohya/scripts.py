@@ -19,6 +19,16 @@ NETWORK_MODULE = "networks.lora"
 CML_NETWORK_MODULE = kohya.CML_NETWORK_MODULE
 # sd-scripts' trainers with cml's exact speed-ups (see cml/kohya/train.py), run as `python -m`.
 CML_TRAINER = "cml.kohya.train"
+# sd-scripts' generators, loading SD1/SD2 models without drawing random weights first (see cml/kohya/gen.py).
+CML_GEN = "cml.kohya.gen"
+
+
+def gen_command(plan: Plan) -> list[str]:
+    """The check's generator for the plan's family: through cml's runner where the exact speed-ups are on."""
+    script = SCRIPTS[plan.inputs.family]["gen"]
+    if plan.preset.speedups:
+        return [sys.executable, "-m", CML_GEN, script.removesuffix(".py")]
+    return [sys.executable, script]
 
 
 def save_precision(plan: Plan) -> str:

@@ -18,7 +18,7 @@ from PIL import Image
 from cml.errors import StageFailed
 from cml.files import atomic_path
 from cml.images import pixel_sha256
-from cml.kohya.scripts import NETWORK_MODULE, SCRIPTS
+from cml.kohya.scripts import NETWORK_MODULE, SCRIPTS, gen_command
 from cml.model_files import model_identity
 from cml.paths import cache_root, default_tokenizer_cache
 from cml.plan import Plan
@@ -50,8 +50,7 @@ def gen_argv(plan: Plan, model: Path, loras: list[Path], prompt_file: Path, outd
     size = c.resolution or plan.preset.train.resolution
     fam = plan.inputs.family
     argv = [
-        sys.executable,
-        SCRIPTS[fam]["gen"],
+        *gen_command(plan),
         "--ckpt",
         str(model),
         "--outdir",

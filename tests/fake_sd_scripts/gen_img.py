@@ -8,25 +8,41 @@ from pathlib import Path
 from PIL import Image
 
 
-def arg(name):
-    return sys.argv[sys.argv.index(name) + 1]
+def arg(argv, name):
+    return argv[argv.index(name) + 1]
 
 
-size = int(arg("--W"))
-out = Path(arg("--outdir"))
-lines = [ln for ln in Path(arg("--from_file")).read_text().splitlines() if ln.strip()]
-nets = []
-if "--network_weights" in sys.argv:
-    i = sys.argv.index("--network_weights") + 1
-    while i < len(sys.argv) and not sys.argv[i].startswith("--"):
-        nets.append(Path(sys.argv[i]).stem)
-        i += 1
-for i, line in enumerate(lines, 1):
-    muls = [float(m) for m in re.search(r"--am ([-\d.,]+)", line).group(1).split(",")]
-    w = sum(m for name, m in zip(nets, muls) if name != "copy")
-    seed = int(re.search(r"--d (\d+)", line).group(1))
-    sat = max(0.0, min(1.0, 0.5 - 0.4 * w))  # a positive weight "desaturates", like a grayscale LoRA
-    g = 120 + seed
-    img = Image.new("RGB", (size, size), (int(g + 120 * sat), g, int(g - 100 * sat)))
-    img.save(out / f"im_{i:06d}.png")
-    print(f"fake gen_img: {line}", flush=True)
+class Parser:
+    """gen_img.py's setup_parser() stands in: the fake reads its argv as it is."""
+
+    def parse_args(self, argv=None):
+        return list(sys.argv[1:] if argv is None else argv)
+
+
+def setup_parser():
+    return Parser()
+
+
+def main(argv):
+    size = int(arg(argv, "--W"))
+    out = Path(arg(argv, "--outdir"))
+    lines = [ln for ln in Path(arg(argv, "--from_file")).read_text().splitlines() if ln.strip()]
+    nets = []
+    if "--network_weights" in argv:
+        i = argv.index("--network_weights") + 1
+        while i < len(argv) and not argv[i].startswith("--"):
+            nets.append(Path(argv[i]).stem)
+            i += 1
+    for i, line in enumerate(lines, 1):
+        muls = [float(m) for m in re.search(r"--am ([-\d.,]+)", line).group(1).split(",")]
+        w = sum(m for name, m in zip(nets, muls) if name != "copy")
+        seed = int(re.search(r"--d (\d+)", line).group(1))
+        sat = max(0.0, min(1.0, 0.5 - 0.4 * w))  # a positive weight "desaturates", like a grayscale LoRA
+        g = 120 + seed
+        img = Image.new("RGB", (size, size), (int(g + 120 * sat), g, int(g - 100 * sat)))
+        img.save(out / f"im_{i:06d}.png")
+        print(f"fake gen_img: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main(setup_parser().parse_args())

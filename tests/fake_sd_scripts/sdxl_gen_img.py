@@ -1,4 +1,10 @@
-import os
-import runpy
+"""Fake sdxl_gen_img.py: the fake gen_img.py's drawing."""
 
-runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen_img.py"), run_name="__main__")
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_img import main, setup_parser
+
+if __name__ == "__main__":
+    main(setup_parser().parse_args())

@@ -44,6 +44,8 @@ def test_the_speedups_train_the_same_lora_bit_for_bit(demo_assets, tmp_path, mer
         run = d / "runs" / "e2e"
         log = (run / "copy" / "log.txt").read_text()
         assert ("-m cml.kohya.train train_network" in log) == speedups  # which trainer ran
+        if speedups:  # the diff stage's load skips the random draws (the copy stage's load, or an earlier one, learnt them)
+            assert "cml: model load: no random initialisation drawn" in (run / "diff-grayscale" / "log.txt").read_text()
         names = ("copy/copy.safetensors", "diff-grayscale/grayscale.safetensors")
         out[speedups] = {name: load_file(str(run / name)) for name in names}
         # sd-scripts' record of the model each stage trained on (cml's trainer answers it from cml's hash cache): its
