@@ -137,13 +137,25 @@ def demo_a() -> Path:
 
 
 def prepare_demo(sd_option: str | None = None) -> tuple[Path, dict[str, Path | list[Path]]]:
-    """The shipped demo preset, and the typed overrides that point it at the cached demo model, tokenizer and A."""
+    """The shipped demo preset, and the typed overrides that point it at the cached demo model, tokenizer and A.
+
+    The demo model's build (a child process), the device probe (a child process importing torch, its answer
+    cached for the run) and the tokenizer (this process) run side by side: on a 2-core machine the build's
+    imports and random draws leave a core free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cml.device import cached_probe
     from cml.preset import shipped_presets
     from cml.sdscripts import locate
 
     sd = locate(sd_option)
-    model = demo_sd15_checkpoint(sd.path)
-    return shipped_presets()["demo"], {"base_model": model, "source": [demo_a()], "tokenizer_cache_dir": tokenizer_dir()}
+    a = demo_a()
+    with ThreadPoolExecutor(2) as pool:
+        model = pool.submit(demo_sd15_checkpoint, sd.path)
+        probed = pool.submit(cached_probe)
+        tokenizers = tokenizer_dir()
+        probed.result()
+        return shipped_presets()["demo"], {"base_model": model.result(), "source": [a], "tokenizer_cache_dir": tokenizers}
 
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:

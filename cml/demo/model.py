@@ -39,8 +39,10 @@ def hand_built_vae():
     from diffusers import AutoencoderKL
     from library import model_util
     from torch import nn
+    from transformers.modeling_utils import no_init_weights
 
-    vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+    with no_init_weights():  # every weight is set below: random ones would only be drawn to be zeroed
+        vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
     enc_ch = range(7)  # +RGB, -RGB, K
     dec_ch = range(11)  # (+z, -z, K, 0) x 3
     with torch.no_grad():

@@ -51,12 +51,13 @@ def _other_rngs() -> tuple:
     """numpy's and CUDA's generators: a load that moves them is not learnt from. (Python's ``random`` moves during a
     load too, by sd-scripts' log handler, rich: a random link id per styled log record. Both paths log the same
     records, so it moves the same way on both.)"""
+    import pickle
+
     import numpy as np
     import torch
 
     cuda = tuple(bytes(s.numpy()) for s in torch.cuda.get_rng_state_all()) if torch.cuda.is_initialized() else ()
-    state = np.random.get_state()
-    return bytes(np.asarray(state[1]).tobytes()), state[2:], cuda
+    return pickle.dumps(np.random.get_state()), cuda
 
 
 def patch(exact: bool) -> None:

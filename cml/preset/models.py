@@ -282,6 +282,8 @@ class CheckSettings(Base):
     """Models of the sweep besides the copy machine model; empty means the base model (see ``base``)."""
     base: bool = True
     """With ``models`` empty: also sweep on the base model itself (where a real model shows what else the LoRA changes)."""
+    copy_check_base: bool = True
+    """The copy check also draws the base model alone at its seeds: what the SSIM to A is without the copy LoRA."""
     copy_machine: bool = True
     """Also sweep on the copy machine model (merged file, or base + copy LoRA when merge = "in_memory"): where A -> B shows cleanest."""
     sampling_steps: int = Field(20, gt=0)

@@ -129,7 +129,7 @@ def plan_sampling(plan: Plan, models: list[SweepModel]) -> Sampling:
     base = plan.preset.base_model
     if copy_st is not None:
         for s in c.seeds:
-            for w in (0.0, 1.0):
+            for w in (0.0, 1.0) if c.copy_check_base else (1.0,):
                 jobs[base].append(Job("", s, muls(runs[base], {copy_st.output: w})))
     for m in models:
         for diff in diffs:
@@ -141,23 +141,28 @@ def plan_sampling(plan: Plan, models: list[SweepModel]) -> Sampling:
 
 
 def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras: list[Path], mode: str) -> dict:
-    """Base model with and without the copy LoRA, empty prompt, every seed: SSIM to A as the VAE returns it."""
+    """Base model with (and, with check.copy_check_base, without) the copy LoRA, empty prompt, every seed: SSIM to A
+    as the VAE returns it. ``ssim_base`` is None where the base alone was not drawn."""
     seeds = plan.preset.check.seeds
+    with_base = plan.preset.check.copy_check_base
     copy_st = copy_stage(plan)
     assert copy_st is not None
     copy = copy_st.output
-    base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] for s in seeds]
     copy_imgs = [images[Job("", s, muls(loras, {copy: 1.0}))] for s in seeds]
+    base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] if with_base else None for s in seeds]
     ref_path = vae_roundtrip(plan, sd, copy_imgs[0].width, mode)
     ref = Image.open(ref_path).convert("RGB")
     a = plan.inputs.source[0].image
     rows, scores = [], []
     for s, base_img, copy_img in zip(seeds, base_imgs, copy_imgs):
-        scores.append({"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, ref), "ssim_base": rgb_ssim(base_img, ref)})
-        rows.append([a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, base_img, copy_img])
-    labels = [f"seed {s['seed']}\nSSIM to A (VAE)\nbase {s['ssim_base']:.3f}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
+        scores.append({"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, ref), "ssim_base": rgb_ssim(base_img, ref) if base_img else None})
+        row = [a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, copy_img]
+        rows.append(row[:2] + [base_img, copy_img] if base_img else row)
+    base_label = lambda v: f"\nbase {v:.3f}" if v is not None else ""  # noqa: E731
+    labels = [f"seed {s['seed']}\nSSIM to A (VAE){base_label(s['ssim_base'])}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
     path = plan.run_dir / "check" / "copy_check.png"
-    grid(rows, labels, ["A", "A (VAE)", "base", "+ copy LoRA"], "copy check").save(path)
+    columns = ["A", "A (VAE)", "base", "+ copy LoRA"] if with_base else ["A", "A (VAE)", "+ copy LoRA"]
+    grid(rows, labels, columns, "copy check").save(path)
     return {"image": str(path), "reference": str(ref_path), "seeds": scores}
 
 

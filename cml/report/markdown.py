@@ -34,7 +34,8 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
             "|---|---|---|",
         ]
         for s in copy["seeds"]:
-            lines.append(f"| {s['seed']} | {s['ssim_base']:.3f} | {s['ssim_copy_lora']:.3f} |")
+            base = f"{s['ssim_base']:.3f}" if s["ssim_base"] is not None else "not drawn (check.copy_check_base = false)"
+            lines.append(f"| {s['seed']} | {base} | {s['ssim_copy_lora']:.3f} |")
     lines += [
         "",
         "## Weight sweeps",

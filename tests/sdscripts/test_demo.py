@@ -18,8 +18,6 @@ pytestmark = pytest.mark.full  # the full tier: `make test-full`
 # What `make demo` measured on this project's 2-core CPU (the shipped demo preset on the demo model; README,
 # Measured), and the floors these tests hold it to, a margin from the measurement.
 COPY_SSIM_MIN = 0.8  # copy check, SSIM to A's VAE round trip with the copy LoRA, every seed (the goal)
-BASE_SSIM_MAX = 0.45  # ... with the base model alone, which draws flat gray (SSIM's mean and contrast terms give
-#                       a flat image ~0.38)
 GRAY_AT_PLUS_1_MAX = 0.3  # mean saturation at weight +1, x that at 0, on the copy machine model
 MORE_COLOUR_AT_MINUS_1_MIN = 1.2  # ... at weight -1
 LUMA_SSIM_PLUS_1_MIN = 0.8  # luminance SSIM of weight +1 against weight 0
@@ -37,7 +35,9 @@ def test_demo_copy_lora_gives_back_a_at_every_seed(demo_run):
     assert copy is not None and len(copy["seeds"]) >= 3
     for s in copy["seeds"]:
         assert s["ssim_copy_lora"] >= COPY_SSIM_MIN, f"seed {s['seed']}: copy LoRA SSIM {s['ssim_copy_lora']:.3f}"
-        assert s["ssim_base"] <= BASE_SSIM_MAX, f"seed {s['seed']}: the base alone already draws A ({s['ssim_base']:.3f})"
+        # the demo draws no base row (check.copy_check_base = false): its base predicts eps = x_t, flat gray, whatever
+        # the seed (tests/sdscripts/test_demo_model.py); earlier demos measured 0.37-0.38 for it
+        assert s["ssim_base"] is None
 
 
 def test_demo_grayscale_diff_lora_desaturates_the_copy_machine_and_keeps_its_content(demo_run):

@@ -126,3 +126,77 @@ def test_an_8bit_step_without_a_sync_per_parameter_is_the_same(sd_path):
         pytest.skip(f"bitsandbytes' AdamW8bit does not step here: {type(e).__name__}: {e}")
     ours = train(lambda o: unsynced_step(o))
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_a_load_skips_the_random_draws_and_leaves_the_generator_where_they_would(sd_path, tmp_path, monkeypatch):
+    """cml/kohya/model_init.py around a stand-in loader that builds a layer (its initialisation draws from torch's
+    generator): the first load from a state draws and learns where it leaves the generator; the next load from that
+    state draws nothing and leaves the generator there; a damaged learnt state is not used; a load that moves numpy's
+    generator is not learnt from."""
+    import numpy as np
+    import torch
+    from library import model_util
+
+    from cml.kohya import model_init
+
+    drew: list[bool] = []
+
+    def stand_in(v2, ckpt_path, device="cpu", dtype=None, unet_use_linear_projection_in_v2=True):
+        before = torch.get_rng_state()
+        layer = torch.nn.Linear(256, 256)
+        drew.append(not torch.equal(before, torch.get_rng_state()))
+        if ckpt_path == "moves numpy":
+            np.random.rand()
+        return layer
+
+    monkeypatch.setenv("CML_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(model_util, "load_models_from_stable_diffusion_checkpoint", stand_in)
+    model_init.patch(exact=True)
+    load = model_util.load_models_from_stable_diffusion_checkpoint
+
+    def from_seed(seed: int, path: str = "model.safetensors") -> torch.Tensor:
+        torch.manual_seed(seed)
+        load(False, path)
+        return torch.get_rng_state()
+
+    drawn = from_seed(7)
+    assert drew == [True] and len(list((tmp_path / "init-rng").iterdir())) == 1
+    assert torch.equal(from_seed(7), drawn) and drew[-1] is False  # learnt: no draws, the same generator state
+    assert not torch.equal(from_seed(8), drawn) and drew[-1] is True  # another state before: drawn
+    for f in (tmp_path / "init-rng").iterdir():
+        f.write_bytes(b"damaged")
+    assert torch.equal(from_seed(7), drawn) and drew[-1] is True  # a damaged state: drawn (and learnt again)
+    assert torch.equal(from_seed(7), drawn) and drew[-1] is False
+    for f in (tmp_path / "init-rng").iterdir():
+        f.unlink()
+    from_seed(7, "moves numpy")
+    assert drew[-1] is True and not list((tmp_path / "init-rng").iterdir())  # numpy's generator moved: nothing learnt
+
+
+@pytest.mark.full
+def test_the_check_generator_draws_gen_imgs_own_images(sd_scripts, demo_assets, tmp_path):
+    """The check's generator through cml (cml/kohya/gen.py: the models built without random draws) and gen_img.py
+    itself: the same pixels, at two seeds."""
+    import subprocess
+
+    from PIL import Image
+
+    from cml.kohya.scripts import CML_GEN
+    from cml.sdscripts import python_env
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a --d 3\na --d 4\n")
+    images = {}
+    for name, command in (("cml", [sys.executable, "-m", CML_GEN, "gen_img"]), ("sd-scripts", [sys.executable, "gen_img.py"])):
+        out = tmp_path / name
+        out.mkdir()
+        argv = [*command, "--ckpt", str(demo_assets["model"]), "--outdir", str(out), "--from_file", str(prompts), "--W", "64", "--H", "64"]
+        argv += ["--steps", "3", "--sampler", "euler_a", "--scale", "1.0", "--batch_size", "2", "--images_per_prompt", "1", "--sequential_file_name"]
+        argv += ["--sdpa", "--tokenizer_cache_dir", str(demo_assets["tokenizer"])]
+        r = subprocess.run(argv, cwd=sd_scripts.path, env=python_env(sd_scripts), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ("no random initialisation drawn" in r.stdout) == (name == "cml")
+        images[name] = [np.asarray(Image.open(f)) for f in sorted(out.glob("im_*.png"))]
+    assert len(images["cml"]) == len(images["sd-scripts"]) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(images["cml"], images["sd-scripts"]))
+    assert not np.array_equal(*images["cml"])  # two seeds, two images: the comparison can tell images apart

@@ -112,6 +112,24 @@ def test_check_with_a_fake_generator_writes_grids_metrics_and_report(write_prese
     assert "grayscale on base" in c.stderr  # the terminal table
 
 
+def test_copy_check_without_the_base_row_draws_no_base_image(write_preset, fake_sd, tmp_path):
+    """check.copy_check_base = false (the demo's): the base alone is not drawn; the copy check, its grid and the report
+    say so, the copy LoRA's scores are all there."""
+    check = {"weights": [0.0, 1.0], "seeds": [1, 2], "prompts": [""], "sampling_steps": 1, "base": False, "copy_check_base": False}
+    p = write_preset(merge="in_memory", check=check)
+    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet").returncode == 0
+    run = tmp_path / "runs" / "t"
+    c = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet")
+    assert c.returncode == 0, c.stderr
+    prompts = (run / "check" / "gen" / "1-base" / "prompts.txt").read_text().splitlines()
+    assert prompts == ["() --d 1 --am 1.0,0.0", "() --d 2 --am 1.0,0.0", "() --d 1 --am 1.0,1.0", "() --d 2 --am 1.0,1.0"]  # no 0.0,0.0
+    seeds = json.loads((run / "check" / "metrics.json").read_text())["copy_check"]["seeds"]
+    assert [s["ssim_base"] for s in seeds] == [None, None] and all(0 < s["ssim_copy_lora"] <= 1 for s in seeds)
+    k = cell_scale(64)
+    assert Image.open(run / "check" / "copy_check.png").size == (LABEL_W + 3 * 64 * k, HEADER_H + 2 * 64 * k)  # A, A (VAE), copy
+    assert (run / "report.md").read_text().count("not drawn (check.copy_check_base = false)") == 2
+
+
 def test_check_sweeps_the_in_memory_copy_machine_as_base_plus_copy_lora(write_preset, fake_sd, tmp_path):
     """merge = "in_memory" writes no copy machine file: the sweep applies the copy LoRA at 1, then the diff LoRA."""
     p = write_preset(merge="in_memory", check={"weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 1})
