@@ -14,7 +14,9 @@ from tests.conftest import run_cml
 pytestmark = pytest.mark.slow
 
 
-def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
+def test_sdxl_three_stages_and_a_direct_target(sd_scripts, demo_assets, tmp_path):
+    """The copy machine method's three stages and the direct method on SDXL's own scripts (sdxl_train_network.py through
+    cml's trainer, sdxl_merge_lora.py): valid U-Net-only LoRAs of the configured rank."""
     from cml.demo import random_sdxl_checkpoint
 
     model = random_sdxl_checkpoint(sd_scripts.path)
@@ -28,8 +30,9 @@ def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
                 "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
                 "output_dir": str(tmp_path / "runs"),
                 "device": "cpu",
-                "targets": {"grayscale": {"transform": "grayscale"}},
+                "targets": {"grayscale": {"transform": "grayscale"}, "gray_direct": {"transform": "grayscale", "method": "direct"}},
                 "train": {"resolution": 64, "steps": 3},
+                "direct": {"steps": 4},
             }
         )
     )
@@ -38,8 +41,13 @@ def test_sdxl_three_stages(sd_scripts, demo_assets, tmp_path):
     run = tmp_path / "runs" / "sdxl"
     argv = json.loads((run / "merge" / "record.json").read_text())["argv"]
     assert argv[1] == "networks/sdxl_merge_lora.py" and argv[argv.index("--precision") + 1] == "fp16"
-    assert json.loads((run / "copy" / "record.json").read_text())["argv"][1] == "sdxl_train_network.py"
-    lora = run / "diff-grayscale" / "grayscale.safetensors"
-    s = validate_lora(lora, 16, 16.0)
-    assert all(k.startswith("lora_unet_") for k in s.keys)
-    assert read_metadata(lora)["cml_target"] == "grayscale"
+    for stage in ("copy", "direct-gray_direct"):  # SDXL's trainer, through cml's (speedups, the default)
+        assert json.loads((run / stage / "record.json").read_text())["argv"][1:4] == ["-m", "cml.kohya.train", "sdxl_train_network"]
+    for lora, target, method in (
+        (run / "diff-grayscale" / "grayscale.safetensors", "grayscale", "copy_machine"),
+        (run / "direct-gray_direct" / "gray_direct.safetensors", "gray_direct", "direct"),
+    ):
+        s = validate_lora(lora, 16, 16.0)
+        assert all(k.startswith("lora_unet_") for k in s.keys)
+        meta = read_metadata(lora)
+        assert meta["cml_target"] == target and meta["cml_method"] == method
