@@ -1,0 +1,57 @@
+"""How cml installs packages into its own Python (cml/sdscripts.py: install): uv where this Python has it, pip where
+uv fails or is absent. The commands are recorded, not run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cml import sdscripts
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """subprocess.run, recorded: each command exits with the code the test gives its installer."""
+    seen: list[list[str]] = []
+    codes = {"uv": 0, "pip": 0}
+
+    def run(argv, *a, **k):
+        seen.append(list(argv))
+        return subprocess.CompletedProcess(argv, codes["uv" if argv[2] == "uv" else "pip"])
+
+    monkeypatch.setattr(sdscripts.subprocess, "run", run)
+    return seen, codes
+
+
+def uv_installed(monkeypatch, present: bool) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if present else None) if name == "uv" else real(name, *a))
+
+
+def test_uv_installs_where_this_python_has_it(monkeypatch, calls):
+    seen, _ = calls
+    uv_installed(monkeypatch, True)
+    assert sdscripts.install(["-r", "req.txt"], log=lambda m: None).returncode == 0
+    assert seen == [[sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable, "-r", "req.txt"]]
+
+
+def test_pip_installs_where_uv_fails_and_says_so(monkeypatch, calls):
+    seen, codes = calls
+    codes["uv"] = 2
+    said: list[str] = []
+    uv_installed(monkeypatch, True)
+    assert sdscripts.install(["-r", "req.txt"], log=said.append).returncode == 0
+    assert [c[2] for c in seen] == ["uv", "pip"] and seen[1] == [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "-r", "req.txt"]
+    assert said == ["uv could not install that; trying pip"]
+
+
+def test_pip_alone_where_uv_is_absent(monkeypatch, calls):
+    seen, codes = calls
+    codes["pip"] = 1
+    uv_installed(monkeypatch, False)
+    assert sdscripts.install(["x==1"], log=lambda m: None).returncode == 1  # pip's own failure is the answer
+    assert seen == [[sys.executable, "-m", "pip", "install", "-q", "--no-compile", "x==1"]]
