@@ -26,8 +26,9 @@ GPU_BUNDLE ?= .gpu-bundle
 BENCH_GPU_ARGS ?=
 CML := $(PY) -m cml
 SOURCE_ARG := $(if $(SD_SCRIPTS_SOURCE),--source "$(SD_SCRIPTS_SOURCE)")
-# $(call install,ARGS): uv (else pip) installs ARGS into the venv; pip compiles nothing, Python compiles what it imports
-install = if [ "$(INSTALLER)" = uv ] && $(PY) -m uv --version >/dev/null 2>&1; then $(PY) -m uv pip install -q --python $(PY) $(1) || { echo "make: uv could not install that; trying pip"; $(PY) -m pip install -q --no-compile $(1); }; else $(PY) -m pip install -q --no-compile $(1); fi
+# $(call install,ARGS): ARGS installed into the venv by cml/install.py (uv, pip where uv fails; INSTALLER=pip: pip);
+# it needs only the standard library, so it runs before cml itself is installed
+install = PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PY) -m cml.install $(if $(filter uv,$(INSTALLER)),,--pip) $(1)
 # The venv is this checkout's own: Python keeps its bytecode cache there even where PYTHONDONTWRITEBYTECODE is set
 # (else every stage's process compiles torch's, diffusers' and transformers' imports again: ~10 s each)
 unexport PYTHONDONTWRITEBYTECODE

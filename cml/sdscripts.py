@@ -227,24 +227,6 @@ def check_imports(sd: SdScripts, timeout: float = 300) -> str | None:
     return lines[-1] if lines else f"exit {p.returncode}"
 
 
-def install(args: list[str], log=print) -> subprocess.CompletedProcess:
-    """Install ``args`` into this Python: with uv where it is installed here (``make setup`` puts it in the venv;
-    about 3x faster than pip), falling back to pip where uv fails (uv reads no pip.conf), else with pip.
-
-    Neither compiles at install time: Python compiles what it imports when it first imports it (compiling every
-    file of transformers and diffusers at install costs half a minute that no run needs)."""
-    import importlib.util
-
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", *args]
-    if importlib.util.find_spec("uv") is None:
-        return subprocess.run(pip)
-    p = subprocess.run([sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable, *args])
-    if p.returncode == 0:
-        return p
-    log("uv could not install that; trying pip")
-    return subprocess.run(pip)
-
-
 def install_requirements(sd: SdScripts, log=print) -> None:
     """pip-install sd-scripts' pinned requirements.txt into this Python, once per requirements content.
 
@@ -265,6 +247,8 @@ def install_requirements(sd: SdScripts, log=print) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     log(f"installing sd-scripts requirements ({req}) into {sys.prefix} ...")
+    from cml.install import install
+
     p = install(["-r", f.name], log)
     os.unlink(f.name)
     if p.returncode != 0:

@@ -1,4 +1,4 @@
-"""How cml installs packages into its own Python (cml/sdscripts.py: install): uv where this Python has it, pip where
+"""How cml installs packages into its own Python (cml/install.py, for make setup and cml setup --deps): uv where this Python has it, pip where
 uv fails or is absent. The commands are recorded, not run."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cml import sdscripts
+from cml import install as installer
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def calls(monkeypatch):
         seen.append(list(argv))
         return subprocess.CompletedProcess(argv, codes["uv" if argv[2] == "uv" else "pip"])
 
-    monkeypatch.setattr(sdscripts.subprocess, "run", run)
+    monkeypatch.setattr(installer.subprocess, "run", run)
     return seen, codes
 
 
@@ -35,7 +35,7 @@ def uv_installed(monkeypatch, present: bool) -> None:
 def test_uv_installs_where_this_python_has_it(monkeypatch, calls):
     seen, _ = calls
     uv_installed(monkeypatch, True)
-    assert sdscripts.install(["-r", "req.txt"], log=lambda m: None).returncode == 0
+    assert installer.install(["-r", "req.txt"], log=lambda m: None).returncode == 0
     assert seen == [[sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable, "-r", "req.txt"]]
 
 
@@ -44,7 +44,7 @@ def test_pip_installs_where_uv_fails_and_says_so(monkeypatch, calls):
     codes["uv"] = 2
     said: list[str] = []
     uv_installed(monkeypatch, True)
-    assert sdscripts.install(["-r", "req.txt"], log=said.append).returncode == 0
+    assert installer.install(["-r", "req.txt"], log=said.append).returncode == 0
     assert [c[2] for c in seen] == ["uv", "pip"] and seen[1] == [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "-r", "req.txt"]
     assert said == ["uv could not install that; trying pip"]
 
@@ -53,5 +53,5 @@ def test_pip_alone_where_uv_is_absent(monkeypatch, calls):
     seen, codes = calls
     codes["pip"] = 1
     uv_installed(monkeypatch, False)
-    assert sdscripts.install(["x==1"], log=lambda m: None).returncode == 1  # pip's own failure is the answer
+    assert installer.install(["x==1"], log=lambda m: None).returncode == 1  # pip's own failure is the answer
     assert seen == [[sys.executable, "-m", "pip", "install", "-q", "--no-compile", "x==1"]]
