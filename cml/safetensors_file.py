@@ -1,14 +1,18 @@
 """Reading safetensors files in place, without torch: the tensor table, raw bytes through a memory map, and
-finiteness tests on the raw bits (checkpoints are gigabytes; nothing is copied or converted)."""
+finiteness tests on the raw bits (checkpoints are gigabytes; nothing is copied or converted); and a copy of a file
+with some shapes changed in its header only."""
 
 from __future__ import annotations
 
 import json
 import mmap
+import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from cml.files import atomic_path
 
 NP_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # BF16 is widened by as_float32 itself
 # Exponent bits all set = Inf or NaN; tested on the integer bits (float16 arithmetic is slow in numpy).
@@ -52,3 +56,28 @@ def nonfinite_tensors(path: Path, prefix: str = "") -> list[str]:
             if k.startswith(prefix) and not all_finite(raw(mm, header[k], base), header[k]["dtype"]):
                 bad.append(k)
     return bad
+
+
+def write_reshaped(src: Path, dst: Path, reshape) -> list[str]:
+    """``src`` copied to ``dst`` with some tensors' shapes changed in the header only: ``reshape(name, shape)`` gives
+    the new shape (same number of elements) or None to keep it. Bytes and metadata are kept as they are, so the
+    copy holds exactly the same numbers in any dtype. Returns the reshaped tensors' names."""
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        changed = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            new = reshape(name, info["shape"])
+            if new is not None and list(new) != info["shape"]:
+                if int(np.prod(new)) != int(np.prod(info["shape"])):
+                    raise ValueError(f"{name}: cannot reshape {info['shape']} to {list(new)}")
+                info["shape"] = list(new)
+                changed.append(name)
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+        with atomic_path(dst) as tmp, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            shutil.copyfileobj(f, out, 1 << 24)
+    return changed

@@ -161,3 +161,8 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, dict[str, Path | l
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
     """A randomly initialised SDXL-architecture checkpoint, fp16 (6.9 GB; ~1 min, ~15 GB peak RAM)."""
     return _cached_build("random-sdxl", "sdxl", "a random SDXL-architecture checkpoint (~1 min, 6.9 GB, ~15 GB RAM)", sd_scripts, log)
+
+
+def random_sd2v_checkpoint(sd_scripts: Path, log=print) -> Path:
+    """A randomly initialised SD2-architecture v-prediction checkpoint, fp16 (2.6 GB; ~30 s)."""
+    return _cached_build("random-sd2v", "sd2v", "a random SD2-architecture v-prediction checkpoint (~30 s, 2.6 GB)", sd_scripts, log)

@@ -196,7 +196,29 @@ def build_sdxl(path: str) -> None:
     sdxl_model_util.save_stable_diffusion_checkpoint(path, te1, te2, unet, 0, 0, None, vae, logit_scale, {"cml_demo": "random weights"}, None)
 
 
-BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl}
+def build_sd2v(path: str) -> None:
+    """A randomly initialised SD2-architecture v-prediction checkpoint, fp16 (2.6 GB), marked v-prediction in its
+    metadata (modelspec.prediction_type) as SD 2.x 768-v files saved by recent tools are."""
+    import torch
+    from diffusers import AutoencoderKL
+    from library import model_util
+    from library.original_unet import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(True, True)).half()  # SD 2.1: linear projections
+    te = CLIPTextModel._from_config(  # OpenCLIP ViT-H/14's text encoder as sd-scripts loads it (23 of its 24 layers)
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+            max_position_embeddings=77, hidden_act="gelu", projection_dim=512, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        )
+    ).half()  # fmt: skip
+    vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).half()
+    meta = {"cml_demo": "random weights", "modelspec.prediction_type": "v"}
+    model_util.save_stable_diffusion_checkpoint(True, path, te, unet, None, 0, 0, meta, torch.float16, vae)
+
+
+BUILDERS = {"sd15": build_sd15, "sd2v": build_sd2v, "sdxl": build_sdxl}
 
 if __name__ == "__main__":
     BUILDERS[sys.argv[1]](sys.argv[2])

@@ -8,6 +8,7 @@ gen_img batches those with equal multipliers.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from cml.model_files import model_identity
 from cml.paths import cache_root, default_tokenizer_cache
 from cml.plan import Plan
 from cml.runner import indented, run_logged
+from cml.safetensors_file import write_reshaped
 from cml.sdscripts import SdScripts, python_env
 
 # gen_img.py strips a prompt line before splitting off its " --" options, so an empty prompt followed by
@@ -87,6 +89,25 @@ def gen_argv(plan: Plan, model: Path, loras: list[Path], prompt_file: Path, outd
     return argv
 
 
+# sd-scripts trains SD2 with 1x1 convolutions where SD2 has linear projections (train_util.load_target_model passes
+# unet_use_linear_projection_in_v2=False), so an SD2 LoRA's proj_in / proj_out weights are [out, in, 1, 1]; gen_img.py
+# builds SD2's U-Net with linear projections, as the checkpoint has them, and refuses those weights (size mismatch).
+SD2_PROJECTION = re.compile(r"_proj_(in|out)\.lora_(down|up)\.weight$")
+
+
+def loras_for_generator(plan: Plan, loras: list[Path], work: Path) -> list[Path]:
+    """The LoRA files gen_img.py loads: the run's own, or for SD2 copies in ``work`` with the projections' weights as
+    [out, in] (the same bytes: the same numbers). The run's files are not changed."""
+    if plan.inputs.family != "sd2":
+        return loras
+    out = []
+    for i, p in enumerate(loras):
+        dst = work / "loras" / f"{i + 1}-{p.name}"
+        write_reshaped(p, dst, lambda name, shape: shape[:2] if SD2_PROJECTION.search(name) and shape[2:] == [1, 1] else None)
+        out.append(dst)
+    return out
+
+
 def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path], jobs: list[Job], mode: str) -> dict[Job, Image.Image]:
     """One gen_img run on ``model`` with ``loras`` loaded; the image of each job."""
     work = plan.run_dir / "check" / "gen" / name
@@ -97,7 +118,8 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path
     order = sorted(set(jobs), key=lambda j: (j.muls, j.prompt, j.seed))  # equal multipliers together: gen_img batches them
     prompts = work / "prompts.txt"
     prompts.write_text("\n".join(prompt_line(j) for j in order) + "\n", encoding="utf-8")
-    res = run_logged(gen_argv(plan, model, loras, prompts, work), sd.path, python_env(sd), work / "log.txt", stream=mode == "verbose")
+    argv = gen_argv(plan, model, loras_for_generator(plan, loras, work), prompts, work)
+    res = run_logged(argv, sd.path, python_env(sd), work / "log.txt", stream=mode == "verbose")
     if res.returncode != 0:
         tail = indented(res.tail)
         raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")

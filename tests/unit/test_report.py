@@ -178,3 +178,28 @@ def test_as_vae_round_trip_is_made_once_per_model_a_and_size(write_preset, fake_
     again = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet", env=cache)
     assert again.returncode == 0 and not log.exists()  # read back from the cache
     assert (run / "check" / "a_vae_roundtrip.png").read_bytes() == made
+
+
+def test_sd2_loras_reach_gen_img_with_linear_projections(tmp_path):
+    """sd-scripts trains SD2 with 1x1-conv projections; gen_img.py builds SD2 with linear ones and refused the run's
+    LoRAs (size mismatch): the check hands it copies with [out, in] shapes. Other families get the run's own files."""
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from cml.report.generate import loras_for_generator
+
+    lora = tmp_path / "diff.safetensors"
+    proj = "lora_unet_down_blocks_0_attentions_0_proj_out.lora_up.weight"
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"  # a real 1x1 conv elsewhere is not touched
+    save_file({proj: np.ones((320, 16, 1, 1), np.float16), conv: np.ones((320, 16, 1, 1), np.float16)}, str(lora))
+    plan = lambda family: SimpleNamespace(inputs=SimpleNamespace(family=family))  # noqa: E731
+    for family in ("sd1", "sdxl"):
+        assert loras_for_generator(plan(family), [lora], tmp_path / family) == [lora]
+    (copy,) = loras_for_generator(plan("sd2"), [lora], tmp_path / "sd2")
+    assert copy.parent == tmp_path / "sd2" / "loras" and copy != lora
+    with safe_open(str(copy), "np") as f:
+        assert f.get_slice(proj).get_shape() == [320, 16] and f.get_slice(conv).get_shape() == [320, 16, 1, 1]
+    with safe_open(str(lora), "np") as f:
+        assert f.get_slice(proj).get_shape() == [320, 16, 1, 1]  # the run's file as sd-scripts wrote it
