@@ -64,10 +64,12 @@ def test_a_direct_lora_moves_a_toward_b_and_keeps_the_content(methods_run):
 
 def test_the_two_way_slider_works_both_ways(methods_run):
     """Measured (README): at -1 the slider gives more colour than the one-way diff LoRA (1.41x vs 1.38x) and keeps a
-    little less of the luminance (0.746 vs 0.782): on this model it does not beat the one-way LoRA there."""
+    little less of the luminance (0.746 vs 0.782): on this model the luminance kept at -1 falls with the colour added,
+    whichever LoRA adds it, so it does not beat the one-way LoRA there. The README's reason holds while it adds more."""
     slider = methods_run["metrics"].targets["grayscale_slider"]["copy_machine"]
     sat = ratios(slider)
     assert sat["1"] <= 0.3 and sat["-1"] >= 1.2, sat  # both ways
+    assert sat["-1"] > ratios(methods_run["metrics"].targets["grayscale"]["copy_machine"])["-1"]
     assert slider["1"]["luminance_ssim_vs_0"] >= 0.8 and slider["-1"]["luminance_ssim_vs_0"] >= SLIDER_LUMA_MINUS_1_MIN, slider
 
 
