@@ -19,13 +19,18 @@ NP_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}  # BF16 is
 EXPONENT = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000), "F64": (np.uint64, 0x7FF0000000000000)}
 
 
-def layout(path: Path) -> tuple[dict, int]:
-    """A safetensors file's tensor table and where its data starts (8-byte length + JSON header, per the format)."""
+def header_of(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header, metadata included, and where its data starts (8-byte length + header)."""
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
+        return json.loads(f.read(n)), 8 + n
+
+
+def layout(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table and where its data starts."""
+    header, start = header_of(path)
     header.pop("__metadata__", None)
-    return header, 8 + n
+    return header, start
 
 
 def raw(mm: mmap.mmap, info: dict, base: int) -> np.ndarray:
@@ -62,22 +67,21 @@ def write_reshaped(src: Path, dst: Path, reshape) -> list[str]:
     """``src`` copied to ``dst`` with some tensors' shapes changed in the header only: ``reshape(name, shape)`` gives
     the new shape (same number of elements) or None to keep it. Bytes and metadata are kept as they are, so the
     copy holds exactly the same numbers in any dtype. Returns the reshaped tensors' names."""
-    with open(src, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        changed = []
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            new = reshape(name, info["shape"])
-            if new is not None and list(new) != info["shape"]:
-                if int(np.prod(new)) != int(np.prod(info["shape"])):
-                    raise ValueError(f"{name}: cannot reshape {info['shape']} to {list(new)}")
-                info["shape"] = list(new)
-                changed.append(name)
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
-        with atomic_path(dst) as tmp, open(tmp, "wb") as out:
-            out.write(struct.pack("<Q", len(text)) + text)
-            shutil.copyfileobj(f, out, 1 << 24)
+    header, start = header_of(src)
+    changed = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        new = reshape(name, info["shape"])
+        if new is not None and list(new) != info["shape"]:
+            if int(np.prod(new)) != int(np.prod(info["shape"])):
+                raise ValueError(f"{name}: cannot reshape {info['shape']} to {list(new)}")
+            info["shape"] = list(new)
+            changed.append(name)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    with open(src, "rb") as f, atomic_path(dst) as tmp, open(tmp, "wb") as out:
+        f.seek(start)
+        out.write(struct.pack("<Q", len(text)) + text)
+        shutil.copyfileobj(f, out, 1 << 24)
     return changed

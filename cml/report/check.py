@@ -156,8 +156,7 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     rows, scores = [], []
     for s, base_img, copy_img in zip(seeds, base_imgs, copy_imgs):
         scores.append({"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, ref), "ssim_base": rgb_ssim(base_img, ref) if base_img else None})
-        row = [a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, copy_img]
-        rows.append(row[:2] + [base_img, copy_img] if base_img else row)
+        rows.append([a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, *([base_img] if base_img else []), copy_img])
     base_label = lambda v: f"\nbase {v:.3f}" if v is not None else ""  # noqa: E731
     labels = [f"seed {s['seed']}\nSSIM to A (VAE){base_label(s['ssim_base'])}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
     path = plan.run_dir / "check" / "copy_check.png"
