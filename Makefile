@@ -20,6 +20,8 @@ PY ?= $(VENV)/bin/python
 INSTALLER ?= uv
 # NO_SETUP=1: use PY as it is (a machine set up another way, e.g. by gpu-offline)
 SETUP := $(if $(NO_SETUP),,setup)
+# the GPU tests need pytest too (the offline bundle brings it)
+GPU_TEST_SETUP := $(if $(NO_SETUP),,setup test-env)
 GPU_SITE ?= /tmp/cml-gpu/site
 GPU_BUNDLE ?= .gpu-bundle
 # e.g. BENCH_GPU_ARGS="--only sdxl": a part of the GPU proof (a lease whose commands stop at 10 minutes)
@@ -91,14 +93,14 @@ test-slow: test-deps
 	$(PY) -m pytest -m slow
 
 ## on a CUDA GPU: the article's recipe (SD1.5 512 px, 500 steps per stage; SDXL 1024 px); skips without CUDA
-test-gpu: $(SETUP)
+test-gpu: $(GPU_TEST_SETUP)
 	$(PY) -m pytest -m gpu tests/gpu
 
 bench-gpu: $(SETUP)
 	$(PY) -m cml.dev.bench_gpu $(BENCH_GPU_ARGS)
 
 ## the GPU spent once: bench-gpu's runs, then test-gpu asserting on them
-gpu-proof: $(SETUP)
+gpu-proof: $(GPU_TEST_SETUP)
 	$(PY) -m cml.dev.bench_gpu $(BENCH_GPU_ARGS)
 	CML_GPU_RESULTS=bench/results-gpu.json $(PY) -m pytest -m gpu tests/gpu
 
