@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument(
         "--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on (copy, merge, diff-NAME, ...); --force to replace finished LoRAs"
     )
-    running.add_argument("--baseline", action="store_true", help="also measure the diff stage's early loss against the plain base model")
+    running.add_argument("--baseline", action="store_true", help="also train each target's naive LoRA (B on the plain base), swept beside the others")
 
     ap = argparse.ArgumentParser(prog="cml", description="Copy Machine LoRA training over kohya sd-scripts.")
     ap.add_argument("--version", action="version", version=f"cml {__version__}")
@@ -90,11 +90,6 @@ def _finish(summary) -> int:
     say(f"finished in {summary.seconds:.0f} s; run folder: {summary.run_dir}")
     for name, path in summary.kept_outputs.items():
         say(f"  {name}: {path}")
-    for target, m in summary.method_check.items():
-        cm, base = m.get("against_copy_machine"), m.get("against_base")
-        if cm is not None:
-            extra = f" vs {base:.4f} against the plain base" if base is not None else ""
-            say(f"  method check '{target}': early diff loss {cm:.4f} against the copy machine model{extra}")
     return 0
 
 
@@ -123,7 +118,8 @@ def _check(plan, sd, mode: str) -> None:
 
 
 def cmd_setup(args) -> int:
-    from cml.sdscripts import install_requirements, setup
+    from cml.sdscripts.checkout import setup
+    from cml.sdscripts.requirements import install_requirements
 
     sd = setup(args.source)
     if args.deps:
@@ -158,9 +154,9 @@ def cmd_show_config(args) -> int:
 
 def cmd_plan(args) -> int:
     from cml.console import say
-    from cml.kohya.write import render
-    from cml.pipeline import disk_space
     from cml.prepare import prepare
+    from cml.render.run_folder import render
+    from cml.rundir import disk_space
     from cml.runner import RunLock
 
     # Planning needs no sd-scripts: without it, commands.sh names the sd-scripts/ submodule.

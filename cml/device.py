@@ -9,7 +9,6 @@ installed torch cannot use is named as such instead of silently becoming a multi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -91,8 +90,8 @@ def gpu_memory() -> tuple[int, int] | None:
 
 
 def probe(env: dict[str, str] | None = None, check_bnb: bool = True, python: str | None = None) -> Probe:
-    """Ask a child Python (sd-scripts' environment) what torch can use (cml/kohya/device_probe.py). Never imports torch here."""
-    argv = [python or sys.executable, "-m", "cml.kohya.device_probe"] + (["bnb"] if check_bnb else [])
+    """Ask a child Python (sd-scripts' environment) what torch can use (cml/sd_process/device_probe.py). Never imports torch here."""
+    argv = [python or sys.executable, "-m", "cml.sd_process.device_probe"] + (["bnb"] if check_bnb else [])
     base = dict(os.environ if env is None else env)  # the child must find cml itself, whatever else its path holds
     env = dict(base, PYTHONPATH=os.pathsep.join(filter(None, [base.get("PYTHONPATH"), str(Path(__file__).resolve().parent.parent)])))
     try:
@@ -175,26 +174,26 @@ def probe_key(env: dict[str, str] | None = None) -> str:
         except (OSError, subprocess.SubprocessError):
             driver = "unreadable"
     parts = [sys.executable, e.get("PYTHONPATH", ""), e.get("CUDA_VISIBLE_DEVICES", ""), _version("torch"), _version("bitsandbytes"), driver]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    from cml.cache import DEVICE_PROBE
+
+    return DEVICE_PROBE.key(*parts)
 
 
 def cached_probe(env: dict[str, str] | None = None) -> Probe:
     """The probe's answer, from cml's cache when nothing it depends on has changed (probe_key): a probe imports
     torch and bitsandbytes and runs a GPU step, seconds at every start. `cml doctor` always probes afresh."""
-    from cml.files import atomic_write
-    from cml.paths import cache_root
+    from cml.cache import DEVICE_PROBE
 
-    cache = cache_root() / "device-probe" / f"{probe_key(env)}.json"
-    try:
-        return _from_json(json.loads(cache.read_text()))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        pass
+    key = probe_key(env)
+    cached = DEVICE_PROBE.read_json(key)
+    if isinstance(cached, dict):
+        try:
+            return _from_json(cached)
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
     pr = probe(env)
     if pr.torch is not None:  # a failed probe is not kept: the next run asks again
-        try:
-            atomic_write(cache, json.dumps(_to_json(pr)))
-        except OSError:
-            pass
+        DEVICE_PROBE.write_json(key, _to_json(pr))
     return pr
 
 

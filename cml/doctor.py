@@ -7,10 +7,11 @@ import sys
 from dataclasses import dataclass
 
 from cml import PINNED_SD_SCRIPTS_COMMIT
+from cml.cache import tokenizers_dir
 from cml.device import TORCH_FIX, nvidia_gpus, probe, unusable_gpu_message
 from cml.errors import InputError
-from cml.paths import default_tokenizer_cache
-from cml.sdscripts import check_imports, hub_reachable, locate, missing_tokenizers, setup_hint
+from cml.sdscripts import check_imports, locate, python_env, setup_hint
+from cml.sdscripts.tokenizers import hub_reachable, missing_tokenizers
 
 
 @dataclass
@@ -40,7 +41,9 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
             )
         err = check_imports(sd)
         out.append(Finding("sd-scripts imports", err is None, "OK" if err is None else err, f"{setup_hint()} (installs sd-scripts' requirements.txt)"))
-        cache = default_tokenizer_cache()
+        if err is None:
+            out += patch_findings(sd)
+        cache = tokenizers_dir()
         missing = missing_tokenizers("sd1", cache)
         if not missing:
             out.append(Finding("tokenizer", True, f"cached in {cache}"))
@@ -58,6 +61,38 @@ def diagnose(sd_option: str | None = None) -> list[Finding]:
     except InputError as e:
         out.append(Finding("sd-scripts", False, e.what, e.fix or setup_hint()))
     return out
+
+
+def patch_status(sd) -> list[dict] | str:
+    """cml's patches of sd-scripts and bitsandbytes and whether each applies there (cml/sd_process/patches.py, run in
+    sd-scripts' Python); a string when that could not be read."""
+    import json
+    import subprocess
+
+    try:
+        p = subprocess.run([sys.executable, "-m", "cml.sd_process.patches"], cwd=sd.path, env=python_env(sd), capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "reading the patches timed out"
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("[")), None)
+    if p.returncode != 0 or line is None:
+        return (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+    return json.loads(line)
+
+
+def patch_findings(sd) -> list[Finding]:
+    status = patch_status(sd)
+    if isinstance(status, str):
+        return [Finding("patches", False, status, "see the error above", required=False)]
+    return [
+        Finding(
+            f"patch {s['name']}",
+            s["applies"],
+            f"{s['kind']}: {s['what']}" + ("" if s["applies"] else f" -- off: {s['why']}"),
+            "use the pinned sd-scripts commit (cml setup) and bitsandbytes of sd-scripts' requirements",
+            required=False,
+        )
+        for s in status
+    ]
 
 
 def device_findings() -> list[Finding]:
@@ -96,7 +131,7 @@ def device_findings() -> list[Finding]:
 def report(findings: list[Finding]) -> int:
     for f in findings:
         mark = "ok " if f.ok else ("!! " if f.required else "-- ")
-        print(f"{mark}{f.what:20} {f.detail}")
+        print(f"{mark}{f.what:26} {f.detail}")
     missing = [f for f in findings if not f.ok and f.required]
     if missing:
         print("\ncml cannot run yet. To fix:")

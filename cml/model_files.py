@@ -8,9 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cml.cache import SHA256
 from cml.errors import InputError
-from cml.files import atomic_write
-from cml.paths import cache_root
 from cml.safetensors_file import nonfinite_tensors
 
 # Keys that only one family's single-file checkpoints have.
@@ -152,9 +151,6 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-HASH_CACHE_VERSION = 2
-
-
 def _identity(st: os.stat_result) -> list[int]:
     """What says a file is the same file, unchanged: size, mtime, and inode and ctime (a file rewritten in place
     with its size and mtime restored still gets a new ctime; one swapped in by rename, a new inode)."""
@@ -163,41 +159,33 @@ def _identity(st: os.stat_result) -> list[int]:
 
 def _facts(path: Path) -> dict:
     """Cached facts of a base model file (its sha256; for a checkpoint, its U-Net tensors holding NaN or Inf),
-    computed once per file version: base models are gigabytes and the user's own files. The cache drops entries
-    of files that no longer exist, so that removed and temporary files do not pile up."""
-    cache_file = cache_root() / "sha256.json"
+    computed once per file version (cml/cache.py's SHA256): base models are gigabytes and the user's own files. The
+    cache drops entries of files that no longer exist, so that removed and temporary files do not pile up."""
     st = path.stat()
     key = str(path.resolve())
-    try:
-        cache = json.loads(cache_file.read_text())
-        files = cache["files"] if cache.get("version") == HASH_CACHE_VERSION and isinstance(cache.get("files"), dict) else {}
-    except (OSError, ValueError, AttributeError, TypeError):
-        files = {}
-    entry = files.get(key)
+    entry = SHA256.get(key)
     if isinstance(entry, dict) and entry.get("identity") == _identity(st) and "sha256" in entry:
         return entry
     entry = {"identity": _identity(st), "sha256": sha256_of(path)}
     if path.suffix.lower() == ".safetensors":
         entry["nonfinite_unet"] = nonfinite_tensors(path, UNET_PREFIX)
-    files = {k: v for k, v in files.items() if Path(k).exists()}
-    files[key] = entry
-    try:
-        atomic_write(cache_file, json.dumps({"version": HASH_CACHE_VERSION, "files": files}))
-    except OSError:
-        pass  # a cache we cannot write only costs time
+    SHA256.put(key, entry, keep=lambda k: Path(k).exists())
     return entry
 
 
-def cached_sha256(path: Path) -> str | None:
-    """The sha256 cml already knows for this very file (same path, size, mtime, inode and ctime), or None."""
-    try:
-        cache = json.loads((cache_root() / "sha256.json").read_text())
-        entry = cache["files"].get(str(path.resolve())) if cache.get("version") == HASH_CACHE_VERSION else None
-        if isinstance(entry, dict) and entry.get("identity") == _identity(path.stat()):
-            return str(entry["sha256"])
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        pass
-    return None
+def known_sha256(paths: list[Path]) -> dict[str, list]:
+    """The sha256 cml already knows for these very files (same path, size, mtime, inode and ctime), as the trainer's
+    CML_KNOWN_SHA256 takes them (cml/sd_process/patches.py): path -> [size, mtime_ns, inode, ctime_ns, sha256]."""
+    out = {}
+    for p in paths:
+        try:
+            key = str(p.resolve())
+            entry = SHA256.get(key)
+            if isinstance(entry, dict) and entry.get("identity") == _identity(p.stat()):
+                out[key] = [*entry["identity"], str(entry["sha256"])]
+        except (OSError, KeyError, TypeError):
+            pass
+    return out
 
 
 def file_sha256(path: Path) -> str:

@@ -60,6 +60,14 @@ def pair(preset: Preset) -> Pairing:
         if t.transform:
             pairing.b[name] = [None] * len(sources)
             continue
+        if t.suffix and not (len(preset.source) == 1 and preset.source[0].is_dir()):
+            problems.append(f"{where}.suffix: B beside A needs source = a folder (x.png and x{t.suffix}.png in it)")
+            pairing.b[name] = [None] * len(sources)
+            continue
+        if len(t.images) > 1 and any(p.is_dir() for p in t.images):
+            problems.append(f"{where}.images: a folder of B images is given alone (B matched to A by file name)")
+            pairing.b[name] = [None] * len(sources)
+            continue
         if t.suffix:
             b_by_stem = _by_stem([p for p in images_in(preset.source[0]) if p.stem.endswith(t.suffix)], f"{where}.suffix", problems)
             missing = [a for a in sources if a.stem + t.suffix not in b_by_stem]

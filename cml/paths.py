@@ -11,11 +11,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("CML_CACHE_DIR") or Path.home() / ".cache" / "cml")
 
 
-def default_tokenizer_cache() -> Path:
-    """sd-scripts' --tokenizer_cache_dir when the preset sets none: after the first online run, runs are offline."""
-    return cache_root() / "tokenizers"
-
-
 def data_dir() -> Path:
     """Where `cml setup` keeps its sd-scripts checkout when cml does not run from a clone with the submodule."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

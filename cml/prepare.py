@@ -6,18 +6,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cml.cache import tokenizers_dir
 from cml.console import say
 from cml.inputs import load_inputs
-from cml.kohya.gui import gui_load_order, gui_problems
-from cml.kohya.options import check_extra
-from cml.kohya.scripts import SCRIPTS
-from cml.kohya.training import refuse_managed_extra
-from cml.paths import default_tokenizer_cache, submodule
-from cml.plan import Plan, build_plan
+from cml.paths import submodule
+from cml.plan import Plan
 from cml.preset import find_preset, load_preset
 from cml.preset.models import Preset
+from cml.render.gui import gui_load_order, gui_problems
+from cml.render.scripts import SCRIPTS
+from cml.render.train_config import refuse_managed_extra
+from cml.render.trainer_options import check_extra
 from cml.rundir import check_run_dir, own_preset
-from cml.sdscripts import SdScripts, SdScriptsNotFound, check_tokenizers, commit_warning, locate
+from cml.sdscripts import SdScripts, SdScriptsNotFound, commit_warning, locate
+from cml.sdscripts.tokenizers import check_tokenizers
+from cml.stages import build_plan
 
 
 def prepare(
@@ -35,7 +38,10 @@ def prepare(
     run_dir (cml check): the run folder as it is now, wherever it was moved; its name is not the preset's to judge.
     """
     preset_path = find_preset(preset_arg)
-    preset, digest = load_preset(preset_path, sets, overrides)
+    migrated: list[str] = []
+    preset, digest = load_preset(preset_path, sets, overrides, notes=migrated)
+    for n in migrated:
+        say(f"note: {n}")
     try:
         sd = locate(sd_option)
     except SdScriptsNotFound:
@@ -61,7 +67,7 @@ def prepare(
     refuse_managed_extra(plan)
     if sd.present:
         check_extra(plan, sd, SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
-    check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or default_tokenizer_cache())
+    check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or tokenizers_dir())
     own = own_preset(preset_path, plan.run_dir)
     check_run_dir(plan.run_dir, preset_file=None if own else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)
     return plan, sd

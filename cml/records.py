@@ -77,7 +77,7 @@ class StageRecord(Record):
     seconds: float | None = None
     argv: list[str] = Field(default_factory=list)
     losses: list[float] = Field(default_factory=list)
-    early_loss: float | None = None
+    early_loss: float | None = None  # written by cml 0.1's early-loss method check (retired); read, never written
     lora_modules: int | None = None
     merge_check: dict[str, int] | None = None
     markers_kept: list[str] = Field(default_factory=list)
@@ -101,7 +101,7 @@ class RunSummary(Record):
     stages_skipped: list[str]
     outputs: dict[str, str]
     kept_outputs: dict[str, str]
-    method_check: dict[str, dict[str, float | None]]
+    method_check: dict[str, dict[str, float | None]] = Field(default_factory=dict)  # cml 0.1's (retired): read, never written
     sd_scripts: SdScriptsInfo
 
 

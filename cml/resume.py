@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from cml.console import say
 from cml.errors import InputError
 from cml.model_files import sha256_of
-from cml.outputs import ValidationFailed, read_metadata, validate_lora
 from cml.plan import Plan, Role, Stage
 from cml.records import StageRecord, read
+from cml.safetensors_file import read_metadata
+from cml.validate import ValidationFailed, validate_lora
 
 
 @dataclass
@@ -109,7 +110,7 @@ def decide(plan: Plan, opts: RunOptions) -> Decision:
         raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
     forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
     # --from re-runs those stages anyway: only the finished files users keep are looked at (the copy machine model is gigabytes)
-    states = [output_state(st, plan) if i < forced_from or st.kept else OutputState(False, "--from") for i, st in enumerate(plan.stages)]
+    states = [output_state(st, plan) if i < forced_from or st.protected else OutputState(False, "--from") for i, st in enumerate(plan.stages)]
     todo = [i >= forced_from or not state.good for i, state in enumerate(states)]
     cause: dict[str, str] = {}
     for i, (st, state) in enumerate(zip(plan.stages, states)):
@@ -134,7 +135,7 @@ def decide(plan: Plan, opts: RunOptions) -> Decision:
     lost = [
         f"{st.output.relative_to(plan.run_dir)} ({cause.get(st.name, 'made from other settings or inputs')})"
         for i, (st, state) in enumerate(zip(plan.stages, states))
-        if todo[i] and st.kept and state.intact
+        if todo[i] and st.protected and state.intact
     ]
     if lost and not opts.force:
         raise InputError(

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cml.errors import InputError
@@ -23,7 +25,7 @@ MARKER = ".cml-run"
 LEGACY_MARKERS = (".cml.lock", ".cml.pid", "run.json")
 # What cml itself puts at the top of a run folder.
 RUN_FILES = frozenset({MARKER, ".cml.lock", ".cml.pid", "run.json", "commands.sh", "preset.toml", "README.md", "report.md"})
-STAGE_DIR = re.compile(r"(copy|merge|check|(diff|baseline|resize|direct|slider|reverse-(copy|merge|diff))-[A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+STAGE_DIR = re.compile(r"(copy|merge|check|(diff|baseline|naive|resize|direct|slider|reverse-(copy|merge|diff))-[A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 FIX = "set another name or output_dir (cml writes only into a new or empty folder, or a run folder it made)"
 
 
@@ -186,3 +188,22 @@ def remove_inside(path: Path, run_dir: Path) -> None:
 
 def disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_space(what: str, where: Path, keep: str = "") -> Iterator[None]:
+    """A full disk while writing ``what`` becomes one line that names the place, the space left and the fix."""
+    try:
+        yield
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        try:
+            free = f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise InputError(
+            f"the disk is full: {what} could not be written ({free}){keep}",
+            str(getattr(e, "filename", None) or where),
+            "free space (or set output_dir on another disk), then re-run the same command: finished stages are kept",
+        ) from None

@@ -88,7 +88,7 @@ def tokenizer_dir() -> Path:
     trainer never reads them). Tests that train for real use the demo's tokenizers (demo_assets)."""
     import tempfile
 
-    from cml.sdscripts import TOKENIZERS
+    from cml.sdscripts.tokenizers import TOKENIZERS
 
     root = Path(tempfile.gettempdir()) / "cml-test-tokenizers"
     for ids in TOKENIZERS.values():
@@ -103,6 +103,7 @@ def write_preset(tmp_path, ckpt, image_a):
 
     def write(extra: dict | None = None, filename: str = "preset.toml", **top) -> Path:
         data = {
+            "version": 2,
             "name": "t",
             "base_model": str(ckpt),
             "source": str(image_a),
@@ -125,8 +126,8 @@ def write_preset(tmp_path, ckpt, image_a):
 def plan_for(preset_path, sets=None):
     """Config -> inputs -> plan for a preset file, in this process (no sd-scripts, nothing written)."""
     from cml.inputs import load_inputs
-    from cml.plan import build_plan
     from cml.preset import load_preset
+    from cml.stages import build_plan
 
     preset, digest = load_preset(preset_path, sets)
     return build_plan(preset, digest, load_inputs(preset), "c0ffee")
@@ -219,6 +220,7 @@ def demo_run(sd_scripts, demo_assets, tmp_path_factory):
 def sd_preset(tmp: Path, assets: dict, **top) -> Path:
     """A preset for the real sd-scripts on the demo assets at 64 px (tests/sdscripts)."""
     data = {
+        "version": 2,
         "name": "e2e",
         "base_model": str(assets["model"]),
         "source": str(assets["a"]),

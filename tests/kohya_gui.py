@@ -134,7 +134,7 @@ GUI_DEFAULTS: dict[str, tuple[str, Any]] = {
 # Options of cml's train.toml that no gui.json key can carry, with what the GUI does instead (run README says so).
 NOT_EXPRESSIBLE = {
     "tokenizer_cache_dir": "the GUI's run loads the tokenizer from the Hugging Face hub",
-    "network_module": "cml trains with cml.kohya.lora (networks.lora with the --base_weights fix and an exact, faster forward), the GUI with networks.lora",
+    "network_module": "cml trains with cml.sd_process.lora (networks.lora with the --base_weights fix and an exact, faster forward), the GUI with networks.lora",
     "base_weights_multiplier": "sd-scripts defaults each multiplier to 1.0, which is what cml writes",
 }
 

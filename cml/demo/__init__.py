@@ -1,12 +1,12 @@
 """The demo assets, for `cml demo` and the tests: the demo model, an offline tokenizer and image A.
 
-The demo model (what it is and why: cml/demo/model.py) is built once, in a child process, and cached
+The demo model (what it is and why: cml/sd_process/demo_model.py) is built once, in a child process, and cached
 outside the repository (``CML_CACHE_DIR``, default ``~/.cache/cml``), like the tokenizer and A.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,48 +24,24 @@ def cache_dir() -> Path:
     return cache_root() / "demo"
 
 
-def write_tokenizer(dest: Path, pad_token: str = "<|endoftext|>") -> None:
-    """A CLIP tokenizer with a byte-level vocabulary and no merges: enough for sd-scripts offline."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode  # GPT-2/CLIP's byte-level alphabet
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (dest / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    (dest / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "CLIPTokenizer",
-                "model_max_length": 77,
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "pad_token": pad_token,
-                "do_lower_case": True,
-            }
-        ),
-        encoding="utf-8",
-    )
-    (dest / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}),
-        encoding="utf-8",
-    )
+# The tokenizer folders sd-scripts looks for in tokenizer_cache_dir (SD1, SDXL's second, SD2), with their pad token.
+DEMO_TOKENIZERS = {"openai_clip-vit-large-patch14": "<|endoftext|>", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k": "!", "stabilityai_stable-diffusion-2": "!"}
 
 
 def tokenizer_dir() -> Path:
-    """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for (SD1, SD2, SDXL)."""
+    """A --tokenizer_cache_dir holding the demo tokenizers under the names sd-scripts looks for (SD1, SD2, SDXL),
+    written once by a child process (cml/sd_process/demo_model.py: transformers imports torch)."""
     root = cache_dir() / f"tokenizers-v{DEMO_VERSION}"
-    for name, pad in (
-        ("openai_clip-vit-large-patch14", "<|endoftext|>"),
-        ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", "!"),
-        ("stabilityai_stable-diffusion-2", "!"),
-    ):
-        if not (root / name / "vocab.json").exists():
-            write_tokenizer(root / name, pad_token=pad)
+    if all((root / name / "vocab.json").exists() for name in DEMO_TOKENIZERS):
+        return root
+    from cml.errors import StageFailed
+    from cml.runner import indented
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent.parent), os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, "-m", "cml.sd_process.demo_model", "tokenizers", str(root), *(f"{n}={pad}" for n, pad in DEMO_TOKENIZERS.items())]
+    p = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise StageFailed(f"writing the demo tokenizers failed (exit code {p.returncode})\n{indented((p.stdout + p.stderr).splitlines())}")
     return root
 
 
@@ -90,11 +66,12 @@ def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log, rou
     """Build a demo checkpoint once into the cache, in a child process (torch stays out of cml's process);
     written under a temporary name, then renamed.
 
-    roundtrip_of: an image whose VAE round trip (cml/kohya/vae_roundtrip.py, at DEMO_CHECK_SIZE) the same child
+    roundtrip_of: an image whose VAE round trip (cml/sd_process/vae_roundtrip.py, at DEMO_CHECK_SIZE) the same child
     makes from the saved file and puts in the check's cache: the demo's first check then starts one process less."""
+    from cml.cache import VAE_ROUNDTRIP
     from cml.errors import StageFailed
     from cml.model_files import file_sha256
-    from cml.report.generate import roundtrip_cache
+    from cml.report.generate import roundtrip_key
     from cml.runner import indented
     from cml.sdscripts import SdScripts, python_env
 
@@ -105,7 +82,7 @@ def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log, rou
     env = python_env(SdScripts(sd_scripts, None, "demo"))
     with atomic_path(out) as tmp:
         rt = tmp.with_suffix(".roundtrip.png")
-        argv = [sys.executable, "-m", "cml.demo.model", builder, str(tmp)]
+        argv = [sys.executable, "-m", "cml.sd_process.demo_model", builder, str(tmp)]
         if roundtrip_of is not None:
             argv += [str(roundtrip_of), str(DEMO_CHECK_SIZE), str(rt)]
         p = subprocess.run(argv, cwd=sd_scripts, env=env, capture_output=True, text=True)
@@ -116,14 +93,13 @@ def _cached_build(name: str, builder: str, what: str, sd_scripts: Path, log, rou
     if roundtrip_of is not None and rt.is_file():
         from PIL import Image
 
-        target = roundtrip_cache("sha256:" + file_sha256(out), Image.open(roundtrip_of), DEMO_CHECK_SIZE)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rt.replace(target)
+        VAE_ROUNDTRIP.store(roundtrip_key("sha256:" + file_sha256(out), Image.open(roundtrip_of), DEMO_CHECK_SIZE), rt)
+        rt.unlink()
     return out
 
 
 def demo_sd15_checkpoint(sd_scripts: Path, log=print) -> Path:
-    """The SD1.5-architecture demo model (2.1 GB fp16): see cml/demo/model.py for what it is and why."""
+    """The SD1.5-architecture demo model (2.1 GB fp16): see cml/sd_process/demo_model.py for what it is and why."""
     return _cached_build("demo-sd15", "sd15", "the SD1.5-architecture demo model (~30 s, 2.1 GB)", sd_scripts, log, roundtrip_of=demo_a())
 
 

@@ -150,7 +150,7 @@ TWO = {"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"
 def part_ops(b: Bench) -> dict:
     from cml.sdscripts import python_env
 
-    p = subprocess.run([sys.executable, "-m", "cml.dev.opcount", b.model, "64"], cwd=b.sd.path, env=python_env(b.sd), capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "cml.sd_process.dev.opcount", b.model, "64"], cwd=b.sd.path, env=python_env(b.sd), capture_output=True, text=True)
     line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
     if p.returncode != 0 or line is None:
         raise SystemExit(f"bench: opcount failed:\n{p.stderr[-3000:]}")
@@ -283,9 +283,9 @@ def part_recipes(b: Bench, only: list[str] | None = None) -> dict:
 
 
 def part_overhead(b: Bench, copy_steps: int, diff_steps: int) -> dict:
-    from cml.kohya.scripts import stage_argv
-    from cml.kohya.write import render
     from cml.prepare import prepare
+    from cml.render.run_folder import render
+    from cml.render.scripts import stage_argv
     from cml.sdscripts import python_env
 
     steps = {"copy": {"steps": copy_steps}, "train": {"resolution": 64, "steps": diff_steps}}

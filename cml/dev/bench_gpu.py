@@ -1,10 +1,9 @@
 """`make bench-gpu`: the article's recipe on a CUDA GPU, measured from outside the trainer.
 
 Runs, each one `cml run presets/grayscale.toml` (the article's settings as shipped) on a checkpoint built
-once (SD1.5: the demo model of cml/demo/model.py; SDXL: random weights), with image A at the training
+once (SD1.5: the demo model of cml/sd_process/demo_model.py; SDXL: random weights), with image A at the training
 resolution:
-- ``sd15``: SD1.5 at 512 px, 500 steps per stage, checkpoint merge, plus the 10-step baseline on the
-  plain base (the method check);
+- ``sd15``: SD1.5 at 512 px, 500 steps per stage, checkpoint merge;
 - ``sd15-in-memory``: the same with ``merge = "in_memory"``;
 - ``sdxl``: SDXL at 1024 px, checkpoint merge, fewer steps (memory and speed per step).
 
@@ -209,7 +208,6 @@ def run_cml(
         res["failed"] = out_lines[-30:]
         save()
         raise SystemExit(f"bench-gpu: {name}: cml run failed (exit {rc}):\n" + "\n".join(out_lines[-30:]))
-    res["method_check"] = json.loads((run_dir / "run.json").read_text())["method_check"]
     res["finished"] = True
     save()
 
@@ -250,7 +248,7 @@ def device_facts() -> dict:
 # The runs, each a `cml run` of the shipped grayscale preset (the article's recipe) with these settings; `--only`
 # picks some, so that a lease whose commands stop at 10 minutes runs them in parts. SD1.5 at --resolution, SDXL apart.
 RUNS: dict[str, dict] = {
-    "sd15": {"baseline": True},  # as shipped: cml's exact cuts on (speedups, the default); the baseline: the method check
+    "sd15": {},  # as shipped: cml's exact cuts on (speedups, the default)
     "sd15-sd-scripts": {"speedups": False},  # the same through train_network.py itself: what the exact cuts are worth
     "sd15-in-memory": {"merge": "in_memory"},
     "sd15-in-memory-lowram": {"merge": "in_memory", "train.extra": {"lowram": True}},  # models loaded and merged on the GPU
@@ -371,7 +369,7 @@ def _f(x, fmt: str = ".1f") -> str:
 
 
 def pipeline_seconds(run: dict, names: tuple[str, ...] = ("copy", "merge", "diff-grayscale")) -> float:
-    """cml's start (input checks, device probe) plus the copy, merge and diff stages; the baseline is not part of it."""
+    """cml's start (input checks, device probe) plus the copy, merge and diff stages."""
     return run["before_first_stage_s"] + sum(run["stages"][n]["wall_s"] for n in names if n in run["stages"])
 
 
@@ -404,13 +402,7 @@ def markdown(r: dict) -> str:
     lines.append("")
     sd = r["runs"].get("sd15")
     if sd and sd.get("finished"):
-        mc = sd["method_check"].get("grayscale", {})
-        cm, base = mc.get("against_copy_machine"), mc.get("against_base")
-        lines.append(f"SD1.5 pipeline (start + copy + merge + diff, baseline left out): **{pipeline_seconds(sd):.1f} s** (goal: 90 s on an H100-class GPU).")
-        if cm is not None and base:
-            lines.append(
-                f"Method check: early diff loss {cm:.4f} against the copy machine model vs {base:.4f} against the plain base: ratio {cm / base:.3f} (on the demo model no measure of the method: README, Measured)."
-            )
+        lines.append(f"SD1.5 pipeline (start + copy + merge + diff): **{pipeline_seconds(sd):.1f} s** (goal: 90 s on an H100-class GPU).")
     for name, run in r["runs"].items():
         if name.startswith("sd15") and name != "sd15-profile" and run.get("finished"):
             lines.append(

@@ -102,7 +102,7 @@ def tar_tree(src: Path, dest: Path, files: list[str], arc_root: str, extra: dict
 
 
 def build(out: Path, python_version: str, cuda: tuple[str, ...]) -> None:
-    from cml.sdscripts import COMMIT_FILE, locate
+    from cml.sdscripts.lookup import COMMIT_FILE, locate
 
     sd = locate()
     wheels = out / "wheels"

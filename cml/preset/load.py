@@ -1,7 +1,7 @@
 """Loading a preset: the TOML file, ``--set`` overrides, typed overrides from cml's own callers, and errors.
 
 Three sources, applied in this order (a later one wins):
-1. the preset file (paths in it are relative to its folder);
+1. the preset file (paths in it are relative to its folder), brought up to the current version (migrations.py);
 2. ``--set KEY=VALUE`` (VALUE is TOML text, as the user typed it; paths relative to the current folder);
 3. typed overrides: Python values from cml itself (``-o``, ``cml grayscale``'s arguments, the demo's assets),
    never turned into TOML text and parsed back.
@@ -20,7 +20,8 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from cml.errors import ConfigErrors, InputError
-from cml.preset.models import Preset, unwrap
+from cml.preset.migrations import migrate
+from cml.preset.models import CopyMachineTarget, DirectTarget, Preset, unwrap
 from cml.preset.shipped import is_shipped
 
 # A bare word (no quotes, brackets or spaces) that is not TOML is taken as a string: --set name=foo.
@@ -96,9 +97,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
+TAGS = {"copy_machine": CopyMachineTarget, "direct": DirectTarget}
+# Keys of one target kind given to the other: what to say instead of "unknown key".
+OTHER_KIND = {
+    "symmetric": "symmetric is for the copy machine method; the direct method trains both ways already",
+    "steps": 'steps is a direct target\'s key (method = "direct"); a copy machine target takes train.steps',
+    "multiplier": 'multiplier is a direct target\'s key (method = "direct")',
+    "timesteps": 'timesteps is a direct target\'s key (method = "direct")',
+}
+
+
+def _plain_loc(loc: tuple) -> tuple:
+    """An error's location without the union's tag (targets.x.direct.steps -> targets.x.steps)."""
+    if len(loc) > 2 and loc[0] == "targets" and loc[2] in TAGS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model that holds the key at ``loc`` (for "did you mean")."""
+    """The model that holds the key at ``loc`` (for "did you mean"); ``loc`` still holds the union's tag."""
     model: Any = Preset
+    if len(loc) > 3 and loc[0] == "targets" and loc[2] in TAGS:
+        model, loc = TAGS[loc[2]], loc[3:]
     for part in loc[:-1]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
@@ -120,21 +140,31 @@ def format_errors(err: ValidationError, where: str) -> list[str]:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        plain = _plain_loc(loc)
+        key = ".".join(str(p) for p in plain) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             model = _model_at(loc)
             hint = ""
-            if model is not None:
-                known = [f.alias or n for n, f in model.model_fields.items()]
-                close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-                if close:
-                    hint = f"; did you mean {'.'.join(str(p) for p in loc[:-1] + (close[0],))!r}?"
-            msg = f"unknown key{hint}"
+            if model in TAGS.values() and len(plain) == 3 and plain[-1] in OTHER_KIND:
+                msg = OTHER_KIND[str(plain[-1])]
+            else:
+                if model is not None:
+                    known = [f.alias or n for n, f in model.model_fields.items()]
+                    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+                    if close:
+                        hint = f"; did you mean {'.'.join(str(p) for p in plain[:-1] + (close[0],))!r}?"
+                msg = f"unknown key{hint}"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] in ("int_type", "float_type", "bool_type") and isinstance(e.get("input"), bool):
+            msg = "must be a number, not true/false"
+        elif e["type"] == "int_type" and isinstance(e.get("input"), float):
+            msg = f"must be a whole number (got {e['input']!r})"
+        elif e["type"] == "bool_type":
+            msg = f"must be true or false (got {e.get('input')!r})"
         lines.append(f"{where}: {key}: {msg}")
-    return lines
+    return list(dict.fromkeys(lines))
 
 
 def read_preset_file(path: Path) -> dict:
@@ -150,15 +180,22 @@ def read_preset_file(path: Path) -> dict:
         raise InputError("preset is not UTF-8 text", str(path), "save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"not valid TOML: {e}", str(path), "fix the syntax (strings need quotes; `cml show-config grayscale` prints a valid preset)") from None
+    except RecursionError:
+        raise InputError("not a preset: its tables or arrays nest too deep to read", str(path), "`cml show-config grayscale` prints a valid preset") from None
 
 
-def load_preset(path: Path | str, sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> tuple[Preset, str]:
-    """Load, override and validate a preset. Returns the preset and the sha256 of its effective settings.
+def load_preset(
+    path: Path | str, sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None, notes: list[str] | None = None
+) -> tuple[Preset, str]:
+    """Load, migrate, override and validate a preset. Returns the preset and the sha256 of its effective settings.
 
     ``overrides``: dotted keys ("output_dir", "targets.grayscale") to typed values (paths absolute), from cml itself.
+    ``notes``: gets a line per change the migration made to an older preset.
     """
     path = Path(path)
-    data = read_preset_file(path)
+    data, changed = migrate(read_preset_file(path), str(path))
+    if notes is not None:
+        notes += [f"{path}: {n}" for n in changed]
     cwd = Path.cwd()
     for keys, value in parse_set(sets or []):  # paths typed on the command line are relative to where they were typed
         _apply(data, keys, _absolute(Preset, keys, value, cwd), "--set")
@@ -176,6 +213,9 @@ def load_preset(path: Path | str, sets: list[str] | None = None, overrides: Mapp
 
 
 def preset_digest(preset: Preset) -> str:
+    """sha256 of what the preset asks for: where its run folder lies (output_dir) is not part of it."""
     import tomli_w
 
-    return hashlib.sha256(tomli_w.dumps(preset.to_toml_dict()).encode()).hexdigest()
+    data = preset.to_toml_dict()
+    data.pop("output_dir", None)
+    return hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()

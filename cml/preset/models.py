@@ -1,7 +1,10 @@
-"""The preset's Pydantic models: what a run is asked to do, validated (loading lives in cml/preset/load.py).
+"""The preset's Pydantic models: what a run is asked to do, validated (loading, ``--set`` and errors live in
+cml/preset/load.py; older versions are brought up to this one by cml/preset/migrations.py). Field docstrings are the
+preset reference (docs/presets.md, `cml presets --reference`).
 
-Defaults are the article's recipe (dim 16, alpha 16, 500 steps, U-Net only,
-AdamW8bit, cosine, no warm-up, lr 1e-3, 512 px, batch 1, empty captions).
+Defaults are the article's recipe (dim 16, alpha 16, 500 steps, U-Net only, AdamW8bit, cosine, no warm-up, lr 1e-3,
+512 px, batch 1, empty captions). Validators never read the disk: what needs files (pairing A and B, the model's
+family) is checked by cml/pairs.py and cml/inputs.py.
 """
 
 from __future__ import annotations
@@ -10,22 +13,27 @@ import difflib
 import re
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
     ValidationError,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-Family = Literal["auto", "sd1", "sd2", "sdxl"]
+PRESET_VERSION = 2  # cml/preset/migrations.py brings older presets up to it
+Family = Literal["auto", "sd1", "sd2", "sdxl", "flux", "chroma", "sd3", "lumina", "anima", "hunyuan_image"]
 MergeMode = Literal["checkpoint", "in_memory"]
 Transform = Literal["grayscale", "sepia", "invert", "blur"]
 Precision = Literal["auto", "fp16", "bf16", "fp32"]
@@ -72,10 +80,13 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: 
 
 
 def _resolve(value: Any, info: ValidationInfo) -> Any:
-    """Relative paths resolve against the preset file's folder."""
+    """Relative paths resolve against the preset file's folder (given by the loader: no disk is read here)."""
     if value is None:
         return None
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError as e:  # "~nosuchuser/..."
+        raise ValueError(f"{value!r}: {e}; write the path out in full") from None
     base = (info.context or {}).get("base_dir")
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
@@ -93,76 +104,81 @@ def _resolve_each(v: list[Path], info: ValidationInfo) -> list[Path]:
 ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
 # One path or a list of them, each resolved against the preset's folder.
 PathList = Annotated[list[Path], BeforeValidator(_one_or_many), AfterValidator(_resolve_each)]
+# Numbers as TOML writes them: true/false are not numbers, and 2.0 is not a count (strict types refuse both).
+Dim = Annotated[StrictInt, Field(gt=0, le=1024)]
+Alpha = Annotated[StrictFloat, Field(gt=0)]
+Steps = Annotated[StrictInt, Field(gt=0)]
+Rate = Annotated[StrictFloat, Field(gt=0)]
+Count = Annotated[StrictInt, Field(ge=0)]
+Resolution = Annotated[StrictInt, Field(ge=64, le=4096, multiple_of=8)]
+Batch = Annotated[StrictInt, Field(gt=0, le=1024)]
+Seed = Annotated[StrictInt, Field(ge=0, lt=2**32)]
+Scheduler = Literal["cosine", "constant", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"]
+INT64 = 2**63
 
 
 def unwrap(ann: Any) -> Any:
-    """A field's type through Optional[...] and Annotated[...] (the overrides wrap both)."""
+    """A field's type through Optional[...] and Annotated[...]."""
     if get_origin(ann) in (Union, UnionType):
         ann = next((a for a in get_args(ann) if a is not type(None)), ann)
     return get_args(ann)[0] if get_origin(ann) is Annotated else ann
-
-
-def _numeric(ann: Any) -> tuple[bool, bool]:
-    """(a number, a list of numbers) for a field annotation."""
-    a = unwrap(ann)
-    return a in (int, float), get_origin(a) is list and bool(get_args(a)) and set(get_args(a)) <= {int, float}
 
 
 class Base(BaseModel):
     # inf and nan are refused everywhere: they would reach sd-scripts (and gui.json, as non-JSON "Infinity")
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True, allow_inf_nan=False)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _booleans_are_not_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None:
-            num, lst = _numeric(field.annotation)
-            if (num and isinstance(v, bool)) or (lst and isinstance(v, list) and any(isinstance(x, bool) for x in v)):
-                raise ValueError("must be a number, not true/false")
-        return v
-
 
 class TrainSettings(Base):
-    """Training settings shared by the copy and diff stages."""
+    """Training settings shared by every training stage (`[train]`); `[copy]`, `[diff]` and a target's `train` override them."""
 
-    dim: int = Field(16, gt=0, le=1024)
+    dim: Dim = 16
     """LoRA rank (network_dim). The article: 16 is enough for one 512 px image."""
-    alpha: float = Field(16.0, gt=0)
+    alpha: Alpha = 16.0
     """network_alpha. Equal to dim so the learning rate is not scaled down."""
-    steps: int = Field(500, gt=0)
+    steps: Steps = 500
     """max_train_steps."""
-    learning_rate: float = Field(1e-3, gt=0)
-    """U-Net learning rate."""
+    learning_rate: Rate = 1e-3
+    """U-Net (or DiT) learning rate."""
     optimizer: str = "AdamW8bit"
     """sd-scripts optimizer_type. 8-bit optimizers fall back to their 32-bit twin without CUDA."""
-    scheduler: Literal["cosine", "constant", "linear", "cosine_with_restarts", "polynomial", "constant_with_warmup"] = "cosine"
+    scheduler: Scheduler = "cosine"
     """lr_scheduler."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Count = 0
     """lr_warmup_steps."""
-    resolution: int = Field(512, ge=64, le=4096, multiple_of=8)
+    resolution: Resolution = 512
     """Training resolution in pixels (square bucket area)."""
-    batch_size: int = Field(1, gt=0)
-    """train_batch_size."""
+    batch_size: Batch = 1
+    """train_batch_size. Above 1 with one image, its repeats fill the batch (sd-scripts batches within an epoch)."""
     caption: str = ""
-    """Caption for every image; the article uses none."""
-    seed: int = Field(42, ge=0, lt=2**32)
+    """Caption for every image; the article uses none (one line)."""
+    seed: Seed = 42
     """Training seed (0 to 2**32 - 1: numpy's seed range, which sd-scripts seeds too)."""
     precision: Precision = "auto"
     """Mixed precision: auto = bf16 on GPUs with compute capability 8.0+ (Ampere and newer), fp16 on older GPUs, fp32 on a CPU."""
-    gradient_checkpointing: bool | None = None
-    """Trade compute for GPU memory; empty means on for SDXL (sd-scripts' SDXL docs recommend it), off otherwise."""
-    torch_compile: bool = False
+    gradient_checkpointing: StrictBool | None = None
+    """Trade compute for GPU memory; empty means on for SDXL and the DiT families (sd-scripts' docs recommend it), off otherwise."""
+    torch_compile: StrictBool = False
     """sd-scripts' --torch_compile (torch.compile with inductor): slower first steps while it compiles, faster after;
     its compile cache is kept in cml's cache (torch-compile/), so later stages and runs start warm."""
     extra: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    """Further train_network.py options, written into the training TOML as they are."""
+    """Further trainer options (train_network.py's, or the family's trainer's), written into the training TOML as they
+    are, e.g. { noise_offset = 0.05 }; files they make (sample images, intermediate saves) are kept in <stage>/extra/."""
 
     @field_validator("caption")
     @classmethod
     def _one_line(cls, v: str) -> str:
         if "\n" in v or "\r" in v:
             raise ValueError("has a line break: sd-scripts reads only a caption file's first line, so the rest would be dropped; write it on one line")
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _toml_integers(cls, v: dict) -> dict:
+        for key, value in v.items():
+            for x in value if isinstance(value, list) else [value]:
+                if isinstance(x, int) and not isinstance(x, bool) and not -INT64 <= x < INT64:
+                    raise ValueError(f"{key} = {x} is beyond 64 bits: TOML (and sd-scripts) cannot read it back")
         return v
 
     @field_validator("optimizer")
@@ -188,15 +204,25 @@ class TrainSettings(Base):
         return self
 
 
-# Per-stage and per-target overrides: the same fields, all optional.
-TrainOverrides = create_model(  # type: ignore[call-overload]  # fields built at run time from TrainSettings
-    "TrainOverrides",
-    __base__=Base,
-    **{
-        name: (Optional[Annotated[(f.annotation, *f.metadata)]] if f.metadata else Optional[f.annotation], Field(None, description=f.description))  # noqa: UP045  # built at run time: X | None does not take a type variable
-        for name, f in TrainSettings.model_fields.items()
-    },
-)
+class TrainOverrides(Base):
+    """Overrides of `[train]` for one stage or target: the same keys, each optional (tests/unit/test_config.py keeps
+    the two classes' keys equal)."""
+
+    dim: Dim | None = None
+    alpha: Alpha | None = None
+    steps: Steps | None = None
+    learning_rate: Rate | None = None
+    optimizer: str | None = None
+    scheduler: Scheduler | None = None
+    warmup_steps: Count | None = None
+    resolution: Resolution | None = None
+    batch_size: Batch | None = None
+    caption: str | None = None
+    seed: Seed | None = None
+    precision: Precision | None = None
+    gradient_checkpointing: StrictBool | None = None
+    torch_compile: StrictBool | None = None
+    extra: dict[str, Scalar | list[Scalar]] | None = None
 
 
 def apply_overrides(settings: TrainSettings, *overrides: BaseModel) -> TrainSettings:
@@ -207,31 +233,11 @@ def apply_overrides(settings: TrainSettings, *overrides: BaseModel) -> TrainSett
 
 
 Method = Literal["copy_machine", "direct"]
+DIRECT_STEPS = 80
 
 
-class DirectSettings(Base):
-    """The direct method (method = "direct"): the difference A -> B trained in one stage, without a copy LoRA or a
-    merge (hako-mikan's ADDifT, on sd-scripts' own trainer: cml/kohya/train.py). Defaults measured on the demo model."""
-
-    steps: int = Field(80, gt=0)
-    """Training steps (the peers use 30-100)."""
-    multiplier: float = Field(0.25, gt=0, le=1)
-    """w: the LoRA trains at +w on B and -w on A, on alternate steps; the saved LoRA is scaled by w, so weight 1 gives
-    what +w gave in training."""
-    timesteps: tuple[int, int] = (0, 1000)
-    """The range timesteps are drawn from, [min, max): each pair of steps takes the next of its tenths 2, 4, 6, 8, 10, in turn."""
-
-    @field_validator("timesteps")
-    @classmethod
-    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        lo, hi = v
-        if not 0 <= lo < hi <= 1000:
-            raise ValueError(f"{list(v)} is not a range of timesteps: give [min, max] with 0 <= min < max <= 1000")
-        return v
-
-
-class Target(Base):
-    """One difference LoRA: B images paired with the source images, or a built-in transform of them."""
+class TargetBase(Base):
+    """What every target has: its B (images, a suffix, or a built-in transform) and its own training settings."""
 
     images: PathList = Field(default_factory=list)
     """B images, one per source image in the same order; or one folder: B matched to A by file name."""
@@ -239,16 +245,11 @@ class Target(Base):
     """B of `x.png` is `x<suffix>.png` in the source folder (e.g. "_gray"); files with a target's suffix are not sources."""
     transform: Transform | None = None
     """Make B from A with a built-in transform instead of images."""
-    method: Method | None = None
-    """copy_machine (the article: copy LoRA, copy machine model, diff LoRA) or direct; empty means the preset's."""
-    symmetric: bool = False
-    """Copy machine method: also train the reverse difference (a copy machine of B, a diff LoRA back to A) and combine
-    the two into one two-way slider, (L_ab - L_ba) / 2 at twice the rank. The direct method is two-way already."""
-    train: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
     """Training settings for this target's stages only."""
 
     @model_validator(mode="after")
-    def _one_way_to_b(self) -> Target:
+    def _one_way_to_b(self) -> TargetBase:
         given = [k for k, v in (("images", self.images), ("suffix", self.suffix), ("transform", self.transform)) if v]
         if len(given) != 1:
             raise ValueError(
@@ -260,48 +261,112 @@ class Target(Base):
         return self
 
 
+class CopyMachineTarget(TargetBase):
+    """A target made the article's way (method = "copy_machine", the default): a diff LoRA of B trained against the
+    copy machine model of A."""
+
+    method: Literal["copy_machine"] = "copy_machine"
+    """How this target's difference LoRA is made: copy_machine (the article: copy LoRA, copy machine model, diff LoRA)
+    or direct (one stage on the base model, see the direct target's keys)."""
+    symmetric: StrictBool = False
+    """Also train the way back (a copy machine of B, a diff LoRA back to A) and combine the two into one two-way
+    slider, (L_ab - L_ba) / 2 at twice the rank."""
+
+
+class DirectTarget(TargetBase):
+    """A target made by the direct method (method = "direct"): the difference A -> B trained in one stage on the base
+    model, without a copy LoRA or a merge (hako-mikan's ADDifT on sd-scripts' own trainer). Two-way by construction.
+    Defaults measured on the demo model."""
+
+    method: Literal["direct"]
+    """direct: see above."""
+    steps: Steps = DIRECT_STEPS
+    """Training steps of the direct stage (the peers use 30-100)."""
+    multiplier: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.25
+    """w: the LoRA trains at +w on B and -w on A, on alternate steps; the saved LoRA is scaled by w, so weight 1 gives
+    what +w gave in training."""
+    timesteps: tuple[StrictInt, StrictInt] = (0, 1000)
+    """The range timesteps are drawn from, [min, max): each pair of steps takes the next of min + (max - min) k / 10,
+    k = 1, 3, 5, 7, 9, in turn (as train_diff2 does)."""
+
+    @field_validator("timesteps")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not 0 <= lo < hi <= 1000:
+            raise ValueError(f"{list(v)} is not a range of timesteps: give [min, max] with 0 <= min < max <= 1000")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_here(self) -> DirectTarget:
+        if self.train.steps is not None:
+            raise ValueError("a direct target's steps are its own key: write steps = N, not train.steps")
+        return self
+
+    def direct_id(self) -> dict:
+        """The direct method's settings as the stage's fingerprint holds them."""
+        return {"steps": self.steps, "multiplier": self.multiplier, "timesteps": list(self.timesteps)}
+
+
+def _method_of(v: Any) -> str:
+    return str(v.get("method", "copy_machine")) if isinstance(v, dict) else str(getattr(v, "method", "copy_machine"))
+
+
+Target = Annotated[
+    Annotated[CopyMachineTarget, Tag("copy_machine")] | Annotated[DirectTarget, Tag("direct")],
+    Discriminator(_method_of, custom_error_type="method", custom_error_message="method must be 'copy_machine' or 'direct'"),
+]
+
+
 # gen_img.py's --sampler choices (sd1/sd2 and SDXL alike)
 Sampler = Literal[
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
     "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
 ]  # fmt: skip
+# A weight gen_img.py's "--am" reads as written: it parses "[\d.\-,]+" (no exponent), so 1e-05 would become 1.
+GEN_IMG_WEIGHT = re.compile(r"-?\d+(\.\d+)?")
 
 
 class CheckSettings(Base):
-    """`cml check`: copy check, weight sweep and metrics (sd-scripts' gen_img.py)."""
+    """`cml check`: copy check, weight sweep and metrics (sd-scripts' generator)."""
 
-    enabled: bool = False
-    """Run the check after the diff stages."""
-    weights: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=1)
-    """Diff LoRA weights of the sweep."""
-    seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    """Seeds of the copy check and the sweep."""
-    prompts: list[str] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"], min_length=1)
+    enabled: StrictBool = False
+    """Run the check after the last stage."""
+    weights: Annotated[list[Annotated[StrictFloat, Field(ge=-100, le=100)]], Field(min_length=1)] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])
+    """Difference LoRA weights of the sweep (-100 to 100, at most 6 decimals: gen_img reads them without exponents)."""
+    seeds: Annotated[list[Seed], Field(min_length=1)] = Field(default_factory=lambda: [1, 2])
+    """Seeds of the copy check and the sweep (0 to 2**32 - 1)."""
+    prompts: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["", "a photo of a red car in a city street"])
     """Sweep prompts; include prompts unrelated to A, that is where leakage shows."""
     models: PathList = Field(default_factory=list)
     """Models of the sweep besides the copy machine model; empty means the base model (see ``base``)."""
-    base: bool = True
+    base: StrictBool = True
     """With ``models`` empty: also sweep on the base model itself (where a real model shows what else the LoRA changes)."""
-    copy_check_base: bool = True
+    copy_check_base: StrictBool = True
     """The copy check also draws the base model alone at its seeds: what the SSIM to A is without the copy LoRA."""
-    copy_machine: bool = True
+    copy_machine: StrictBool = True
     """Also sweep on the copy machine model (merged file, or base + copy LoRA when merge = "in_memory"): where A -> B shows cleanest."""
-    sampling_steps: int = Field(20, gt=0)
+    sampling_steps: Annotated[StrictInt, Field(gt=0, le=1000)] = 20
     """Sampler steps."""
-    guidance_scale: float = Field(7.5, ge=0)
+    guidance_scale: Annotated[StrictFloat, Field(ge=0)] = 7.5
     """Classifier-free guidance (gen_img --scale). At 1 or below gen_img skips the unconditional pass: half the time, and the same images for the empty prompt."""
-    batch_size: int = Field(1, gt=0)
+    batch_size: Batch = 1
     """Images per generator batch (same weight, different seeds); more is faster where memory allows."""
     sampler: Sampler = "ddim"
     """gen_img.py's sampler. Ancestral ones (euler_a) add fresh noise at every step, so the seed's starting noise counts less."""
-    resolution: int | None = Field(None, ge=64, multiple_of=8)
+    resolution: Resolution | None = None
     """Image size; empty means the training resolution."""
 
     @field_validator("weights")
     @classmethod
-    def _weights_have_zero(cls, v: list[float]) -> list[float]:
+    def _weights(cls, v: list[float]) -> list[float]:
         if 0 not in v:
             raise ValueError(f"{v} lacks 0: the metrics compare every weight with weight 0 (add 0, e.g. [-1, 0, 1])")
+        bad = [w for w in v if round(w, 6) != w]
+        if bad:
+            raise ValueError(f"{bad[0]!r} has more than 6 decimals: gen_img.py reads weights without exponents, so write e.g. 0.00001 as 0.0 or 0.0001")
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} lists a weight twice")
         return v
 
     @field_validator("prompts")
@@ -319,16 +384,47 @@ class CheckSettings(Base):
         return v
 
 
-class Preset(Base):
-    """A whole copy-machine run: one copy stage, one merge, one diff stage per target."""
+class ModelFiles(Base):
+    """The model files a family needs besides its base model (`[model_files]`); which ones each family needs:
+    README, Families. Relative paths start at the preset's folder."""
 
+    clip_l: ResolvedPath | None = None
+    """CLIP-L text encoder (FLUX.1, SD3/SD3.5): --clip_l."""
+    clip_g: ResolvedPath | None = None
+    """CLIP-G text encoder (SD3/SD3.5): --clip_g."""
+    t5xxl: ResolvedPath | None = None
+    """T5-XXL text encoder (FLUX.1, Chroma, SD3/SD3.5): --t5xxl."""
+    ae: ResolvedPath | None = None
+    """Autoencoder (FLUX.1, Chroma, Lumina 2): --ae."""
+    vae: ResolvedPath | None = None
+    """VAE (SD3/SD3.5 when the checkpoint has none; Anima: the Qwen-Image VAE; HunyuanImage): --vae."""
+    qwen3: ResolvedPath | None = None
+    """Qwen3 text encoder, a file or a folder (Anima): --qwen3."""
+    gemma2: ResolvedPath | None = None
+    """Gemma 2 text encoder (Lumina 2): --gemma2."""
+    text_encoder: ResolvedPath | None = None
+    """Qwen2.5-VL text encoder (HunyuanImage 2.1): --text_encoder."""
+    byt5: ResolvedPath | None = None
+    """byT5 text encoder (HunyuanImage 2.1): --byt5."""
+
+    def given(self) -> dict[str, Path]:
+        return {k: v for k, v in self if v is not None}
+
+
+class Preset(Base):
+    """A whole copy-machine run: one copy stage and one merge, one difference LoRA per target."""
+
+    version: Literal[2] = 2  # PRESET_VERSION
+    """The preset format's version; older presets are brought up to it as they load (cml/preset/migrations.py)."""
     name: str = "copy-machine"
     """Run name: the run folder is output_dir/name."""
     base_model: ResolvedPath
-    """SD checkpoint (.safetensors, .ckpt) or diffusers folder."""
+    """The base model: an SD checkpoint (.safetensors, trusted .ckpt), a diffusers folder, or a DiT family's model file."""
     family: Family = "auto"
-    """Model family; auto detects it from the checkpoint's keys."""
-    v_parameterization: bool | None = None
+    """Model family; auto detects it from the file's keys."""
+    model_files: ModelFiles = Field(default_factory=ModelFiles)
+    """The family's other model files (text encoders, autoencoder)."""
+    v_parameterization: StrictBool | None = None
     """v-prediction model (SD2 768-v); empty means detect from metadata, else no."""
     source: Annotated[PathList, Field(min_length=1)]
     """Image A, or several images (a copy machine of a small set), or a folder: its images, sorted by name."""
@@ -336,39 +432,33 @@ class Preset(Base):
     """Named targets; one copy machine serves them all."""
     train: TrainSettings = Field(default_factory=TrainSettings)
     """Settings shared by all training stages."""
-    copy_stage: TrainOverrides = Field(default_factory=TrainOverrides, alias="copy")  # type: ignore[valid-type]
-    """Overrides for the copy stage."""
-    diff: TrainOverrides = Field(default_factory=TrainOverrides)  # type: ignore[valid-type]
-    """Overrides for every diff stage."""
-    method: Method = "copy_machine"
-    """How each target's difference LoRA is made (a target's own ``method`` wins): copy_machine, the article's
-    three stages; direct, one stage in a tenth of the steps (see ``direct``)."""
-    direct: DirectSettings = Field(default_factory=DirectSettings)
-    """Settings of the direct method."""
+    copy_stage: TrainOverrides = Field(default_factory=TrainOverrides, alias="copy")
+    """Overrides for the copy stage (`[copy]`)."""
+    diff: TrainOverrides = Field(default_factory=TrainOverrides)
+    """Overrides for every diff stage (`[diff]`)."""
     merge: MergeMode = "checkpoint"
-    """checkpoint: merge_lora.py writes the copy machine model (faithful). in_memory: --base_weights."""
+    """checkpoint: sd-scripts writes the copy machine model (faithful). in_memory: --base_weights, no merged file."""
     merge_precision: Literal["auto", "float", "fp16", "bf16"] = "auto"
     """merge_lora.py --precision; auto = float, fp16 for SDXL (float does not fit 24 GiB)."""
     output_dir: ResolvedPath = Path("runs")
     """Folder that holds run folders."""
-    allow_resize: bool = False
+    allow_resize: StrictBool = False
     """Let B images of another size than A be resized to A's size."""
-    resize_to: int | None = Field(None, gt=0)
+    resize_to: Annotated[StrictInt, Field(gt=0)] | None = None
     """Also write each diff LoRA shrunk to this rank (networks/resize_lora.py)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where to train; auto = CUDA when available."""
     tokenizer_cache_dir: ResolvedPath | None = None
     """sd-scripts --tokenizer_cache_dir; empty means cml's user cache (offline after the first run)."""
-    speedups: bool = True
-    """Train with cml's exact speed-ups (cml/kohya/train.py: the text encoder's output computed once, no device sync
-    per parameter in 8-bit optimizers, no multiplies by 1.0): the same LoRA as sd-scripts' own train_network.py, bit
-    for bit. false runs train_network.py itself."""
-    allow_pickle: bool = False
+    speedups: StrictBool = True
+    """Train with cml's exact speed-ups (cml/sd_process/patches.py: the text encoder's output computed once, no device
+    sync per parameter in 8-bit optimizers, no multiplies by 1.0): the same LoRA as sd-scripts' own trainer, bit for
+    bit. false runs the trainer script itself."""
+    allow_pickle: StrictBool = False
     """Allow a .ckpt base model: sd-scripts unpickles it, which can run code. Prefer .safetensors."""
-    baseline: bool = False
-    """Also measure the diff stage's early loss against the plain base model (method check)."""
-    baseline_steps: int = Field(10, gt=0)
-    """Steps of the baseline and of the early-loss window."""
+    baseline: StrictBool = False
+    """Also train the naive LoRA of each target: B trained directly on the plain base with the diff stage's recipe
+    (no copy machine), the baseline the check sweeps beside the difference LoRAs."""
     check: CheckSettings = Field(default_factory=CheckSettings)
     """Copy check, sweep grid and metrics."""
 
@@ -381,7 +471,7 @@ class Preset(Base):
 
     @field_validator("targets")
     @classmethod
-    def _targets(cls, v: dict[str, Target]) -> dict[str, Target]:
+    def _targets(cls, v: dict[str, TargetBase]) -> dict[str, TargetBase]:
         if not v:
             raise ValueError('add at least one target, e.g. [targets.grayscale] transform = "grayscale"')
         seen: dict[str, str] = {}
@@ -394,32 +484,26 @@ class Preset(Base):
         return v
 
     @model_validator(mode="after")
-    def _resize_fits(self) -> Preset:
+    def _derived_names(self) -> Preset:
+        """A target's slider is named <target>_slider, its naive LoRA <target>_naive: neither may be another target."""
+        names = {n.lower(): n for n in self.targets}
+        for name, t in self.targets.items():
+            derived = [("slider", f"{name}_slider")] if isinstance(t, CopyMachineTarget) and t.symmetric else []
+            derived += [("naive LoRA", f"{name}_naive")] if self.baseline else []
+            for what, other in derived:
+                if other.lower() in names:
+                    raise ValueError(f"targets.{name}'s {what} is named {other}, as target {names[other.lower()]!r} is: rename one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _stages_resolve(self) -> Preset:
         if self.resize_to is not None:
             for name in self.targets:
                 dim = self.diff_settings(name).dim
                 if self.resize_to > dim:
                     raise ValueError(f"resize_to ({self.resize_to}) is above targets.{name}'s dim ({dim}): resizing can only lower the rank")
-        return self
-
-    @model_validator(mode="after")
-    def _pairs(self) -> Preset:
-        listed = not any(p.is_dir() for p in self.source)
-        for name, t in self.targets.items():
-            by_name = any(p.is_dir() for p in t.images)
-            if t.images and not by_name and listed and len(t.images) != len(self.source):
-                raise ValueError(
-                    f"targets.{name}.images has {len(t.images)} image(s) but source has {len(self.source)}: "
-                    "give one B image per source image, in the same order (or folders: B matched to A by file name)"
-                )
-            if by_name and len(t.images) != 1:
-                raise ValueError(f"targets.{name}.images: a folder of B images is given alone (B matched to A by file name)")
-            if t.suffix is not None and not (len(self.source) == 1 and self.source[0].is_dir()):
-                raise ValueError(f"targets.{name}.suffix: B beside A needs source = a folder (x.png and x{t.suffix}.png in it)")
-            if t.symmetric and self.target_method(name) == "direct":
-                raise ValueError(f"targets.{name}: symmetric is for the copy machine method; the direct method trains both ways already")
         # Overrides stack (train < copy/diff < target): check each stage's result now, not mid-run.
-        stages = [("copy", self.copy_settings)] + [(f"targets.{n}.train", lambda n=n: self.diff_settings(n)) for n in self.targets]
+        stages = [("copy", self.copy_settings)] + [(f"targets.{n}", lambda n=n: self.target_settings(n)) for n in self.targets]
         for where, resolve in stages:
             try:
                 resolve()
@@ -435,15 +519,19 @@ class Preset(Base):
         return apply_overrides(self.train, self.diff, self.targets[target].train)
 
     def target_method(self, target: str) -> str:
-        return self.targets[target].method or self.method
+        return self.targets[target].method
 
-    def direct_settings(self, target: str) -> TrainSettings:
-        """A direct target's training settings: the diff stage's, with the direct method's steps."""
-        explicit = self.targets[target].train.model_dump(exclude_none=True)
+    def target_settings(self, target: str) -> TrainSettings:
+        """The settings of a target's own training stage: the diff stage's, with a direct target's own steps."""
+        t = self.targets[target]
         s = self.diff_settings(target)
-        return s if "steps" in explicit else s.model_copy(update={"steps": self.direct.steps})
+        return TrainSettings.model_validate({**s.model_dump(), "steps": t.steps}) if isinstance(t, DirectTarget) else s
+
+    def direct(self, target: str) -> DirectTarget:
+        t = self.targets[target]
+        assert isinstance(t, DirectTarget), f"{target} is not a direct target"
+        return t
 
     def to_toml_dict(self) -> dict:
         """The fully resolved preset, itself a valid preset."""
-        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return data
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,24 +1,26 @@
-"""The presets that ship inside the package (package data in cml/presets/, read with importlib.resources).
+"""The shipped presets: the repository's top-level presets/ folder, installed with the wheel as cml/presets/.
 
 A preset argument is a path when such a file exists, else the name of a shipped preset: ``cml run grayscale``.
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from cml.errors import InputError
+from cml.paths import checkout_root
+
+
+def presets_dir() -> Path:
+    """presets/ of the checkout cml runs from, else the installed package's cml/presets/ (pyproject.toml maps one to
+    the other)."""
+    root = checkout_root()
+    return root / "presets" if root is not None else Path(__file__).resolve().parent.parent / "presets"
 
 
 def shipped_presets() -> dict[str, Path]:
-    """Name -> file of every shipped preset (a real file: the package is installed unzipped)."""
-    root = resources.files("cml").joinpath("presets")
-    out = {}
-    for entry in root.iterdir():
-        if entry.name.endswith(".toml"):
-            out[entry.name.removesuffix(".toml")] = Path(str(entry))
-    return dict(sorted(out.items()))
+    """Name -> file of every shipped preset."""
+    return {p.stem: p for p in sorted(presets_dir().glob("*.toml"))}
 
 
 def describe(path: Path) -> str:

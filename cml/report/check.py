@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from cml.errors import InputError
-from cml.plan import DIFFERENCE, Plan, Role, Stage
+from cml.plan import Plan, Role, Stage
 from cml.records import CheckMetrics, StageRecord, read
 from cml.report.figures import grid, loss_plot
 from cml.report.generate import Job, generate, vae_roundtrip
@@ -55,8 +55,9 @@ def copy_stage(plan: Plan) -> Stage | None:
 
 
 def swept_loras(plan: Plan) -> dict[str, Stage]:
-    """The difference LoRAs the sweep tests, by name: each target's (diff or direct), and a symmetric target's slider."""
-    return {(st.target if st.role is not Role.SLIDER else f"{st.target}_slider") or "": st for st in plan.stages if st.role in DIFFERENCE and not st.reverse}
+    """The LoRAs the sweep tests, by name: each target's difference LoRA (diff or direct), a symmetric target's slider,
+    and the naive LoRA where baseline = true."""
+    return {st.sweep_key: st for st in plan.stages if st.swept}
 
 
 def sweep_models(plan: Plan) -> list[SweepModel]:

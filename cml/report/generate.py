@@ -7,7 +7,6 @@ gen_img batches those with equal multipliers.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import sys
@@ -16,13 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from cml.cache import VAE_ROUNDTRIP, tokenizers_dir
 from cml.errors import StageFailed
-from cml.files import atomic_path
 from cml.images import pixel_sha256
-from cml.kohya.scripts import NETWORK_MODULE, SCRIPTS, gen_command
 from cml.model_files import model_identity
-from cml.paths import cache_root, default_tokenizer_cache
 from cml.plan import Plan
+from cml.render.scripts import NETWORK_MODULE, SCRIPTS, gen_command
 from cml.runner import indented, run_logged
 from cml.safetensors_file import write_reshaped
 from cml.sdscripts import SdScripts, python_env
@@ -76,7 +74,7 @@ def gen_argv(plan: Plan, model: Path, loras: list[Path], prompt_file: Path, outd
         "--sequential_file_name",
         "--sdpa",
         "--tokenizer_cache_dir",
-        str(plan.preset.tokenizer_cache_dir or default_tokenizer_cache()),
+        str(plan.preset.tokenizer_cache_dir or tokenizers_dir()),
     ]
     if loras:
         argv += ["--network_module", *[NETWORK_MODULE] * len(loras), "--network_weights", *map(str, loras), "--network_mul", *["1.0"] * len(loras)]
@@ -129,34 +127,28 @@ def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path
     return {j: Image.open(f).convert("RGB") for j, f in zip(order, files)}
 
 
-def roundtrip_cache(model_identity: str, a: Image.Image, size: int) -> Path:
-    """Where A's VAE round trip is kept: a pure function of the model (its sha256), A's pixels and the size."""
-    key = hashlib.sha256(f"{ROUNDTRIP_VERSION}|{model_identity}|{pixel_sha256(a.convert('RGB'))}|{size}".encode()).hexdigest()[:32]
-    return cache_root() / "vae-roundtrip" / f"{key}.png"
-
-
-ROUNDTRIP_VERSION = "1"  # cml/kohya/vae_roundtrip.py's method: bump when it changes
+def roundtrip_key(model_identity: str, a: Image.Image, size: int) -> str:
+    """A's VAE round trip is a pure function of the model (its sha256), A's pixels and the size (cml/cache.py's
+    VAE_ROUNDTRIP: bump its version when cml/sd_process/vae_roundtrip.py's method changes)."""
+    return VAE_ROUNDTRIP.key(model_identity, pixel_sha256(a.convert("RGB")), size)
 
 
 def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
-    """Image A as the base model's VAE gives it back (cml/kohya/vae_roundtrip.py): the copy check's reference.
+    """Image A as the base model's VAE gives it back (cml/sd_process/vae_roundtrip.py): the copy check's reference.
     Kept in cml's cache: a re-check, or a run on the same model and A, reads it back."""
     out = plan.run_dir / "check"
     a = plan.inputs.source[0].image
     a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
     a.convert("RGB").save(a_path)
-    cached = roundtrip_cache(model_identity(plan.inputs.model), a, size)
+    key = roundtrip_key(model_identity(plan.inputs.model), a, size)
+    cached = VAE_ROUNDTRIP.path(key)
     if cached.is_file():
         shutil.copyfile(cached, rt_path)
         return rt_path
-    argv = [sys.executable, "-m", "cml.kohya.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
+    argv = [sys.executable, "-m", "cml.sd_process.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
     res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", stream=mode == "verbose")
     if res.returncode != 0 or not rt_path.is_file():
         tail = indented(res.tail)
         raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
-    try:
-        with atomic_path(cached) as tmp:
-            shutil.copyfile(rt_path, tmp)
-    except OSError:
-        pass  # a cache we cannot write only costs time
+    VAE_ROUNDTRIP.store(key, rt_path)
     return rt_path

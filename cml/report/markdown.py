@@ -5,21 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cml.plan import Plan
-from cml.records import CheckMetrics, RunSummary, read
+from cml.records import CheckMetrics
 
 
 def write_report(plan: Plan, r: CheckMetrics) -> Path:
     rel = lambda p: Path(p).relative_to(plan.run_dir).as_posix()  # noqa: E731
     c = r.settings
     lines = [f"# {plan.preset.name}: check", ""]
-    summary = read(RunSummary, plan.run_dir / "run.json")
-    mc = summary.method_check if summary is not None else {}
-    if mc:
-        lines += ["## Method check (early diff-stage loss)", "", "| target | against the copy machine model | against the plain base |", "|---|---|---|"]
-        for t, entry in mc.items():
-            fmt = lambda v: f"{v:.4f}" if v is not None else "not measured (set baseline = true)"  # noqa: E731
-            lines.append(f"| {t} | {fmt(entry.get('against_copy_machine'))} | {fmt(entry.get('against_base'))} |")
-        lines.append("")
     copy = r.copy_check
     if copy is not None:
         lines += [

@@ -37,7 +37,7 @@ def arg(name: str) -> str | None:
 
 
 def main(script: str, via: str = "") -> int:
-    """``via``: the module that ran this trainer (cml.kohya.train), written to FAKE_CALLS."""
+    """``via``: the module that ran this trainer (cml.sd_process.train), written to FAKE_CALLS."""
     mode = os.environ.get("FAKE_MODE", "ok")
     if script.endswith("train_network.py"):
         cfg = tomllib.loads(Path(arg("--config_file")).read_text())

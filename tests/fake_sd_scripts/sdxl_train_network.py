@@ -1,4 +1,4 @@
-"""Fake sd-scripts sdxl_train_network.py: run as a script (as sd-scripts' own), or imported by cml's trainer (cml/kohya/train.py)."""
+"""Fake sd-scripts sdxl_train_network.py: run as a script (as sd-scripts' own), or imported by cml's trainer (cml/sd_process/train.py)."""
 
 import argparse
 import os
@@ -18,9 +18,12 @@ def setup_parser() -> argparse.ArgumentParser:
     return p
 
 
-class SdxlNetworkTrainer:
+from train_network import NetworkTrainer  # noqa: E402  (after the path is set, as sd-scripts' own import)
+
+
+class SdxlNetworkTrainer(NetworkTrainer):
     def train(self, args):
-        sys.exit(main("sdxl_train_network.py", via="cml.kohya.train"))
+        sys.exit(main("sdxl_train_network.py", via="cml.sd_process.train"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cml.dev.bench_gpu import LOG_MARKERS, UNET_DTYPE
-from cml.outputs import validate_lora
+from cml.validate import validate_lora
 from tests.conftest import run_cml
 
 pytestmark = pytest.mark.gpu
@@ -92,15 +92,6 @@ def test_copy_machine_model_passes_its_check(gpu_results, name):
     rec = json.loads((Path(run["run_dir"]) / "merge" / "record.json").read_text())
     assert rec["merge_check"]["unet_tensors_changed"] > 0
     assert (Path(run["run_dir"]) / "merge" / "copy_machine.safetensors").is_file()
-
-
-def test_method_check_is_measured(gpu_results):
-    """Both early losses are measured and finite. No ratio is asserted: on the demo model (cml/demo/model.py)
-    the base already predicts eps = x_t and the early loss shows no head start (CPU: 0.30 vs 0.27); the
-    method is asserted on images there (tests/sdscripts, test_demo_*). The 0.167 once measured here came
-    from the all-random model, whose base could not denoise at all."""
-    mc = get_run(gpu_results, "sd15")["method_check"]["grayscale"]
-    assert 0 < mc["against_copy_machine"] < 10 and 0 < mc["against_base"] < 10, mc
 
 
 def test_both_merge_modes_train_the_same_modules(gpu_results):

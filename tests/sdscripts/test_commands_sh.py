@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cml.outputs import read_metadata
+from cml.safetensors_file import read_metadata
 from tests.conftest import run_cml
 from tests.conftest import sd_preset as preset
 

@@ -9,8 +9,8 @@ import tomllib
 import pytest
 from PIL import Image
 
-from cml.outputs import read_metadata
 from cml.records import CheckMetrics, RunSummary, StageRecord, read
+from cml.safetensors_file import read_metadata
 from tests.conftest import read_json
 
 pytestmark = pytest.mark.full  # the full tier: `make test-full`
@@ -72,7 +72,7 @@ def test_demo_diff_stage_trained_against_the_copy_machine_it_records(demo_run):
     meta = read_metadata(run / "diff-grayscale" / "grayscale.safetensors")
     assert meta["cml_trained_against"] == "copy machine model" and meta["cml_fingerprint"] == diff.fingerprint
     assert json.loads(meta["cml_images_sha256"])["B"] == ["transform:grayscale"]
-    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora"
+    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.sd_process.lora"
 
 
 def test_demo_report_links_every_figure_and_grids_have_their_shape(demo_run):

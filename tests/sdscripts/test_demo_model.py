@@ -1,4 +1,4 @@
-"""The demo model's hand-set parts do what cml/demo/model.py says (sd-scripts' own module classes)."""
+"""The demo model's hand-set parts do what cml/sd_process/demo_model.py says (sd-scripts' own module classes)."""
 
 import sys
 
@@ -22,7 +22,7 @@ def _tensor(torch, img):
 def test_hand_built_vae_returns_a_at_one_eighth_linear_and_gray_stays_gray(torch_sd):
     torch = torch_sd
     from cml.demo import demo_image
-    from cml.demo.model import hand_built_vae
+    from cml.sd_process.demo_model import hand_built_vae
 
     vae = hand_built_vae().eval()
     x = _tensor(torch, demo_image(64))
@@ -47,7 +47,7 @@ def test_identity_path_unet_predicts_eps_equal_to_its_input(torch_sd):
     from library import model_util
     from library.original_unet import UNet2DConditionModel
 
-    from cml.demo.model import identity_path_unet
+    from cml.sd_process.demo_model import identity_path_unet
 
     torch.manual_seed(0)
     unet = identity_path_unet(UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))).eval()

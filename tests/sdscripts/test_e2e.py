@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cml.outputs import read_metadata
 from cml.records import StageRecord, read
+from cml.safetensors_file import read_metadata
 from tests.conftest import read_json, run_cml, start_cml_to_interrupt
 from tests.conftest import sd_preset as preset
 
@@ -31,13 +31,12 @@ def run_ok(p: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def checkpoint_run(demo_assets, tmp_path_factory):
-    """Checkpoint merge, two targets on one copy machine, 100 copy steps, baseline on."""
+    """Checkpoint merge, two targets on one copy machine, 100 copy steps, the naive LoRAs on."""
     tmp = tmp_path_factory.mktemp("ckpt")
     p = preset(
         tmp,
         demo_assets,
         baseline=True,
-        baseline_steps=8,
         copy={"steps": 100},
         diff={"steps": 8},
         targets={"grayscale": {"transform": "grayscale"}, "invert": {"transform": "invert"}},
@@ -56,7 +55,7 @@ def in_memory_run(demo_assets, tmp_path_factory):
 
 def test_two_targets_share_one_copy_machine(checkpoint_run):
     run = read_json(checkpoint_run["dir"] / "run.json")
-    assert run["stages_run"] == ["copy", "merge", "diff-grayscale", "baseline-grayscale", "diff-invert", "baseline-invert"]
+    assert run["stages_run"] == ["copy", "merge", "diff-grayscale", "naive-grayscale", "diff-invert", "naive-invert"]
     merged = checkpoint_run["dir"] / "merge" / "copy_machine.safetensors"
     rec = read_json(checkpoint_run["dir"] / "merge" / "record.json")
     assert merged.is_file() and rec["merge_check"]["unet_tensors_changed"] > 0

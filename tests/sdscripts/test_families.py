@@ -10,7 +10,8 @@ import json
 import pytest
 import tomli_w
 
-from cml.outputs import read_metadata, validate_lora
+from cml.safetensors_file import read_metadata
+from cml.validate import validate_lora
 from tests.conftest import run_cml
 
 pytestmark = pytest.mark.slow
@@ -20,15 +21,15 @@ def run_both_methods(name, model, demo_assets, tmp_path, **preset):
     """A copy machine target and a direct target on ``model``, 3 and 4 steps; the run folder."""
     p = tmp_path / f"{name}.toml"
     base = {
+        "version": 2,
         "name": name,
         "base_model": str(model),
         "source": str(demo_assets["a"]),
         "tokenizer_cache_dir": str(demo_assets["tokenizer"]),
         "output_dir": str(tmp_path / "runs"),
         "device": "cpu",
-        "targets": {"grayscale": {"transform": "grayscale"}, "gray_direct": {"transform": "grayscale", "method": "direct"}},
+        "targets": {"grayscale": {"transform": "grayscale"}, "gray_direct": {"transform": "grayscale", "method": "direct", "steps": 4}},
         "train": {"resolution": 64, "steps": 3},
-        "direct": {"steps": 4},
     }
     p.write_text(tomli_w.dumps(base | preset))
     r = run_cml("run", str(p), "--quiet", timeout=3600)
@@ -63,7 +64,7 @@ def test_sdxl_three_stages_and_a_direct_target(sd_scripts, demo_assets, tmp_path
     merge = argv_of(run, "merge")
     assert merge[1] == "networks/sdxl_merge_lora.py" and merge[merge.index("--precision") + 1] == "fp16"
     for stage in ("copy", "direct-gray_direct"):  # SDXL's trainer, through cml's (speedups, the default)
-        assert argv_of(run, stage)[1:4] == ["-m", "cml.kohya.train", "sdxl_train_network"]
+        assert argv_of(run, stage)[1:4] == ["-m", "cml.sd_process.train", "sdxl_train_network"]
     difference_loras(run)
 
 
@@ -81,7 +82,7 @@ def test_sd2_v_prediction_three_stages_and_a_direct_target(sd_scripts, demo_asse
     for stage in ("copy", "diff-grayscale", "direct-gray_direct"):
         train = (run / stage / "train.toml").read_text()
         assert "v2 = true" in train and "v_parameterization = true" in train, stage
-        assert argv_of(run, stage)[1:4] == ["-m", "cml.kohya.train", "train_network"]
+        assert argv_of(run, stage)[1:4] == ["-m", "cml.sd_process.train", "train_network"]
     for meta in difference_loras(run):
         assert meta["ss_v2"] == "True" and meta["modelspec.prediction_type"] == "v"  # what sd-scripts itself recorded
     # the check: gen_img.py on the base (copy check) and the copy machine, which loaded the SD2 LoRAs (it refused

@@ -12,7 +12,7 @@ import tomllib
 import pytest
 import tomli_w
 
-from cml.kohya.write import render
+from cml.render.run_folder import render
 from tests.conftest import make_checkpoint, plan_for
 from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options
 
@@ -77,7 +77,7 @@ def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path
         assert not unexplained, f"{st.name}: the GUI's run differs from cml's in {unexplained}"
         for k in set(diffs) & set(NOT_EXPRESSIBLE):
             if k == "network_module":  # cml's networks.lora (the same LoRA; the --base_weights fix, exactly faster)
-                assert cml[k] == "cml.kohya.lora" and gui[k] == "networks.lora", (cml[k], gui[k])
+                assert cml[k] == "cml.sd_process.lora" and gui[k] == "networks.lora", (cml[k], gui[k])
             assert k in (st.dir.parent / "README.md").read_text() or k == "base_weights_multiplier"
         # The points the GUI's defaults got wrong before, explicitly:
         assert gui.get("sdpa") is True and not gui.get("xformers")

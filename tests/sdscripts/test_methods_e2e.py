@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from cml.outputs import read_metadata
 from cml.records import CheckMetrics, RunSummary, read
+from cml.safetensors_file import read_metadata
 from tests.conftest import run_cml
 from tests.sdscripts.test_real_run import lora_loads_in_diffusers
 

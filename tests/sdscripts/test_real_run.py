@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
-from cml.outputs import read_metadata
 from cml.records import CheckMetrics, RunSummary, StageRecord, read
+from cml.safetensors_file import read_metadata
 
 
 def test_the_diff_lora_trained_against_the_copy_machine_model_it_records(small_run):
@@ -26,7 +26,7 @@ def test_the_diff_lora_trained_against_the_copy_machine_model_it_records(small_r
     assert f"--config_file {run / 'diff-grayscale' / 'train.toml'}" in (run / "diff-grayscale" / "log.txt").read_text().splitlines()[0]
     meta = read_metadata(run / "diff-grayscale" / "grayscale.safetensors")
     assert meta["cml_trained_against"] == "copy machine model" and meta["cml_fingerprint"] == diff.fingerprint
-    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora"
+    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.sd_process.lora"
     assert meta["ss_max_train_steps"] == "3" and meta["ss_network_dim"] == "16"  # sd-scripts' own record of the run
     assert meta["cml_sd_scripts_commit"] == "48d368fa557731ad0488c07304dfeba8c07910eb"
 

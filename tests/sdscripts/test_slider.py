@@ -1,5 +1,5 @@
 """A two-way slider is (L_ab - L_ba) / 2 at twice the rank, made by sd-scripts' own LoRA merge with the ratios and
---concat that cml passes (cml/kohya/scripts.py): checked numerically on small hand-made LoRAs."""
+--concat that cml passes (cml/render/scripts.py): checked numerically on small hand-made LoRAs."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""cml's exact speed-ups (cml/kohya/train.py, cml/kohya/lora.py) give the same LoRA as sd-scripts' own trainer,
+"""cml's exact speed-ups (cml/sd_process/train.py, cml/sd_process/lora.py) give the same LoRA as sd-scripts' own trainer,
 bit for bit, at the same seed; each is also checked on its own where it can be."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from cml.outputs import read_metadata
+from cml.safetensors_file import read_metadata
 from tests.conftest import run_cml
 from tests.conftest import sd_preset as preset
 
@@ -43,7 +43,7 @@ def test_the_speedups_train_the_same_lora_bit_for_bit(demo_assets, tmp_path, mer
         assert r.returncode == 0, r.stderr[-3000:]
         run = d / "runs" / "e2e"
         log = (run / "copy" / "log.txt").read_text()
-        assert ("-m cml.kohya.train train_network" in log) == speedups  # which trainer ran
+        assert ("-m cml.sd_process.train train_network" in log) == speedups  # which trainer ran
         if speedups:  # the diff stage's load skips the random draws (the copy stage's load, or an earlier one, learnt them)
             assert "cml: model load: no random initialisation drawn" in (run / "diff-grayscale" / "log.txt").read_text()
         names = ("copy/copy.safetensors", "diff-grayscale/grayscale.safetensors")
@@ -65,7 +65,7 @@ def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
     import torch
     from networks import lora
 
-    from cml.kohya import lora as cml_lora  # patches networks.lora.LoRAModule.forward in this process
+    from cml.sd_process import lora as cml_lora  # patches networks.lora.LoRAModule.forward in this process
 
     torch.manual_seed(0)
     for org in (torch.nn.Linear(32, 48), torch.nn.Conv2d(8, 12, 3, padding=1)):
@@ -84,7 +84,7 @@ def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
 def test_the_text_encoder_output_is_kept_only_while_the_tokens_are_the_same(sd_path):
     import torch
 
-    from cml.kohya.train import FixedTextEncoding
+    from cml.sd_process.trainer import FixedTextEncoding
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_an_8bit_step_without_a_sync_per_parameter_is_the_same(sd_path):
     bnb = pytest.importorskip("bitsandbytes")
     import torch
 
-    from cml.kohya.train import unsynced_step
+    from cml.sd_process.patches import unsynced_step
 
     def train(step) -> list:
         torch.manual_seed(0)
@@ -129,15 +129,14 @@ def test_an_8bit_step_without_a_sync_per_parameter_is_the_same(sd_path):
 
 
 def test_a_load_skips_the_random_draws_and_leaves_the_generator_where_they_would(sd_path, tmp_path, monkeypatch):
-    """cml/kohya/model_init.py around a stand-in loader that builds a layer (its initialisation draws from torch's
+    """cml/sd_process/model_init.py around a stand-in loader that builds a layer (its initialisation draws from torch's
     generator): the first load from a state draws and learns where it leaves the generator; the next load from that
     state draws nothing and leaves the generator there; a damaged learnt state is not used; a load that moves numpy's
     generator is not learnt from."""
     import numpy as np
     import torch
-    from library import model_util
 
-    from cml.kohya import model_init
+    from cml.sd_process import model_init
 
     drew: list[bool] = []
 
@@ -149,10 +148,8 @@ def test_a_load_skips_the_random_draws_and_leaves_the_generator_where_they_would
             np.random.rand()
         return layer
 
-    monkeypatch.setenv("CML_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(model_util, "load_models_from_stable_diffusion_checkpoint", stand_in)
-    model_init.patch(exact=True)
-    load = model_util.load_models_from_stable_diffusion_checkpoint
+    monkeypatch.setenv("CML_INIT_RNG_DIR", str(tmp_path / "init-rng"))
+    load = model_init.without_init(stand_in, exact=True)
 
     def from_seed(seed: int, path: str = "model.safetensors") -> torch.Tensor:
         torch.manual_seed(seed)
@@ -175,13 +172,13 @@ def test_a_load_skips_the_random_draws_and_leaves_the_generator_where_they_would
 
 @pytest.mark.full
 def test_the_check_generator_draws_gen_imgs_own_images(sd_scripts, demo_assets, tmp_path):
-    """The check's generator through cml (cml/kohya/gen.py: the models built without random draws) and gen_img.py
+    """The check's generator through cml (cml/sd_process/gen.py: the models built without random draws) and gen_img.py
     itself: the same pixels, at two seeds."""
     import subprocess
 
     from PIL import Image
 
-    from cml.kohya.scripts import CML_GEN
+    from cml.render.scripts import CML_GEN
     from cml.sdscripts import python_env
 
     prompts = tmp_path / "prompts.txt"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cml.kohya.write import render
+from cml.render.run_folder import render
 from tests.conftest import make_checkpoint, plan_for
 
 

@@ -9,7 +9,7 @@ from cml.preset import load_preset, shipped_presets
 
 def test_the_step_profiler_writes_time_per_step_of_its_window_only(tmp_path):
     torch = pytest.importorskip("torch")
-    from cml.kohya.train import StepProfiler
+    from cml.sd_process.dev.profiler import StepProfiler
 
     steps = 4
     prof = StepProfiler(str(tmp_path / "p.json"), steps)

@@ -109,8 +109,8 @@ def test_v_prediction_from_the_v_pred_key(tmp_path):
 
 
 def test_v_pred_sdxl_plans_v_parameterization_and_zero_terminal_snr(write_preset, tmp_path):
-    from cml.kohya.gui import gui_json
-    from cml.kohya.training import training_toml
+    from cml.render.gui import gui_json
+    from cml.render.train_config import training_toml
     from tests.conftest import plan_for
 
     plan = plan_for(write_preset(base_model=str(vpred_sdxl(tmp_path, "v_pred", "ztsnr"))))

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cml.outputs import ValidationFailed, add_metadata, read_metadata, validate_copy_machine, validate_lora
+from cml.safetensors_file import add_metadata, read_metadata
+from cml.validate import ValidationFailed, validate_copy_machine, validate_lora
 
 M = "lora_unet_mid_block_attentions_0_proj_in"
 

@@ -61,7 +61,7 @@ def test_all_errors_at_once_with_key_paths_and_did_you_mean(write_preset):
         ({"targets": {"G": {"transform": "grayscale"}, "g": {"transform": "invert"}}}, "targets"),
         ({"targets": {"g": {"transform": "posterize"}}}, "targets.g.transform"),
         ({"targets": {"g": {}}}, "targets.g"),
-        ({"family": "sd3"}, "family"),
+        ({"family": "sd4"}, "family"),
         ({"check": {"weights": []}}, "check.weights"),
         ({"name": "../up"}, "name"),
         ({"merge": "supermerger"}, "merge"),
@@ -74,8 +74,10 @@ def test_invalid_values_name_their_key(write_preset, change, key):
 
 
 def test_pair_counts_must_match(write_preset, image_a):
-    with pytest.raises(ConfigErrors, match="one B image per source image"):
-        load_preset(write_preset(targets={"e": {"images": [str(image_a), str(image_a)]}}))
+    from cml.inputs import load_inputs
+
+    with pytest.raises(InputError, match="has 2 image.s. but the source has 1: give one B per A"):
+        load_inputs(load_preset(write_preset(targets={"e": {"images": [str(image_a), str(image_a)]}}))[0])
 
 
 def test_not_toml_and_missing_file(tmp_path):

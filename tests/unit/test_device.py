@@ -153,8 +153,8 @@ def test_adamw8bit_falls_back_with_the_probes_reason(write_preset, tmp_path, fak
 
 def test_adamw8bit_kept_where_the_probe_step_worked(write_preset):
     from cml.inputs import load_inputs
-    from cml.plan import build_plan
     from cml.preset import load_preset
+    from cml.stages import build_plan
 
     preset, digest = load_preset(write_preset())
     inputs = load_inputs(preset)

@@ -1,4 +1,4 @@
-"""The direct method's step (cml/kohya/train.py), on a stand-in for sd-scripts' trainer: what each pass sees."""
+"""The direct method's step (cml/sd_process/train.py), on a stand-in for sd-scripts' trainer: what each pass sees."""
 
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ def direct_trainer(monkeypatch):
             return noisy * 2 + unet.multiplier
 
     monkeypatch.setitem(sys.modules, "train_network", types.SimpleNamespace(NetworkTrainer=NetworkTrainer))
-    from cml.kohya.train import DirectStep, trainer_class
+    from cml.sd_process.direct import DirectStep
+    from cml.sd_process.trainer import DirectMethod, compose
 
     direct = DirectStep("unused.toml", 0.25, (0, 1000))
-    _, cls = trainer_class("train_network", direct)
+    cls = compose(sys.modules["train_network"], "train_network", [DirectMethod], {"cml_direct": direct})
     return cls(), direct, calls
 
 

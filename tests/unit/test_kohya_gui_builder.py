@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cml.kohya.gui import GUI_SAFE_ARG, gui_json, gui_problems
+from cml.render.gui import GUI_SAFE_ARG, gui_json, gui_problems
 from tests.conftest import plan_for
 from tests.kohya_gui import gui_to_options, v_parameterization, warmup_steps
 

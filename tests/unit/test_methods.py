@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cml.outputs import read_metadata
+from cml.safetensors_file import read_metadata
 from tests.conftest import plan_for, run_cml
 
 
@@ -13,7 +13,7 @@ def names(plan):
 
 
 def test_a_direct_target_has_one_stage_and_no_copy_or_merge(write_preset):
-    plan = plan_for(write_preset(method="direct"))
+    plan = plan_for(write_preset(targets={"grayscale": {"transform": "grayscale", "method": "direct"}}))
     assert names(plan) == ["direct-grayscale"]
     st = plan.stage("direct-grayscale")
     assert st.model == plan.preset.base_model and st.train.steps == 80  # the direct method's default steps
@@ -26,7 +26,7 @@ def test_a_symmetric_target_trains_the_way_back_and_combines_both(write_preset):
     assert names(plan) == ["copy", "merge", "diff-g", "reverse-copy-g", "reverse-merge-g", "reverse-diff-g", "slider-g"]
     back = plan.stage("reverse-diff-g")
     assert back.model == plan.stage("reverse-merge-g").output and back.depends == ["reverse-merge-g"]
-    from cml.kohya.scripts import stage_argv
+    from cml.render.scripts import stage_argv
 
     argv = stage_argv(plan, plan.stage("slider-g"))
     assert argv[1] == "networks/merge_lora.py" and "--sd_model" not in argv
@@ -40,8 +40,10 @@ def test_a_symmetric_target_trains_the_way_back_and_combines_both(write_preset):
 def test_direct_and_slider_runs_write_plain_loras_with_their_method_and_resume(write_preset, fake_sd, tmp_path):
     calls = tmp_path / "calls.txt"
     p = write_preset(
-        targets={"d": {"transform": "grayscale", "method": "direct"}, "s": {"transform": "invert", "symmetric": True}},
-        direct={"steps": 5, "multiplier": 0.5, "timesteps": [100, 900]},
+        targets={
+            "d": {"transform": "grayscale", "method": "direct", "steps": 5, "multiplier": 0.5, "timesteps": [100, 900]},
+            "s": {"transform": "invert", "symmetric": True},
+        },
     )
     r = run_cml("run", str(p), "--sd-scripts", fake_sd, env={"FAKE_CALLS": str(calls)})
     assert r.returncode == 0, r.stderr

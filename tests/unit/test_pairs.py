@@ -79,7 +79,6 @@ def test_a_b_of_another_size_is_named_with_its_pair(write_preset, tmp_path):
     "targets, message",
     [
         ({"t": {"suffix": "_b", "transform": "grayscale"}}, "give one of 'images'"),
-        ({"t": {"suffix": "_b"}}, "B beside A needs source = a folder"),
         ({"t": {"suffix": "x/y"}}, "is not a file-name suffix"),
         ({"t": {"transform": "grayscale", "method": "direct", "symmetric": True}}, "the direct method trains both ways already"),
     ],
@@ -87,6 +86,11 @@ def test_a_b_of_another_size_is_named_with_its_pair(write_preset, tmp_path):
 def test_target_settings_that_cannot_pair_are_refused(write_preset, targets, message):
     with pytest.raises(ConfigErrors, match=message):
         load_preset(write_preset(targets=targets))
+
+
+def test_a_suffix_needs_a_source_folder(write_preset):
+    with pytest.raises(InputError, match="B beside A needs source = a folder"):
+        load_inputs(load_preset(write_preset(targets={"t": {"suffix": "_b"}}))[0])
 
 
 def test_an_empty_source_folder_is_named(write_preset, tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cml.outputs import read_metadata
 from cml.runner import RunLock
+from cml.safetensors_file import read_metadata
 from tests.conftest import ROOT, run_cml, start_cml_to_interrupt, tokenizer_dir
 
 
@@ -175,7 +175,7 @@ def test_output_folder_not_writable(fake, write_preset, tmp_path):
 def test_disk_space_is_checked_before_the_merge(write_preset, monkeypatch):
     import shutil
 
-    from cml import pipeline
+    from cml import prerun
     from cml.errors import InputError
     from tests.conftest import plan_for
 
@@ -184,7 +184,7 @@ def test_disk_space_is_checked_before_the_merge(write_preset, monkeypatch):
     merge.dir.mkdir(parents=True)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
     with pytest.raises(InputError, match="not enough disk space for the copy machine model") as e:
-        pipeline.disk_check(plan, merge)
+        prerun.disk_check(plan, merge)
     assert "GiB needed" in e.value.line() and "in_memory" in e.value.line()
 
 
@@ -212,7 +212,7 @@ def test_in_memory_mode_runs_no_merge_and_records_the_module(fake, write_preset,
     assert r.calls == ["copy", "diff-grayscale", "resize-grayscale"]
     diff = tmp_path / "runs" / "t" / "diff-grayscale" / "grayscale.safetensors"
     meta = read_metadata(diff)
-    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.kohya.lora"
+    assert meta["ss_network_module"] == "networks.lora" and meta["cml_network_module"] == "cml.sd_process.lora"
     assert (tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors").exists()
 
 
@@ -250,7 +250,7 @@ def test_plan_needs_no_sd_scripts_and_runs_nothing(write_preset, tmp_path):
     """On any machine (a filled submodule included): cml's own lookup is pointed at empty folders."""
     p = write_preset()
     code = (
-        "import sys; from pathlib import Path; import cml.sdscripts as s, cml.prepare as p\n"
+        "import sys; from pathlib import Path; import cml.sdscripts.lookup as s, cml.prepare as p\n"
         "s.submodule = p.submodule = lambda: Path(sys.argv[3]); s.data_dir = lambda: Path(sys.argv[3])\n"
         "from cml.cli import main; sys.exit(main(['plan', sys.argv[1], '-o', sys.argv[2]]))"
     )
@@ -286,7 +286,7 @@ def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_pa
     import tomllib
 
     resolved = tomllib.loads((run / "preset.toml").read_text())
-    assert resolved["targets"]["grayscale"] == {"images": [], "transform": "grayscale", "symmetric": False, "train": {}}
+    assert resolved["targets"]["grayscale"] == {"images": [], "transform": "grayscale", "method": "copy_machine", "symmetric": False, "train": {}}
     assert resolved["train"]["dim"] == 16 and resolved["train"]["learning_rate"] == 1e-3
     assert (run / "diff-grayscale" / "grayscale.safetensors").exists()
     b = tmp_path / "b.png"
@@ -442,9 +442,10 @@ def test_stage_roles_give_names_protection_and_provenance(fake, write_preset, tm
     plan = plan_for(write_preset(baseline=True, resize_to=4))
     assert [(s.role, s.target, s.name) for s in plan.stages] == [
         (Role.COPY, None, "copy"), (Role.MERGE, None, "merge"), (Role.DIFF, "grayscale", "diff-grayscale"),
-        (Role.BASELINE, "grayscale", "baseline-grayscale"), (Role.RESIZE, "grayscale", "resize-grayscale"),
+        (Role.NAIVE, "grayscale", "naive-grayscale"), (Role.RESIZE, "grayscale", "resize-grayscale"),
     ]  # fmt: skip
-    assert [s.kept for s in plan.stages] == [True, False, True, False, True]
+    assert [s.protected for s in plan.stages] == [True, False, True, True, True]
+    assert [s.result for s in plan.stages] == [False, False, True, False, True]
     assert r_ok(fake(write_preset(resize_to=4)))
     meta = read_metadata(tmp_path / "runs" / "t" / "resize-grayscale" / "grayscale_r4.safetensors")
     assert meta["cml_trained_against"] == "copy machine model"  # it was "base model" for resized LoRAs

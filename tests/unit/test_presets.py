@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cml.kohya.write import render
 from cml.preset import load_preset, shipped_presets
+from cml.render.run_folder import render
 from tests.conftest import make_checkpoint, plan_for
 
 PRESETS = sorted(shipped_presets().values())

@@ -8,12 +8,12 @@ import toml  # the reader sd-scripts uses (0.10.2)
 
 from cml.errors import InputError
 from cml.inputs import load_inputs
-from cml.kohya.gui import gui_json
-from cml.kohya.scripts import CML_NETWORK_MODULE, stage_argv
-from cml.kohya.training import dataset_toml, refuse_managed_extra, training_toml
-from cml.kohya.write import render
-from cml.plan import build_plan
 from cml.preset import load_preset
+from cml.render.gui import gui_json
+from cml.render.run_folder import render
+from cml.render.scripts import CML_NETWORK_MODULE, stage_argv
+from cml.render.train_config import dataset_toml, refuse_managed_extra, training_toml
+from cml.stages import build_plan
 from tests.conftest import plan_for
 
 GUI_KEYS = {
@@ -28,10 +28,10 @@ def test_stages_of_both_merge_modes(write_preset):
     assert [s.name for s in p.stages] == ["copy", "merge", "diff-g", "diff-i"]
     assert p.stage("diff-g").model == p.stage("merge").output
     m = plan_for(write_preset(merge="in_memory", baseline=True, resize_to=4))
-    assert [s.name for s in m.stages] == ["copy", "diff-grayscale", "baseline-grayscale", "resize-grayscale"]
-    diff = m.stage("diff-grayscale")
+    assert [s.name for s in m.stages] == ["copy", "diff-grayscale", "naive-grayscale", "resize-grayscale"]
+    diff, naive = m.stage("diff-grayscale"), m.stage("naive-grayscale")
     assert diff.model == m.preset.base_model and diff.base_weights == [m.stage("copy").output]
-    assert m.stage("baseline-grayscale").settings.steps == m.preset.baseline_steps
+    assert naive.model == m.preset.base_model and not naive.base_weights and naive.settings == diff.settings  # the diff stage's recipe
 
 
 def test_fingerprints_change_only_downstream(write_preset):
@@ -53,7 +53,7 @@ FIELDS_OF_0_1 = {
 
 
 def test_settings_added_later_leave_finished_runs_up_to_date(write_preset):
-    from cml.plan import LATER_SETTINGS, settings_id
+    from cml.policy import LATER_SETTINGS, settings_id
     from cml.preset.models import TrainSettings
 
     assert set(TrainSettings.model_fields) == FIELDS_OF_0_1 | set(LATER_SETTINGS)
@@ -84,7 +84,7 @@ def test_training_toml_has_the_articles_settings_with_correct_types(write_preset
     assert t["network_alpha"] == 16.0 and isinstance(t["network_alpha"], float)
     assert t["learning_rate"] == 1e-3 and isinstance(t["learning_rate"], float)
     assert (t["max_train_steps"], t["lr_scheduler"], t["lr_warmup_steps"]) == (500, "cosine", 0)
-    assert t["network_train_unet_only"] is True and t["network_module"] == "cml.kohya.lora"  # networks.lora, exactly faster (cml/kohya/lora.py)
+    assert t["network_train_unet_only"] is True and t["network_module"] == "cml.sd_process.lora"  # networks.lora, exactly faster (cml/sd_process/lora.py)
     assert t["mixed_precision"] == "no"  # CPU
     assert t["pretrained_model_name_or_path"] == str(p.preset.base_model)
 
@@ -138,7 +138,7 @@ def test_in_memory_diff_uses_base_weights_and_the_fixed_module(write_preset):
 def test_exact_argv(write_preset):
     p = plan_for(write_preset(resize_to=4))
     copy, merge = p.stage("copy"), p.stage("merge")
-    assert stage_argv(p, copy) == [sys.executable, "-m", "cml.kohya.train", "train_network", "--config_file", str(copy.dir / "train.toml")]
+    assert stage_argv(p, copy) == [sys.executable, "-m", "cml.sd_process.train", "train_network", "--config_file", str(copy.dir / "train.toml")]
     plain = plan_for(write_preset(speedups=False))
     assert stage_argv(plain, plain.stage("copy")) == [sys.executable, "train_network.py", "--config_file", str(plain.stage("copy").dir / "train.toml")]
     assert stage_argv(p, merge) == [
@@ -178,7 +178,7 @@ def test_sdxl_and_sd2_scripts(tmp_path, write_preset):
     from tests.conftest import make_checkpoint, plan_for
 
     x = plan_for(write_preset(base_model=str(make_checkpoint(tmp_path / "xl.safetensors", "sdxl"))))
-    assert stage_argv(x, x.stage("copy"))[1:4] == ["-m", "cml.kohya.train", "sdxl_train_network"]
+    assert stage_argv(x, x.stage("copy"))[1:4] == ["-m", "cml.sd_process.train", "sdxl_train_network"]
     assert stage_argv(x, x.stage("merge"))[1:6] == [
         "networks/sdxl_merge_lora.py",
         "--sd_model",
@@ -219,7 +219,7 @@ def test_render_writes_every_file_and_toml_reads_back(write_preset):
         else:
             assert json.loads((st.dir / "command.json").read_text())["argv"] == stage_argv(p, st)
     sh = (p.run_dir / "commands.sh").read_text()
-    assert "cd /opt/sd-scripts" in sh and "python -m cml.kohya.train train_network --config_file" in sh
+    assert "cd /opt/sd-scripts" in sh and "python -m cml.sd_process.train train_network --config_file" in sh
     assert tomllib.loads((p.run_dir / "preset.toml").read_text())["name"] == "t"
 
 
@@ -241,7 +241,7 @@ def test_paths_survive_sd_scripts_toml_reader(tmp_path, write_preset, name, ckpt
 def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tmp_path):
     """The managed set is derived from the rendered options; this renders every kind of plan to see that it holds."""
     from cml.device import Gpu
-    from cml.kohya.training import CONDITIONAL, managed_keys, managed_options
+    from cml.render.train_config import CONDITIONAL, managed_keys, managed_options
     from tests.conftest import make_checkpoint, plan_for
 
     seen: set[str] = set()

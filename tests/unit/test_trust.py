@@ -405,7 +405,7 @@ def test_a_full_disk_is_one_line_and_the_checked_lora_is_taken_up_by_the_next_ru
     calls = tmp_path / "calls.txt"
     code = (
         "import errno, sys\n"
-        "import cml.pipeline as p\n"
+        "import cml.finish as p\n"
         "real = p.add_metadata\n"
         "def full(src, dst, meta):\n"
         "    if 'diff-' in str(dst):\n"

@@ -1,4 +1,4 @@
-"""Fake sd-scripts `library.train_util`: what cml's trainer (cml/kohya/train.py) calls around the trainer."""
+"""Fake sd-scripts `library.train_util`: what cml's trainer (cml/sd_process/train.py) calls around the trainer."""
 
 
 def verify_command_line_training_args(args):

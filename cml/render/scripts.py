@@ -1,0 +1,116 @@
+"""Which sd-scripts script runs each stage, and its exact argv (run with sd-scripts' folder as working directory)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cml.plan import Plan, Role, Stage
+from cml.policy import merge_precision
+
+SCRIPTS = {
+    "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sd2": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
+    "sdxl": {"train": "sdxl_train_network.py", "merge": "networks/sdxl_merge_lora.py", "gen": "sdxl_gen_img.py"},
+}
+RESIZE_SCRIPT = "networks/resize_lora.py"
+NETWORK_MODULE = "networks.lora"
+# networks.lora with the --base_weights module-list fix and an exact, faster forward (see cml/sd_process/lora.py).
+CML_NETWORK_MODULE = "cml.sd_process.lora"
+# sd-scripts' trainers with cml's exact speed-ups (see cml/sd_process/train.py), run as `python -m`.
+CML_TRAINER = "cml.sd_process.train"
+# sd-scripts' generators, loading SD1/SD2 models without drawing random weights first (see cml/sd_process/gen.py).
+CML_GEN = "cml.sd_process.gen"
+
+
+def gen_command(plan: Plan) -> list[str]:
+    """The check's generator for the plan's family: through cml's runner where the exact speed-ups are on."""
+    script = SCRIPTS[plan.inputs.family]["gen"]
+    if plan.preset.speedups:
+        return [sys.executable, "-m", CML_GEN, script.removesuffix(".py")]
+    return [sys.executable, script]
+
+
+def save_precision(plan: Plan) -> str:
+    """The copy machine model keeps the base's precision: an fp16 base gives an fp16 model of the same size."""
+    return {"F16": "fp16", "BF16": "bf16"}.get(plan.inputs.model.dtype or "", "float")
+
+
+def stage_argv(plan: Plan, stage: Stage) -> list[str]:
+    """The exact argv of a stage, run with sd-scripts' folder as working directory."""
+    fam = plan.inputs.family
+    if stage.kind == "train":
+        config = ["--config_file", str(stage.dir / "train.toml")]
+        if stage.role is Role.DIRECT:  # cml's trainer: the direct method's step (cml/sd_process/train.py)
+            d = plan.preset.direct(stage.target or "")
+            direct = ["--cml_direct_a", str(stage.dir / "dataset_a.toml"), "--cml_direct_multiplier", f"{d.multiplier}"]
+            direct += ["--cml_direct_timesteps", f"{d.timesteps[0]},{d.timesteps[1]}"]
+            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *direct, *config]
+        if plan.preset.speedups:
+            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *config]
+        return [sys.executable, SCRIPTS[fam]["train"], *config]
+    if stage.kind == "slider":
+        # LoRA into LoRA: ratio r scales lora_down by r and lora_up by |r| (r acts as sign(r) r^2), and --concat stacks
+        # the ranks under the first LoRA's alpha, halving alpha / rank: ratios 1 and -1 give (L_ab - L_ba) / 2.
+        ab, ba = (plan.stage(d).output for d in stage.depends)
+        return [
+            sys.executable,
+            SCRIPTS[fam]["merge"],
+            "--models",
+            str(ab),
+            str(ba),
+            "--ratios",
+            "1.0",
+            "-1.0",
+            "--concat",
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            "float",
+            "--save_precision",
+            "fp16",
+        ]
+    if stage.kind == "merge":
+        copy = plan.stage(stage.depends[0])
+        prec = merge_precision(plan.preset, plan.inputs)
+        argv = [sys.executable, SCRIPTS[fam]["merge"]]
+        if fam == "sd2":
+            argv.append("--v2")
+        argv += [
+            "--sd_model",
+            str(stage.model),
+            "--models",
+            str(copy.output),
+            "--ratios",
+            "1.0",
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            prec,
+            "--save_precision",
+            save_precision(plan),
+        ]
+        return argv
+    if stage.kind == "resize":
+        return [
+            sys.executable,
+            RESIZE_SCRIPT,
+            "--model",
+            str(stage.model),
+            "--new_rank",
+            str(plan.preset.resize_to),
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--save_precision",
+            "fp16",
+            "--device",
+            "cuda" if plan.inputs.device == "cuda" else "cpu",
+        ]
+    raise ValueError(stage.kind)
+
+
+def script_label(argv: list[str]) -> str:
+    """The sd-scripts script a stage's argv runs, for messages: "train_network.py", also when cml's trainer runs it."""
+    if argv[1:2] == ["-m"] and argv[2] == CML_TRAINER:
+        return f"{argv[3]}.py"
+    return Path(argv[1]).name
