@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deps", action="store_true", help="also pip-install sd-scripts' requirements.txt into this Python")
     p.set_defaults(func=cmd_setup)
     sub.add_parser("doctor", parents=[sd], help="check that a run can work here").set_defaults(func=cmd_doctor)
-    sub.add_parser("presets", parents=[debug], help="list the shipped presets").set_defaults(func=cmd_presets)
+    p = sub.add_parser("presets", parents=[debug], help="list the shipped presets")
+    p.add_argument("--reference", action="store_true", help="print every preset key with its type, default and meaning (docs/presets.md)")
+    p.set_defaults(func=cmd_presets)
     sub.add_parser("show-config", parents=[preset, debug], help="print the fully resolved preset as TOML").set_defaults(func=cmd_show_config)
     sub.add_parser("plan", parents=[preset, sd, out], help="write every kohya file of a run; run nothing").set_defaults(func=cmd_plan)
     sub.add_parser("run", parents=[preset, sd, out, running], help="run copy, merge and diff stages").set_defaults(func=cmd_run)
@@ -136,6 +138,11 @@ def cmd_doctor(args) -> int:
 def cmd_presets(args) -> int:
     from cml.preset.shipped import describe, shipped_presets
 
+    if args.reference:
+        from cml.preset.reference import reference
+
+        sys.stdout.write(reference() + "\n")
+        return 0
     for name, path in shipped_presets().items():
         print(f"{name:16} {describe(path)}")
     print("\nuse one by name (`cml show-config grayscale`, `cml run grayscale --set ...`), or copy it from `cml show-config NAME` and edit")

@@ -116,18 +116,23 @@ def produced_note(stage: Stage, produced: Path) -> dict | None:
     return note
 
 
-def adopt(plan: Plan, stage: Stage, current: dict[str, str]) -> StageRecord:
-    """A record for a finished LoRA found with this stage's fingerprint in its metadata but no record of its own."""
-    st = stage.output.stat()
+def record_of(plan: Plan, stage: Stage, current: dict[str, str], **facts) -> StageRecord:
+    """The record of a stage's finished output as it is now: its size and sha256, the upstream outputs it was made
+    from (``current``: stage -> sha256), and ``facts``; written beside it."""
     rec = StageRecord(
         run_id=mark(plan.run_dir).run_id,
         stage=stage.name,
         fingerprint=stage.fingerprint,
         output=str(stage.output),
-        output_size=st.st_size,
+        output_size=stage.output.stat().st_size,
         output_sha256=sha256_of(stage.output),
         inputs={d: current[d] for d in stage.depends if d in current},
-        adopted="found finished, with this stage's fingerprint in its metadata",
+        **facts,
     )
     rec.write(stage.record_path)
     return rec
+
+
+def adopt(plan: Plan, stage: Stage, current: dict[str, str]) -> StageRecord:
+    """A record for a finished LoRA found with this stage's fingerprint in its metadata but no record of its own."""
+    return record_of(plan, stage, current, adopted="found finished, with this stage's fingerprint in its metadata")

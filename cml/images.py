@@ -185,7 +185,7 @@ def save_png(img: Image.Image, path: Path) -> None:
             with Image.open(path) as old:
                 if old.mode == img.mode and old.size == img.size and old.tobytes() == img.tobytes():
                     return
-        except Exception:
+        except Exception:  # noqa: S110  (an unreadable old file is simply written again)
             pass
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")

@@ -9,8 +9,8 @@ import time
 
 from cml.console import StageProgress, fmt_seconds, say
 from cml.errors import InputError, StageFailed
-from cml.finish import adopt, finish_output, keep_extra_files, note_produced, produced_note, validate_produced
-from cml.model_files import known_sha256, sha256_of
+from cml.finish import adopt, finish_output, keep_extra_files, note_produced, produced_note, record_of, validate_produced
+from cml.model_files import known_sha256
 from cml.plan import Plan, Stage
 from cml.prerun import cpu_warning, disk_check, gpu_memory_note, memory_note
 from cml.records import RunSummary, SdScriptsInfo, StageRecord, read
@@ -59,23 +59,9 @@ def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: R
         extra = keep_extra_files(plan, stage, produced)
         finish_output(plan, stage, produced, facts)
         losses = read_losses(stage.dir / "logs") if stage.kind == "train" else []
-        st = stage.output.stat()
-        rec = StageRecord(
-            run_id=mark(plan.run_dir).run_id,
-            stage=stage.name,
-            fingerprint=stage.fingerprint,
-            output=str(stage.output),
-            output_size=st.st_size,
-            output_sha256=sha256_of(stage.output),
-            inputs={d: inputs[d] for d in stage.depends if d in inputs},
-            seconds=round(seconds, 1),
-            argv=argv,
-            losses=[v for _, v in losses],
-            extra_files=extra,
-            **{k: v for k, v in facts.items() if k in ("lora_modules", "merge_check", "markers_kept")},
-        )
         remove_inside(stage.work_dir, plan.run_dir)
-        rec.write(stage.record_path)
+        kept = {k: v for k, v in facts.items() if k in ("lora_modules", "merge_check", "markers_kept")}
+        rec = record_of(plan, stage, inputs, seconds=round(seconds, 1), argv=argv, losses=[v for _, v in losses], extra_files=extra, **kept)
     return rec
 
 

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--cuda", default="130,132", help="bitsandbytes CUDA builds to keep, matching the GPU machine's torch (default 130,132)")
     i = sub.add_parser("install", help="install a bundle offline")
     i.add_argument("--bundle", type=Path, default=DEFAULT_DIR)
-    i.add_argument("--site", type=Path, default=Path("/tmp/cml-gpu/site"))
+    i.add_argument("--site", type=Path, default=Path("/tmp/cml-gpu/site"))  # noqa: S108  (the GPU machine's scratch site, as the Makefile's GPU_SITE)
     a = ap.parse_args(argv)
     if a.cmd == "build":
         build(a.out, a.python_version, tuple(c.strip() for c in a.cuda.split(",") if c.strip()))

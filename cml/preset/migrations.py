@@ -59,9 +59,7 @@ def migrate(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InputError(f"version = {version!r} is not a preset version", where, f"write version = {PRESET_VERSION}, or leave it out for a version 1 preset")
     if version > PRESET_VERSION:
-        raise InputError(
-            f"the preset is of version {version}, made by a newer cml (this one reads up to version {PRESET_VERSION})", where, "upgrade cml"
-        )
+        raise InputError(f"the preset is of version {version}, made by a newer cml (this one reads up to version {PRESET_VERSION})", where, "upgrade cml")
     data, notes = copy.deepcopy(data), []
     while version < PRESET_VERSION:
         notes += [f"version {version} -> {version + 1}: {n}" for n in MIGRATIONS[version](data)]

@@ -178,6 +178,8 @@ def check(patch: Patch, obj: Any = None, *, source: str | None = None, signature
 
 
 _warned: set[str] = set()
+# The code each applied patch replaced, by patch name (the tests compare the two).
+ORIGINALS: dict[str, Any] = {}
 
 
 def applies(name: str) -> bool:
@@ -201,8 +203,8 @@ def patch_lora_module() -> None:
     """lora-forward and lora-base-weights on sd-scripts' networks.lora (cml's network module imports it first)."""
     from networks import lora
 
-    if applies("lora-forward"):
-        own = lora.LoRAModule.forward
+    if applies("lora-forward") and "lora-forward" not in ORIGINALS:
+        own = ORIGINALS["lora-forward"] = lora.LoRAModule.forward
 
         def forward(self, x):
             if self.training and (self.module_dropout is not None or self.dropout is not None or self.rank_dropout is not None):
@@ -217,9 +219,9 @@ def patch_lora_module() -> None:
             return org_forwarded + lx * m * self.scale
 
         lora.LoRAModule.forward = forward
-    if not applies("lora-base-weights"):
+    if not applies("lora-base-weights") or "lora-base-weights" in ORIGINALS:
         return
-    build = lora.create_network_from_weights
+    build = ORIGINALS["lora-base-weights"] = lora.create_network_from_weights
 
     def create_network_from_weights(*args, **kwargs):
         saved = list(lora.LoRANetwork.UNET_TARGET_REPLACE_MODULE)

@@ -32,6 +32,19 @@ def lora(dim: int, alpha: float, value: float) -> dict:
     return sd
 
 
+# The options the tests' presets use (cml checks train.extra against the trainer's own parser).
+OPTIONS = ("config_file", "sample_prompts", "save_every_n_steps", "cache_latents_to_disk", "noise_offset", "max_grad_norm")
+
+
+def setup_parser():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    for name in OPTIONS:
+        p.add_argument(f"--{name}")
+    return p
+
+
 def arg(name: str) -> str | None:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
 

@@ -65,7 +65,8 @@ def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
     import torch
     from networks import lora
 
-    from cml.sd_process import lora as cml_lora  # patches networks.lora.LoRAModule.forward in this process
+    from cml.sd_process import lora as cml_lora  # noqa: F401  (patches networks.lora.LoRAModule.forward in this process)
+    from cml.sd_process.patches import ORIGINALS
 
     torch.manual_seed(0)
     for org in (torch.nn.Linear(32, 48), torch.nn.Conv2d(8, 12, 3, padding=1)):
@@ -77,7 +78,7 @@ def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
             module.multiplier = m
             with torch.no_grad():
                 ours = module(x)
-                theirs = cml_lora._sd_scripts_forward(module, x)
+                theirs = ORIGINALS["lora-forward"](module, x)
             assert torch.equal(ours, theirs), f"multiplier {m}"
 
 

@@ -1,3 +1,5 @@
+"""`cml doctor`."""
+
 from tests.conftest import run_cml
 
 

@@ -1,4 +1,4 @@
-"""cml writes only into run folders it owns, one writer at a time, and no trainer outlives cml."""
+"""Run folders cml owns (cml/rundir.py), through the CLI against the fake sd-scripts."""
 
 import os
 import signal
