@@ -99,7 +99,7 @@ class Table:
             pass
 
 
-SHA256 = Table("sha256", 2)
+SHA256 = Table("sha256", 3)
 DEVICE_PROBE = Cache("device-probe", 2, ".json")
 TRAINER_OPTIONS = Cache("sd-scripts-options", 2, ".json")
 INIT_RNG = Cache("init-rng", 1, ".bin")  # written by the trainer's process only: it gets the folder (CML_INIT_RNG_DIR)

@@ -98,11 +98,17 @@ def _finish(summary) -> int:
 def _cmd_run(args, preset: str | Path, overrides: dict[str, Any]) -> int:
     from cml import pipeline
     from cml.prepare import prepare
+    from cml.runner import RunLock
 
     plan, sd = prepare(preset, args.sets, args.sd_scripts, overrides=overrides)
-    rc = _finish(pipeline.run(plan, sd, _opts(args)))
-    if plan.preset.check.enabled:
-        _check(plan, sd, "quiet" if args.quiet else "normal")
+    opts = _opts(args)
+    from cml.resume import check_options
+
+    check_options(plan, opts)  # before the lock: a refused run leaves no folder behind
+    with RunLock(plan.run_dir) as lock:  # held through the check, which writes check/ and report.md
+        rc = _finish(pipeline.run(plan, sd, opts, lock))
+        if plan.preset.check.enabled:
+            _check(plan, sd, "quiet" if args.quiet else "normal")
     return rc
 
 
@@ -166,14 +172,30 @@ def cmd_plan(args) -> int:
     from cml.rundir import disk_space
     from cml.runner import RunLock
 
-    # Planning needs no sd-scripts: without it, commands.sh names the sd-scripts/ submodule.
+    # Planning needs no sd-scripts: without it, commands.sh names the sd-scripts/ submodule (or CML_SD_SCRIPTS).
     plan, sd = prepare(args.preset, args.sets, args.sd_scripts, overrides=_overrides(args), need_sd=False)
     with RunLock(plan.run_dir), disk_space("the run's kohya files", plan.run_dir):  # never rewrite the files of a run in progress
-        files = render(plan, sd.path)
+        warn_replanned(plan)
+        files = render(plan, sd.path if sd.path.is_absolute() else None)
     say(f"wrote {len(files)} files for {len(plan.stages)} stages in {plan.run_dir}")
     for st in plan.stages:
         say(f"  {st.name}: {st.what}")
     return 0
+
+
+def warn_replanned(plan) -> None:
+    """`cml plan` over a finished run: the stages whose finished work was made from other settings are named (their
+    files now describe the new settings; `cml run` replaces that work only with --force)."""
+    from cml.console import say
+    from cml.resume import output_state
+
+    for st in plan.stages:
+        if st.protected and st.output.is_file():
+            state = output_state(st, plan)
+            if state.intact and not state.good:
+                say(
+                    f"note: {st.output.relative_to(plan.run_dir)} was made from other settings than this plan's: its stage files now describe the new ones (`cml run` replaces it only with --force)"
+                )
 
 
 def cmd_run(args) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cml import __version__
 from cml.errors import StageFailed
+from cml.families import family
 from cml.files import atomic_path
 from cml.model_files import model_identity, sha256_of
 from cml.plan import Plan, Role, Stage
@@ -15,7 +16,7 @@ from cml.records import StageRecord
 from cml.render.scripts import CML_NETWORK_MODULE, NETWORK_MODULE
 from cml.resume import expected_rank
 from cml.rundir import mark, remove_inside
-from cml.safetensors_file import add_metadata, append_tensors, missing_tensors, read_metadata
+from cml.safetensors_file import add_metadata, addnet_hashes, append_tensors, file_and_content_sha256, missing_tensors, read_metadata
 from cml.validate import ValidationFailed, validate_copy_machine, validate_lora
 
 # Written beside a produced file in work/ once it passed validation: a re-run after a failure further on (a full
@@ -53,7 +54,8 @@ def validate_produced(plan: Plan, stage: Stage, produced: Path) -> dict:
     """Validate what the script wrote; facts for the record."""
     try:
         if stage.kind == "merge":
-            return {"merge_check": validate_copy_machine(produced, stage.model)}
+            prefix = "model.diffusion_model." if plan.inputs.model.prefixed else family(plan.inputs.family).denoiser_prefix
+            return {"merge_check": validate_copy_machine(produced, stage.model, prefix)}
         return {"lora_modules": validate_lora(produced, *expected_rank(plan, stage)).modules}
     except ValidationFailed as e:
         raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None
@@ -71,14 +73,33 @@ def finish_output(plan: Plan, stage: Stage, produced: Path, facts: dict) -> None
         else:
             produced.replace(stage.output)
         return
-    meta = provenance(plan, stage)
-    if read_metadata(produced).get("ss_network_module") == CML_NETWORK_MODULE:
-        # The file is a plain networks.lora LoRA (cml/sd_process/lora.py); say which module trained it in cml's own key.
-        meta["ss_network_module"] = NETWORK_MODULE
-        meta["cml_network_module"] = CML_NETWORK_MODULE
+    meta = provenance(plan, stage) | loader_metadata(plan, stage, read_metadata(produced))
+    hashes = addnet_hashes(produced, read_metadata(produced) | meta)
+    if hashes is not None:  # of the file as written, with its ss_* keys as they now are
+        meta["sshs_model_hash"], meta["sshs_legacy_hash"] = hashes
     with atomic_path(stage.output) as tmp:
         add_metadata(produced, tmp, meta)
     produced.unlink()
+
+
+def loader_metadata(plan: Plan, stage: Stage, meta: dict[str, str]) -> dict[str, str]:
+    """The keys LoRA loaders read, made true of the file: a plain networks.lora module where cml's trained it, the
+    resolution it trained at (sd-scripts writes its default), a name that tells runs apart (A1111 names a LoRA by
+    ss_output_name), and for a two-way slider (merge_lora.py writes no training keys) its rank, alpha and base."""
+    out: dict[str, str] = {"ss_output_name": f"{plan.preset.name}-{stage.output.stem}"}
+    if meta.get("ss_network_module") == CML_NETWORK_MODULE:
+        # The file is a plain networks.lora LoRA (cml/sd_process/lora.py); say which module trained it in cml's own key.
+        out["ss_network_module"] = NETWORK_MODULE
+        out["cml_network_module"] = CML_NETWORK_MODULE
+    trained = stage if stage.settings is not None else plan.stage(stage.depends[0])
+    if trained.settings is not None:
+        r = trained.train.resolution
+        out["modelspec.resolution"] = f"{r}x{r}"
+    if stage.role is Role.SLIDER:
+        rank, alpha, _ = expected_rank(plan, stage)
+        out |= {"ss_network_module": family(plan.inputs.family).network_module, "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}"}
+        out["ss_sd_model_name"] = plan.inputs.model.path.name
+    return out
 
 
 def keep_extra_files(plan: Plan, stage: Stage, produced: Path) -> list[str]:
@@ -116,23 +137,26 @@ def produced_note(stage: Stage, produced: Path) -> dict | None:
     return note
 
 
-def record_of(plan: Plan, stage: Stage, current: dict[str, str], **facts) -> StageRecord:
-    """The record of a stage's finished output as it is now: its size and sha256, the upstream outputs it was made
-    from (``current``: stage -> sha256), and ``facts``; written beside it."""
+def record_of(plan: Plan, stage: Stage, current: dict[str, tuple[str, str]], **facts) -> StageRecord:
+    """The record of a stage's finished output as it is now: its size, sha256 and tensors' sha256, the upstream
+    outputs it was made from (``current``: stage -> (file sha256, tensors' sha256); the tensors' are kept), and
+    ``facts``; written beside it."""
+    whole, content = file_and_content_sha256(stage.output)
     rec = StageRecord(
         run_id=mark(plan.run_dir).run_id,
         stage=stage.name,
         fingerprint=stage.fingerprint,
         output=str(stage.output),
         output_size=stage.output.stat().st_size,
-        output_sha256=sha256_of(stage.output),
-        inputs={d: current[d] for d in stage.depends if d in current},
+        output_sha256=whole,
+        output_content=content,
+        inputs={d: current[d][1] for d in stage.depends if d in current},
         **facts,
     )
     rec.write(stage.record_path)
     return rec
 
 
-def adopt(plan: Plan, stage: Stage, current: dict[str, str]) -> StageRecord:
+def adopt(plan: Plan, stage: Stage, current: dict[str, tuple[str, str]]) -> StageRecord:
     """A record for a finished LoRA found with this stage's fingerprint in its metadata but no record of its own."""
     return record_of(plan, stage, current, adopted="found finished, with this stage's fingerprint in its metadata")

@@ -97,7 +97,11 @@ def load_image(path: Path, role: str) -> LoadedImage:
     """Open, verify and convert one image. ``role`` names it in errors (e.g. "source[0]")."""
     where = f"{role} {path}"
     if not path.exists():
-        raise InputError("image not found", where, "check the path (relative paths start at the preset's folder)")
+        raise InputError(
+            "image not found",
+            where,
+            "check the path (a relative path in a preset file starts at its folder; one typed on the command line, or a shipped preset's, where cml runs)",
+        )
     if path.is_dir():
         raise InputError("is a folder, not an image", where, "name an image file (PNG, JPEG, WebP)")
     st = path.stat()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image
 
 from cml.device import Gpu, resolve_device
 from cml.errors import ConfigErrors, InputError
+from cml.families import DIT, FAMILIES
 from cml.images import ORIENT, TRANSFORMS, LoadedImage, bucket, load_image, luminance_match, oriented
-from cml.model_files import ModelInfo, inspect_model, nonfinite_unet_tensors, resolve_family
+from cml.model_files import ModelInfo, inspect_model, inspect_part, nonfinite_tensors_of, resolve_family
 from cml.pairs import pair
 from cml.preset.models import Preset
 
@@ -26,11 +28,12 @@ class Inputs:
     source: list[LoadedImage]
     targets: dict[str, TargetInputs]
     model: ModelInfo
-    family: str
+    family: str  # a key of cml/families.py's FAMILIES
     v_parameterization: bool
     device: str  # "cuda" | "cpu"
     gpu: Gpu | None = None  # what the device probe found (name, memory, compute capability, AdamW8bit)
     notes: list[str] = field(default_factory=list)
+    model_files: dict[str, Path] = field(default_factory=dict)  # [model_files], checked: the family's other files
 
 
 def check_buckets(preset: Preset, source: list[LoadedImage]) -> None:
@@ -146,11 +149,13 @@ def load_inputs(preset: Preset) -> Inputs:
     check_buckets(preset, source)
     info = inspect_model(preset.base_model, preset.allow_pickle)
     family = resolve_family(info, preset.family)
+    check_family(preset, info, family)
     if info.kind == "checkpoint":
-        bad = nonfinite_unet_tensors(info.path)  # read once with the file's hash, which the plan needs anyway
+        prefix = "model.diffusion_model." if info.prefixed else FAMILIES[family].denoiser_prefix
+        bad = nonfinite_tensors_of(info.path, prefix)  # read once with the file's hash, which the plan needs anyway
         if bad:
             raise InputError(
-                f"the checkpoint's U-Net holds NaN or Inf in {len(bad)} tensor(s), e.g. {bad[0]}: nothing can train on it",
+                f"the checkpoint's {'DiT' if family in DIT else 'U-Net'} holds NaN or Inf in {len(bad)} tensor(s), e.g. {bad[0]}: nothing can train on it",
                 f"base_model {preset.base_model}",
                 "re-download or re-export the model (it is damaged)",
             )
@@ -158,22 +163,10 @@ def load_inputs(preset: Preset) -> Inputs:
         other = inspect_model(m, preset.allow_pickle, where=f"check.models[{i}] {m}")
         if other.family is not None and other.family != family:
             raise InputError(
-                f"the check model is {other.family} but the LoRAs are trained on {family}",
+                f"the check model is {FAMILIES[other.family].title} but the LoRAs are trained on {FAMILIES[family].title}",
                 f"check.models[{i}] {m}",
                 "list models of the base model's family",
             )
-    if info.kind == "ckpt" and preset.merge == "checkpoint":
-        raise InputError(
-            "the checkpoint merge is checked against the base's tensors, which cml reads from .safetensors files only",
-            f"merge (base_model {preset.base_model})",
-            'convert the base to .safetensors, or set merge = "in_memory"',
-        )
-    if info.kind == "diffusers" and preset.merge == "checkpoint":
-        raise InputError(
-            "merge_lora.py merges into single-file checkpoints only, not diffusers folders",
-            f"merge (base_model {preset.base_model})",
-            'set merge = "in_memory", or convert the model to one .safetensors file',
-        )
     vpred = preset.v_parameterization
     if vpred is None:
         if family == "sd2" and info.v_parameterization is None:
@@ -188,4 +181,56 @@ def load_inputs(preset: Preset) -> Inputs:
             notes.append("v-prediction checkpoint (marked in the file): training with v_parameterization")
     # Last: the device probe starts a child Python (seconds); every cheaper check has passed by now.
     device, gpu, device_notes = resolve_device(preset.device)
-    return Inputs(source, targets, info, family, vpred, device, gpu, notes + device_notes)
+    return Inputs(source, targets, info, family, vpred, device, gpu, notes + device_notes, preset.model_files.given())
+
+
+def check_family(preset: Preset, info: ModelInfo, family: str) -> None:
+    """What the family (cml/families.py) needs of the run, all at once: its model files, a merge route it has, a
+    method and a slider it supports."""
+    f = FAMILIES[family]
+    where = f"base_model {preset.base_model}"
+    lines = []
+    given = preset.model_files.given()
+    for key in given:
+        if key not in f.files:
+            takes = ", ".join(f.files) or "none"
+            lines.append(f"model_files.{key}: {f.title} takes no {key} (its files: {takes}) -- remove it, or check the base model's family")
+    for key in f.required_files:
+        if key not in given:
+            lines.append(f'model_files.{key}: {f.title} needs its {key} file -- set model_files.{key} = "...safetensors"')
+    for key, path in given.items():
+        if key in f.files:
+            lines += inspect_part(key, path)
+    if info.kind == "ckpt" and preset.merge == "checkpoint":
+        lines.append(
+            f'merge ({where}): the checkpoint merge is checked against the base\'s tensors, which cml reads from .safetensors files only -- convert the base to .safetensors, or set merge = "in_memory"'
+        )
+    if info.kind == "diffusers" and preset.merge == "checkpoint":
+        lines.append(
+            f'merge ({where}): merge_lora.py merges into single-file checkpoints only, not diffusers folders -- set merge = "in_memory", or convert the model to one .safetensors file'
+        )
+    copy_machine = [n for n in preset.targets if preset.target_method(n) == "copy_machine"]
+    if copy_machine and preset.merge not in f.merges:
+        lines.append(f'merge: sd-scripts has no way to write a {f.title} copy machine model (merge = "{preset.merge}") -- set merge = "in_memory"')
+    if copy_machine and preset.merge == "checkpoint" and info.prefixed:
+        lines.append(
+            f"merge: {where}'s keys carry the model.diffusion_model. prefix, which {f.merge_script} matches to no LoRA key: "
+            'the merged model would equal the base -- set merge = "in_memory", or save the DiT without the prefix'
+        )
+    for name in preset.targets:
+        if preset.target_method(name) == "direct" and not f.direct:
+            lines.append(
+                f'targets.{name}: the direct method wraps the DDPM step of SD1/SD2/SDXL; {f.title} trains by flow matching, which it does not -- use method = "copy_machine"'
+            )
+        if getattr(preset.targets[name], "symmetric", False) and f.lora_merge_script is None:
+            lines.append(
+                f"targets.{name}.symmetric: sd-scripts has no LoRA-into-LoRA merge for {f.title}, which the two-way slider needs -- set symmetric = false"
+            )
+    if preset.resize_to is not None and family not in ("sd1", "sd2", "sdxl"):
+        lines.append(f"resize_to: networks/resize_lora.py resizes SD LoRAs; {f.title}'s are not -- remove resize_to")
+    if preset.v_parameterization and family not in ("sd1", "sd2", "sdxl"):
+        lines.append(f"v_parameterization: {f.title} trains by flow matching, not v-prediction -- remove it")
+    if len(lines) == 1:
+        raise InputError(lines[0])
+    if lines:
+        raise ConfigErrors(lines)

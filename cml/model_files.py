@@ -10,14 +10,10 @@ from pathlib import Path
 
 from cml.cache import SHA256
 from cml.errors import InputError
+from cml.families import DIT, FAMILIES, SD_DENOISER, detect, titles
 from cml.safetensors_file import nonfinite_tensors
 
-# Keys that only one family's single-file checkpoints have.
-SDXL_KEYS = ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.label_emb.0.0.weight")
-SD2_KEYS = ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "cond_stage_model.model.ln_final.weight")
-SD1_KEYS = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "cond_stage_model.transformer.embeddings.token_embedding.weight")
-UNET_PREFIX = "model.diffusion_model."
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+UNET_PREFIX = SD_DENOISER
 # Keys that mark how a checkpoint was trained, not weights: v-prediction (NoobAI-XL v-pred and others; ComfyUI and
 # Forge read the model type from `v_pred`) and zero terminal SNR (`ztsnr`). sd-scripts' merge scripts drop them.
 MARKER_KEYS = ("v_pred", "ztsnr")
@@ -27,36 +23,35 @@ MARKER_KEYS = ("v_pred", "ztsnr")
 class ModelInfo:
     path: Path
     kind: str  # "checkpoint" | "diffusers" | "ckpt"
-    family: str | None  # sd1 | sd2 | sdxl; None when it cannot be read without unpickling
+    family: str | None  # a key of cml/families.py's FAMILIES; None when it cannot be read without unpickling
     v_parameterization: bool | None  # None: not recorded in the file
     size: int
     dtype: str | None = None  # safetensors dtype of the U-Net weights, e.g. "F16"
     markers: tuple[str, ...] = ()  # MARKER_KEYS the file holds: a copy machine model must keep them
+    prefixed: bool = False  # a DiT file whose keys carry "model.diffusion_model." (ComfyUI's way) where the family's have none
 
 
-def read_safetensors_header(path: Path) -> tuple[list[str], dict[str, str], str | None]:
-    """Keys, metadata and U-Net dtype of a .safetensors file; damaged files become InputError."""
-    from safetensors import SafetensorError, safe_open  # type: ignore[attr-defined]  # exported at run time, not in its stub
+def read_safetensors_header(path: Path, where: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """The tensor table (name -> dtype, shape) and metadata of a .safetensors file, from its header alone; a file
+    that is not one becomes InputError."""
+    from cml.safetensors_file import header_of
 
     try:
-        with safe_open(str(path), framework="numpy") as f:  # type: ignore[attr-defined]  # a context manager; its stub says not
-            keys = list(f.keys())
-            unet = next((k for k in keys if k.startswith(UNET_PREFIX) and k.endswith(".weight")), None)
-            dtype = f.get_slice(unet).get_dtype() if unet else None
-            return keys, dict(f.metadata() or {}), dtype
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"not a readable safetensors file ({e})", str(path), "re-download the file; it may be truncated") from None
+        header, start = header_of(path)
+        size = path.stat().st_size
+    except (OSError, ValueError) as e:
+        raise InputError(f"not a readable safetensors file ({e})", where or str(path), "re-download the file; it may be truncated") from None
+    meta = header.pop("__metadata__", None) or {}
+    end = max((v.get("data_offsets", [0, 0])[1] for v in header.values() if isinstance(v, dict)), default=0)
+    if start + end > size:
+        raise InputError(f"not a readable safetensors file: it is truncated ({size} bytes, its header promises {start + end})", where or str(path), "re-download the file")
+    return header, {str(k): str(v) for k, v in meta.items()}
 
 
-def _family_from_keys(keys: list[str]) -> str | None:
-    ks = set(keys)
-    if any(k in ks for k in SDXL_KEYS):
-        return "sdxl"
-    if any(k in ks for k in SD2_KEYS):
-        return "sd2"
-    if any(k in ks for k in SD1_KEYS):
-        return "sd1"
-    return None
+def denoiser_dtype(table: dict[str, dict], prefix: str) -> str | None:
+    """The safetensors dtype of the denoiser's (U-Net's or DiT's) first weight, e.g. "F16"."""
+    k = next((k for k in table if k.startswith(prefix) and k.endswith(".weight")), None)
+    return table[k]["dtype"] if k else None
 
 
 def _vpred_from_metadata(meta: dict[str, str], keys: list[str]) -> bool | None:
@@ -80,6 +75,16 @@ def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = No
         index = path / "model_index.json"
         if not index.is_file():
             raise InputError("folder is not a diffusers model (no model_index.json)", where, "name a .safetensors checkpoint or a diffusers folder")
+        try:
+            pipeline = str(json.loads(index.read_text()).get("_class_name", ""))
+        except (OSError, ValueError, AttributeError):
+            pipeline = ""
+        if pipeline and not pipeline.startswith("StableDiffusion") or pipeline.startswith("StableDiffusion3"):
+            raise InputError(
+                f"a Diffusers folder of a {pipeline}: cml trains that family from single files",
+                where,
+                "give its transformer (DiT) as one .safetensors file, and the text encoders and autoencoder under [model_files]",
+            )
         try:
             unet_cfg = json.loads((path / "unet" / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -119,16 +124,21 @@ def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = No
         return ModelInfo(path, "ckpt", None, None, size)
     if suffix != ".safetensors":
         raise InputError(f"unsupported model file type {suffix or '(none)'}", where, "use a .safetensors (or trusted .ckpt) checkpoint")
-    keys, meta, dtype = read_safetensors_header(path)
+    table, meta = read_safetensors_header(path, where)
+    keys = list(table)
     if is_lora_keys(keys):
-        raise InputError("this is a LoRA, not a checkpoint", where, "set base_model to the SD checkpoint the LoRA was trained on")
-    family = _family_from_keys(keys)
+        raise InputError("this is a LoRA, not a checkpoint", where, "set base_model to the checkpoint the LoRA was trained on")
+    family = detect(set(keys))
     if family is None:
-        raise InputError("not a Stable Diffusion checkpoint cml knows (no SD1/SD2/SDXL keys)", where, "use an SD1.x, SD2.x or SDXL single-file checkpoint")
-    if not any(k.startswith(UNET_PREFIX) for k in keys):
-        raise InputError("checkpoint holds no U-Net weights", where, "use a full SD checkpoint")
+        raise InputError(f"not a base model of a family cml knows ({titles()})", where, "use a single-file checkpoint (.safetensors) of one of them")
+    f = FAMILIES[family]
+    prefixed = family in DIT and not f.denoiser_prefix and any(k.startswith(SD_DENOISER) for k in keys)
+    prefix = SD_DENOISER if prefixed else f.denoiser_prefix
+    if prefix and not any(k.startswith(prefix) for k in keys):
+        raise InputError(f"the file holds no {'U-Net' if family not in DIT else 'DiT'} weights", where, f"use a full {f.title} checkpoint")
     markers = tuple(k for k in MARKER_KEYS if k in keys)
-    return ModelInfo(path, "checkpoint", family, _vpred_from_metadata(meta, keys), size, dtype, markers)
+    vpred = _vpred_from_metadata(meta, keys) if family not in DIT else None
+    return ModelInfo(path, "checkpoint", family, vpred, size, denoiser_dtype(table, prefix), markers, prefixed)
 
 
 def resolve_family(info: ModelInfo, declared: str) -> str:
@@ -138,7 +148,7 @@ def resolve_family(info: ModelInfo, declared: str) -> str:
         return info.family
     if info.family is not None and info.family != declared:
         raise InputError(
-            f"family is declared {FAMILY_NAMES[declared]} but the checkpoint is {FAMILY_NAMES[info.family]}",
+            f"family is declared {FAMILIES[declared].title} but the file is {FAMILIES[info.family].title}",
             f"family (base_model {info.path})",
             f'set family = "{info.family}" or "auto"',
         )
@@ -158,7 +168,7 @@ def _identity(st: os.stat_result) -> list[int]:
 
 
 def _facts(path: Path) -> dict:
-    """Cached facts of a base model file (its sha256; for a checkpoint, its U-Net tensors holding NaN or Inf),
+    """Cached facts of a base model file (its sha256; for a .safetensors file, its tensors holding NaN or Inf),
     computed once per file version (cml/cache.py's SHA256): base models are gigabytes and the user's own files. The
     cache drops entries of files that no longer exist, so that removed and temporary files do not pile up."""
     st = path.stat()
@@ -168,7 +178,7 @@ def _facts(path: Path) -> dict:
         return entry
     entry = {"identity": _identity(st), "sha256": sha256_of(path)}
     if path.suffix.lower() == ".safetensors":
-        entry["nonfinite_unet"] = nonfinite_tensors(path, UNET_PREFIX)
+        entry["nonfinite"] = nonfinite_tensors(path)
     SHA256.put(key, entry, keep=lambda k: Path(k).exists())
     return entry
 
@@ -193,9 +203,9 @@ def file_sha256(path: Path) -> str:
     return str(_facts(path)["sha256"])
 
 
-def nonfinite_unet_tensors(path: Path) -> list[str]:
-    """The U-Net tensors of a .safetensors checkpoint that hold NaN or Inf (cached, see _facts)."""
-    return list(_facts(path).get("nonfinite_unet", []))
+def nonfinite_tensors_of(path: Path, prefix: str) -> list[str]:
+    """The tensors under ``prefix`` (the denoiser's) of a .safetensors file that hold NaN or Inf (cached, see _facts)."""
+    return [k for k in _facts(path).get("nonfinite", []) if k.startswith(prefix)]
 
 
 def model_identity(info: ModelInfo) -> str:
@@ -208,3 +218,50 @@ def model_identity(info: ModelInfo) -> str:
                 h.update(f"{f.relative_to(info.path)}|{st.st_size}|{st.st_mtime_ns}".encode())
         return "diffusers:" + h.hexdigest()
     return "sha256:" + file_sha256(info.path)
+
+
+# What each of [model_files]'s keys must be: a key its file holds, and (for the CLIP encoders) the width of its
+# token embedding. What they are when they are something else: a family's base model, a LoRA.
+PART_KEYS = {
+    "clip_l": ("text_model.encoder.layers.0.self_attn.q_proj.weight", 768, "CLIP-L text encoder"),
+    "clip_g": ("text_model.encoder.layers.0.self_attn.q_proj.weight", 1280, "CLIP-G text encoder"),
+    "t5xxl": ("encoder.block.0.layer.0.SelfAttention.q.weight", None, "T5-XXL text encoder"),
+    "ae": ("decoder.conv_in.weight", None, "autoencoder"),
+    "vae": (None, None, "VAE"),
+    "qwen3": ("layers.0.self_attn.q_proj.weight", None, "Qwen3 text encoder"),
+    "gemma2": (None, None, "Gemma 2 text encoder"),
+    "text_encoder": (None, None, "Qwen2.5-VL text encoder"),
+    "byt5": (None, None, "byT5 text encoder"),
+}
+
+
+def inspect_part(key: str, path: Path) -> list[str]:
+    """What is wrong with a [model_files] file, read from its header (empty when nothing is): one line each."""
+    where = f"model_files.{key} {path}"
+    need, width, what = PART_KEYS[key]
+    if not path.exists():
+        return [f"{where}: not found -- give the path of the {what} file"]
+    if path.is_dir():
+        if key == "qwen3" and (path / "config.json").is_file():
+            return []
+        return [f"{where}: is a folder -- give the {what} as one .safetensors file" + (" (or a Qwen3 folder with config.json)" if key == "qwen3" else "")]
+    if path.suffix.lower() != ".safetensors":
+        return [f"{where}: not a .safetensors file -- give the {what} as .safetensors (pickled files can run code)"]
+    try:
+        table, _ = read_safetensors_header(path, where)
+    except InputError as e:
+        return [e.line()]
+    keys = set(table)
+    if is_lora_keys(list(keys)):
+        return [f"{where}: this is a LoRA, not the {what} -- give the {what} file"]
+    other = detect(keys)
+    if other is not None:
+        return [f"{where}: this is a {FAMILIES[other].title} base model, not the {what} -- give the {what} file"]
+    bare = {k.removeprefix("model.").removeprefix("text_encoders.clip_l.transformer.").removeprefix("text_encoders.clip_g.transformer.") for k in keys}
+    if need is not None and need not in bare and need not in keys:
+        return [f"{where}: does not hold a {what} (no {need}) -- check which file is which"]
+    if width is not None:
+        emb = next((v for k, v in table.items() if k.endswith("text_model.embeddings.token_embedding.weight")), None)
+        if emb is not None and emb["shape"][-1] != width:
+            return [f"{where}: holds a text encoder {emb['shape'][-1]} wide, not the {what} ({width}) -- check which file is which"]
+    return []

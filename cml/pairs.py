@@ -12,6 +12,7 @@ report at once with the images' own (a B of another size than its A), before any
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,31 @@ from cml.preset.models import Preset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
-def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def images_in(folder: Path, problems: list[str] | None = None) -> list[Path]:
+    """The image files of a folder (by extension), sorted; an entry named like an image that is no regular file (a
+    broken link, a pipe, a folder) is named in ``problems`` instead of being passed over."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
+            continue
+        if p.is_file():
+            out.append(p)
+        elif problems is not None:
+            what = "a broken link" if p.is_symlink() and not p.exists() else "a folder" if p.is_dir() else "not a regular file"
+            problems.append(f"{folder}: {p.name} is named like an image but is {what}: remove or rename it")
+    return out
+
+
+def stem(p: Path) -> str:
+    """A file's name without extension, in Unicode's composed form: macOS writes names decomposed (NFD), other systems
+    composed (NFC); the same name typed on either must pair."""
+    return unicodedata.normalize("NFC", p.stem)
+
+
+def is_b(p: Path, suffixes: list[str], stems: set[str]) -> bool:
+    """A file beside the A images is a B when its name is an A's name plus a target's suffix ("stingray" is no B of
+    suffix "ray" without a "sting" beside it)."""
+    return any(stem(p).endswith(s) and stem(p)[: -len(s)] in stems for s in suffixes)
 
 
 @dataclass
@@ -34,10 +58,10 @@ class Pairing:
 def _by_stem(paths: list[Path], where: str, problems: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in paths:
-        if p.stem in out:
-            problems.append(f"{where}: {out[p.stem].name} and {p.name} have one name: keep one of them")
+        if stem(p) in out:
+            problems.append(f"{where}: {out[stem(p)].name} and {p.name} have one name: keep one of them")
             continue
-        out[p.stem] = p
+        out[stem(p)] = p
     return out
 
 
@@ -47,8 +71,10 @@ def pair(preset: Preset) -> Pairing:
     sources: list[Path] = []
     for i, entry in enumerate(preset.source):
         if entry.is_dir():
-            found = [p for p in images_in(entry) if not any(p.stem.endswith(s) for s in suffixes)]
-            if not found:
+            every = images_in(entry, problems)
+            stems = {stem(p) for p in every}
+            found = [p for p in every if not is_b(p, suffixes, stems)]
+            if not every:
                 problems.append(f"source[{i}] {entry}: the folder holds no images (PNG, JPEG, WebP, BMP, TIFF, GIF)")
             sources += found
         else:
@@ -69,25 +95,33 @@ def pair(preset: Preset) -> Pairing:
             pairing.b[name] = [None] * len(sources)
             continue
         if t.suffix:
-            b_by_stem = _by_stem([p for p in images_in(preset.source[0]) if p.stem.endswith(t.suffix)], f"{where}.suffix", problems)
-            missing = [a for a in sources if a.stem + t.suffix not in b_by_stem]
-            if missing:
-                names = ", ".join(f"{a.name} (no {a.stem}{t.suffix}.*)" for a in missing)
+            every = images_in(preset.source[0])
+            stems = {stem(p) for p in every}
+            b_by_stem = _by_stem([p for p in every if is_b(p, [t.suffix], stems)], f"{where}.suffix", problems)
+            missing = [a for a in sources if stem(a) + t.suffix not in b_by_stem]
+            orphans = [a for a in missing if stem(a).endswith(t.suffix)]
+            for a in orphans:
+                problems.append(
+                    f"{where}.suffix {t.suffix!r}: {a.name} is named like a B, but its A ({stem(a)[: -len(t.suffix)]}.*) is not there: add it, or rename {a.name}"
+                )
+            rest = [a for a in missing if a not in orphans]
+            if rest:
+                names = ", ".join(f"{a.name} (no {stem(a)}{t.suffix}.*)" for a in rest)
                 problems.append(f"{where}.suffix {t.suffix!r}: no B beside {names}")
-            pairing.b[name] = [b_by_stem.get(a.stem + t.suffix) for a in sources]
+            pairing.b[name] = [b_by_stem.get(stem(a) + t.suffix) for a in sources]
             continue
         if len(t.images) == 1 and t.images[0].is_dir():
             folder = t.images[0]
             if not a_by_stem:
                 a_by_stem = _by_stem(sources, "source", problems)
-            b_by_stem = _by_stem(images_in(folder), f"{where}.images", problems)
+            b_by_stem = _by_stem(images_in(folder, problems), f"{where}.images", problems)
             no_b = [a_by_stem[s].name for s in a_by_stem if s not in b_by_stem]
             no_a = [b_by_stem[s].name for s in b_by_stem if s not in a_by_stem]
             if no_b:
                 problems.append(f"{where}.images {folder}: no B named like {', '.join(no_b)}")
             if no_a:
                 problems.append(f"{where}.images {folder}: {', '.join(no_a)} match no A of the source (by file name)")
-            pairing.b[name] = [b_by_stem.get(s.stem) for s in sources]
+            pairing.b[name] = [b_by_stem.get(stem(s)) for s in sources]
             continue
         if len(t.images) != len(sources):
             problems.append(f"{where}.images has {len(t.images)} image(s) but the source has {len(sources)}: give one B per A, in the same order")

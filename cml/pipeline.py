@@ -16,7 +16,7 @@ from cml.prerun import cpu_warning, disk_check, gpu_memory_note, memory_note
 from cml.records import RunSummary, SdScriptsInfo, StageRecord, read
 from cml.render.run_folder import render, stage_images
 from cml.render.scripts import script_label, stage_argv
-from cml.resume import Decision, RunOptions, decide, read_record, redo_verb, stale_inputs
+from cml.resume import Decision, RunOptions, check_options, decide, read_record, redo_verb, stale_inputs
 from cml.rundir import disk_space, mark, remove_inside
 from cml.runner import LossNotFinite, Progress, RunLock, indented, run_logged
 from cml.sdscripts import SdScripts, python_env
@@ -44,7 +44,7 @@ def diverged_fix(plan: Plan, stage: Stage, step: int) -> str:
     return "lower train.learning_rate (e.g. to a third), then re-run the same command: finished stages are kept"
 
 
-def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: RunLock, inputs: dict[str, str]) -> StageRecord:
+def run_stage(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: RunLock, inputs: dict[str, tuple[str, str]]) -> StageRecord:
     produced = stage.work_dir / stage.output.name
     argv = stage_argv(plan, stage)
     adopted = produced_note(stage, produced)
@@ -134,9 +134,14 @@ def run_script(plan: Plan, sd: SdScripts, stage: Stage, opts: RunOptions, lock: 
     return validate_produced(plan, stage, produced), res.seconds
 
 
+def ids(rec: StageRecord) -> tuple[str, str]:
+    """(file sha256, tensors' sha256) of a record's output; a record of cml 0.1 has the file's only."""
+    return rec.output_sha256, rec.output_content or rec.output_sha256
+
+
 def execute(plan: Plan, sd: SdScripts, opts: RunOptions, lock: RunLock, decision: Decision) -> tuple[list[str], list[str]]:
     """Run or skip each stage in order; (stages run, stages skipped)."""
-    current: dict[str, str] = {}  # stage -> sha256 of its output as it is now
+    current: dict[str, tuple[str, str]] = {}  # stage -> (sha256 of its output, of its tensors) as it is now
     ran, skipped = [], []
     n = len(plan.stages)
     for i, (st, go, state) in enumerate(zip(plan.stages, decision.todo, decision.states), 1):
@@ -158,13 +163,13 @@ def execute(plan: Plan, sd: SdScripts, opts: RunOptions, lock: RunLock, decision
             if state.adopt or rec is None:
                 rec = adopt(plan, st, current)
             say(f"[{i}/{n}] {st.name}: up to date, skipped ({st.output})")
-            current[st.name] = rec.output_sha256
+            current[st.name] = ids(rec)
             skipped.append(st.name)
             continue
         say(f"[{i}/{n}] {st.name}: {st.what}")
         say(f"        log: {st.log_path}")
         rec = run_stage(plan, sd, st, opts, lock, current)
-        current[st.name] = rec.output_sha256
+        current[st.name] = ids(rec)
         ran.append(st.name)
         el = f", final loss {rec.losses[-1]:.4f}" if rec.losses else ""
         say(f"[{i}/{n}] {st.name}: done in {fmt_seconds(rec.seconds)}{el} -> {st.output}")
@@ -173,28 +178,32 @@ def execute(plan: Plan, sd: SdScripts, opts: RunOptions, lock: RunLock, decision
     return ran, skipped
 
 
-def run(plan: Plan, sd: SdScripts, opts: RunOptions) -> RunSummary:
+def run(plan: Plan, sd: SdScripts, opts: RunOptions, lock: RunLock | None = None) -> RunSummary:
+    """Run the plan under the run folder's lock (``lock``: one the caller holds, e.g. for the check that follows)."""
     cpu_warning(plan)
-    with RunLock(plan.run_dir) as lock:
-        decision = decide(plan, opts)  # refusals come before anything is written
-        with disk_space("the run's kohya files", plan.run_dir):
-            render(plan, sd.path)
-        if plan.preset.merge == "in_memory":
-            say("merge: in memory (sd-scripts --base_weights); no copy machine model file is written")
-        t0 = time.monotonic()
-        ran, skipped = execute(plan, sd, opts, lock, decision)
-        summary = RunSummary(
-            run_id=mark(plan.run_dir).run_id,
-            run_dir=str(plan.run_dir),
-            seconds=round(time.monotonic() - t0, 1),
-            stages_run=ran,
-            stages_skipped=skipped,
-            outputs={s.name: str(s.output) for s in plan.stages},
-            kept_outputs={s.name: str(s.output) for s in plan.stages if s.result},
-            sd_scripts=SdScriptsInfo(path=str(sd.path), commit=sd.commit, pinned=sd.pinned),
-        )
-        with disk_space("run.json", plan.run_dir):
-            summary.write(plan.run_dir / "run.json")
+    check_options(plan, opts)  # before the lock: a refused run leaves no folder behind
+    if lock is None:
+        with RunLock(plan.run_dir) as own:
+            return run(plan, sd, opts, own)
+    decision = decide(plan, opts)  # refusals come before anything is written
+    with disk_space("the run's kohya files", plan.run_dir):
+        render(plan, sd.path)
+    if plan.preset.merge == "in_memory":
+        say("merge: in memory (sd-scripts --base_weights); no copy machine model file is written")
+    t0 = time.monotonic()
+    ran, skipped = execute(plan, sd, opts, lock, decision)
+    summary = RunSummary(
+        run_id=mark(plan.run_dir).run_id,
+        run_dir=str(plan.run_dir),
+        seconds=round(time.monotonic() - t0, 1),
+        stages_run=ran,
+        stages_skipped=skipped,
+        outputs={s.name: str(s.output) for s in plan.stages},
+        kept_outputs={s.name: str(s.output) for s in plan.stages if s.result},
+        sd_scripts=SdScriptsInfo(path=str(sd.path), commit=sd.commit, pinned=sd.pinned),
+    )
+    with disk_space("run.json", plan.run_dir):
+        summary.write(plan.run_dir / "run.json")
     return summary
 
 

@@ -60,7 +60,7 @@ def effective_settings(s: TrainSettings, inputs: Inputs) -> tuple[TrainSettings,
     notes = []
     update: dict = {"precision": resolve_precision(s.precision, inputs)}
     if s.gradient_checkpointing is None:
-        update["gradient_checkpointing"] = inputs.family == "sdxl"
+        update["gradient_checkpointing"] = inputs.family != "sd1" and inputs.family != "sd2"  # SDXL and the DiT families: sd-scripts recommends it
     opt = s.optimizer
     if _is_8bit(opt):
         gpu = inputs.gpu

@@ -8,16 +8,18 @@ from typing import Any
 
 from cml.cache import tokenizers_dir
 from cml.console import say
+from cml.errors import ConfigErrors, InputError
 from cml.inputs import load_inputs
 from cml.paths import submodule
 from cml.plan import Plan
 from cml.preset import find_preset, load_preset
 from cml.preset.models import Preset
+from cml.preset.shipped import is_shipped
 from cml.render.gui import gui_load_order, gui_problems
-from cml.render.scripts import SCRIPTS
+from cml.render.scripts import trainer
 from cml.render.train_config import refuse_managed_extra
 from cml.render.trainer_options import check_extra
-from cml.rundir import check_run_dir, own_preset
+from cml.rundir import check_run_dir, is_run_folder, own_preset
 from cml.sdscripts import SdScripts, SdScriptsNotFound, commit_warning, locate
 from cml.sdscripts.tokenizers import check_tokenizers
 from cml.stages import build_plan
@@ -47,16 +49,31 @@ def prepare(
     except SdScriptsNotFound:
         if need_sd:
             raise
-        say("warning: sd-scripts not found; commands.sh assumes the sd-scripts/ submodule")
-        sd = SdScripts(submodule() or Path("sd-scripts"), None, "not found", present=False)
+        sub = submodule()
+        say("warning: sd-scripts not found; commands.sh assumes " + ("the sd-scripts/ submodule" if sub else "CML_SD_SCRIPTS names its folder"))
+        sd = SdScripts(sub or Path("sd-scripts"), None, "not found", present=False)
     w = commit_warning(sd) if sd.present else None
     if w:
         say(w)
-    inputs = load_inputs(preset)
+    try:
+        inputs = load_inputs(preset)
+    except InputError as e:
+        if is_shipped(preset_path) and preset_path.stem == "demo":  # its placeholders are filled by `cml demo`
+            hint = "`cml demo` runs the demo with its own model and image A"
+            if isinstance(e, ConfigErrors):
+                raise ConfigErrors([*e.lines, hint]) from None
+            raise InputError(e.what, e.where, hint) from None
+        raise
     for n in inputs.notes:
         say(f"note: {n}")
+    if run_dir is None and "output_dir" not in (overrides or {}) and is_run_folder(preset_path.parent) and preset_path.name == "preset.toml":
+        # a run folder's own preset.toml (`cml run RUN/preset.toml`): the run is where the folder is now, wherever it
+        # was when the preset was written (a moved folder is not written back at its old place)
+        run_dir = preset_path.parent.resolve()
     plan = build_plan(preset, digest, inputs, sd.commit, run_dir=run_dir)
     say(device_line(plan))
+    if any(st.settings is not None and st.train.torch_compile for st in plan.stages) and plan.inputs.device == "cpu":
+        say("warning: train.torch_compile on a CPU: inductor compiles for minutes before the first step (7 min for a 2-step stage, measured on 2 cores)")
     for st in plan.stages:
         for n in st.notes:
             say(f"note: {st.name}: {n}")
@@ -66,7 +83,7 @@ def prepare(
         say(f"note: {note}")
     refuse_managed_extra(plan)
     if sd.present:
-        check_extra(plan, sd, SCRIPTS[plan.inputs.family]["train"].removesuffix(".py"))
+        check_extra(plan, sd, trainer(plan))
     check_tokenizers(plan.inputs.family, plan.preset.tokenizer_cache_dir or tokenizers_dir())
     own = own_preset(preset_path, plan.run_dir)
     check_run_dir(plan.run_dir, preset_file=None if own else preset_path, inputs=input_files(plan.preset), sd_scripts=sd.path)

@@ -72,8 +72,9 @@ class StageRecord(Record):
     output: str
     output_size: int
     output_sha256: str
+    output_content: str | None = None  # sha256 of its tensors, metadata left out (cml/safetensors_file.py); None: cml 0.1's
     finished: str = Field(default_factory=now)
-    inputs: dict[str, str] = Field(default_factory=dict)  # upstream stage -> sha256 of the output this one was made from
+    inputs: dict[str, str] = Field(default_factory=dict)  # upstream stage -> sha256 of the tensors (cml 0.1: of the file) this was made from
     seconds: float | None = None
     argv: list[str] = Field(default_factory=list)
     losses: list[float] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from cml.console import say
 from cml.errors import InputError
 from cml.model_files import sha256_of
+from cml.safetensors_file import file_and_content_sha256
 from cml.plan import Plan, Role, Stage
 from cml.records import StageRecord, read
 from cml.safetensors_file import read_metadata
@@ -50,19 +51,38 @@ def output_state(stage: Stage, plan: Plan) -> OutputState:
     rec = read_record(stage)
     if rec is not None:
         size = out.stat().st_size
-        if size < rec.output_size:
-            return OutputState(False, "damaged (truncated)")
         digest = sha256_of(out) if size == rec.output_size else None
-        if digest != rec.output_sha256:
-            return OutputState(False, "damaged (changed since it was made)")
-        if rec.fingerprint != stage.fingerprint:
-            return OutputState(False, "made from other settings or inputs", intact=True, sha256=digest)
-        return OutputState(True, intact=True, sha256=digest)
+        if digest == rec.output_sha256:
+            if rec.fingerprint != stage.fingerprint:
+                return OutputState(False, "made from other settings or inputs", intact=True, sha256=digest)
+            return OutputState(True, intact=True, sha256=digest)
+        damaged = OutputState(False, "damaged (truncated)" if size < rec.output_size else "damaged (changed since it was made)")
+        if stage.kind == "merge":
+            return damaged
+        # The file and its record disagree. Its tensors as the record has them (only its metadata edited, or the record
+        # damaged): the record is rebuilt. Another LoRA's (by its own metadata): made from other settings. Else damaged.
+        state = lora_state(stage, plan)
+        if state.good:
+            try:
+                same = rec.output_content is not None and file_and_content_sha256(out)[1] == rec.output_content
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                return damaged
+            say(f"{stage.record_path.relative_to(plan.run_dir)} does not describe {out.name}, whose tensors are the ones it records: its record is made again")
+            return state
+        return state if state.intact else damaged
     if stage.record_path.exists():
         say(f"{stage.record_path.relative_to(plan.run_dir)} is not a record cml can read: {stage.output.name} is checked again")
     if stage.kind == "merge":
         return OutputState(False, "not checked (no record of it)")
-    # A LoRA without a usable record: its own metadata says what it was made from.
+    return lora_state(stage, plan)
+
+
+def lora_state(stage: Stage, plan: Plan) -> OutputState:
+    """A LoRA judged by itself: loads, is valid, and its metadata carries this stage's fingerprint (adopt: write its
+    record)."""
+    out = stage.output
     try:
         meta = read_metadata(out)
     except Exception:
@@ -103,11 +123,39 @@ class Decision:
     cause: dict[str, str] = field(default_factory=dict)  # stage -> why it runs again
 
 
-def decide(plan: Plan, opts: RunOptions) -> Decision:
-    """Which stages run; refuses (before anything is written) to replace finished work without --force."""
+def check_options(plan: Plan, opts: RunOptions) -> None:
+    """The run's options against the plan, before anything (the run lock included) is written."""
     names = [s.name for s in plan.stages]
     if opts.from_stage is not None and opts.from_stage not in names:
         raise InputError(f"--from {opts.from_stage!r} is not a stage of this run", None, f"use one of: {', '.join(names)}")
+
+
+def odd_entries(plan: Plan) -> list[str]:
+    """Entries of the stage folders that are not what cml makes there (a folder where a file goes, or the other way
+    round, a link): cml would fail on them mid-run, or delete what it did not make."""
+    odd = []
+    for st in plan.stages:
+        files = [st.output, st.record_path, st.log_path, st.dir / "train.toml", st.dir / "dataset.toml", st.dir / "gui.json", st.dir / "command.json"]
+        folders = [st.images_dir, st.images_a_dir, st.work_dir, st.dir / "logs", st.dir / "extra"]
+        if st.dir.is_symlink() or (st.dir.exists() and not st.dir.is_dir()):
+            odd.append(f"{st.dir.relative_to(plan.run_dir)} is not a folder")
+            continue
+        for p in files:
+            if p.is_symlink() or (p.exists() and not p.is_file()):
+                odd.append(f"{p.relative_to(plan.run_dir)} is a {'link' if p.is_symlink() else 'folder'} where cml writes a file")
+        for p in folders:
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                odd.append(f"{p.relative_to(plan.run_dir)} is a {'link' if p.is_symlink() else 'file'} where cml makes a folder")
+    return odd
+
+
+def decide(plan: Plan, opts: RunOptions) -> Decision:
+    """Which stages run; refuses (before anything is written) to replace finished work without --force."""
+    names = [s.name for s in plan.stages]
+    check_options(plan, opts)
+    odd = odd_entries(plan)
+    if odd:
+        raise InputError("; ".join(odd), str(plan.run_dir), "remove or move them (cml makes these itself), then run again")
     forced_from = names.index(opts.from_stage) if opts.from_stage else len(names)
     # --from re-runs those stages anyway: only the finished files users keep are looked at (the copy machine model is gigabytes)
     states = [output_state(st, plan) if i < forced_from or st.protected else OutputState(False, "--from") for i, st in enumerate(plan.stages)]
@@ -146,8 +194,9 @@ def decide(plan: Plan, opts: RunOptions) -> Decision:
     return Decision(todo, states, cause)
 
 
-def stale_inputs(plan: Plan, stage: Stage, rec: StageRecord | None, current: dict[str, str]) -> list[str]:
-    """The upstream outputs whose bytes differ from those ``stage``'s finished output was made from."""
+def stale_inputs(plan: Plan, stage: Stage, rec: StageRecord | None, current: dict[str, tuple[str, str]]) -> list[str]:
+    """The upstream outputs whose tensors differ from those ``stage``'s finished output was made from (a record of
+    cml 0.1 holds the file's sha256: it matches either)."""
     if rec is None:
         return []
-    return [d for d in stage.depends if d in rec.inputs and current.get(d) is not None and current[d] != rec.inputs[d]]
+    return [d for d in stage.depends if d in rec.inputs and d in current and rec.inputs[d] not in current[d]]

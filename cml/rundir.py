@@ -59,6 +59,14 @@ def own_preset(preset_file: Path, run_dir: Path) -> bool:
         return False
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder cml made for a run: it holds a marker cml wrote (or, its marker deleted, cml's run.json)."""
+    try:
+        return owner_marker(folder) is not None or (not (folder / MARKER).exists() and read(RunSummary, folder / "run.json") is not None)
+    except OSError:
+        return False
+
+
 def owner_marker(run_dir: Path) -> RunMarker | None:
     """The folder's marker, when it is a file that holds a run id."""
     m = run_dir / MARKER
@@ -160,13 +168,29 @@ def _old_json(path: Path, keys: set[str]) -> bool:
 
 
 def mark(run_dir: Path) -> RunMarker:
-    """Claim a run folder (after check_run_dir, under the run lock); returns its marker."""
+    """Claim a run folder (after check_run_dir, under the run lock); returns its marker. A folder of a run whose marker
+    was deleted gets it back with the run's own id (from run.json, else a stage record): a new id would disown the
+    run's files."""
     existing = owner_marker(run_dir)
     if existing is not None:
         return existing
-    marker = RunMarker()
+    marker = RunMarker(run_id=earlier_run_id(run_dir)) if earlier_run_id(run_dir) else RunMarker()
     marker.write(run_dir / MARKER)
     return marker
+
+
+def earlier_run_id(run_dir: Path) -> str | None:
+    """The id of the run whose files the folder holds, from its run.json or its stages' records."""
+    from cml.records import StageRecord
+
+    summary = read(RunSummary, run_dir / "run.json")
+    if summary is not None:
+        return summary.run_id
+    for rec_path in sorted(run_dir.glob("*/record.json")):
+        rec = read(StageRecord, rec_path)
+        if rec is not None:
+            return rec.run_id
+    return None
 
 
 def ensure_inside(path: Path, run_dir: Path) -> None:

@@ -102,6 +102,40 @@ def nonfinite_tensors(path: Path, prefix: str = "") -> list[str]:
     return bad
 
 
+def file_and_content_sha256(path: Path) -> tuple[str, str]:
+    """(sha256 of the file's bytes, sha256 of its tensors: their table and bytes, metadata left out), in one read. The
+    content is what a later stage reads of the file: a copy machine model made again differs in its metadata
+    (modelspec.date) but not in it."""
+    import hashlib
+
+    table, start = layout(path)
+    whole, content = hashlib.sha256(), hashlib.sha256()
+    content.update(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+    with open(path, "rb") as f:
+        whole.update(f.read(start))
+        while chunk := f.read(1 << 24):
+            whole.update(chunk)
+            content.update(chunk)
+    return whole.hexdigest(), content.hexdigest()
+
+
+def addnet_hashes(path: Path, metadata: dict[str, str]) -> tuple[str, str] | None:
+    """``sshs_model_hash`` and ``sshs_legacy_hash`` of a LoRA with ``metadata``, as sd-scripts computes them
+    (train_util.precalculate_safetensors_hashes: the file serialised with its ss_* metadata only; A1111, Forge and
+    sd-webui-additional-networks show and record them). None for tensors numpy cannot hold (bf16)."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save
+
+    try:
+        tensors = load_file(str(path))
+    except (TypeError, ValueError):
+        return None
+    data = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    n = struct.unpack("<Q", data[:8])[0]
+    return hashlib.sha256(data[8 + n :]).hexdigest(), hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+
+
 def copy_with_header(src: Path, dst: Path, header: dict, appended: Iterable[bytes] = ()) -> None:
     """``src``'s tensor bytes, as they are, under ``header`` (its data offsets index those bytes, then ``appended``),
     written to ``dst`` atomically. The one place a safetensors header is written."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cml.model_files import UNET_PREFIX
+from cml.families import SD_DENOISER
 from cml.safetensors_file import all_finite, as_float32, layout, raw, tensors_f32
 
 
@@ -96,8 +96,9 @@ def _compare(k: str, im: dict, ib: dict, mm: mmap.mmap, om: int, mb: mmap.mmap, 
     return None, differs
 
 
-def validate_copy_machine(merged: Path, base: Path) -> dict:
-    """The copy machine model: loads, same U-Net keys as the base, differs from it in U-Net weights only.
+def validate_copy_machine(merged: Path, base: Path, prefix: str = SD_DENOISER) -> dict:
+    """The copy machine model: loads, holds the base's denoiser keys (those under ``prefix``: the U-Net's or the
+    DiT's), differs from the base in them only, and in at least one of them (else the copy LoRA was not merged).
 
     Tensors are compared in place through memory maps (two checkpoints of gigabytes, no copies).
     """
@@ -109,9 +110,9 @@ def validate_copy_machine(merged: Path, base: Path) -> dict:
     except Exception as e:
         raise ValidationFailed(f"merged checkpoint does not load: {e}") from None
     mk, bk = set(hm), set(hb)
-    missing = {k for k in bk if k.startswith(UNET_PREFIX)} - mk
+    missing = {k for k in bk if k.startswith(prefix)} - mk
     if missing:
-        raise ValidationFailed(f"merged checkpoint lacks {len(missing)} U-Net key(s) of the base, e.g. {sorted(missing)[0]}")
+        raise ValidationFailed(f"merged checkpoint lacks {len(missing)} denoiser key(s) of the base, e.g. {sorted(missing)[0]}")
     changed_unet, problem = 0, None
     with (
         open(merged, "rb") as fm,
@@ -123,13 +124,13 @@ def validate_copy_machine(merged: Path, base: Path) -> dict:
             problem, differs = _compare(k, hm[k], hb[k], mm, om, mb, ob)
             if problem:
                 break  # raised below: no array view may outlive the maps
-            if k.startswith(UNET_PREFIX):
+            if k.startswith(prefix):
                 changed_unet += differs
             elif differs:
-                problem = f"{k} (not U-Net) differs from the base: the merge touched more than the U-Net"
+                problem = f"{k} (not the denoiser's) differs from the base: the merge touched more than the U-Net or DiT"
                 break
     if problem:
         raise ValidationFailed(problem)
     if changed_unet == 0:
-        raise ValidationFailed("no U-Net weight differs from the base: the copy LoRA was not merged")
+        raise ValidationFailed("no denoiser weight differs from the base: the copy LoRA was not merged (a merge that matched none of its keys)")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}

@@ -64,6 +64,53 @@ def make_checkpoint(path: Path, family: str = "sd1", metadata: dict | None = Non
     return path
 
 
+# Keys that make a file pass for a family's base model or a [model_files] part (cml reads headers only): name -> shape.
+FAMILY_KEYS = {
+    "flux": {"double_blocks.0.img_attn.qkv.weight": (12, 4), "single_blocks.0.linear1.weight": (4, 4), "guidance_in.in_layer.bias": (4,)},
+    "chroma": {"distilled_guidance_layer.in_proj.weight": (4, 4), "double_blocks.0.img_attn.qkv.weight": (12, 4)},
+    "sd3": {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (12, 4), "first_stage_model.decoder.conv_in.weight": (4, 4)},
+    "lumina": {"cap_embedder.0.weight": (4,), "layers.0.attention.qkv.weight": (12, 4)},
+    "anima": {"net.llm_adapter.embed.weight": (4, 4), "net.blocks.0.self_attn.q_proj.weight": (4, 4)},
+    "hunyuan_image": {"byt5_in.fc1.weight": (4, 4), "double_blocks.0.img_attn_qkv.weight": (12, 4)},
+}
+PART_KEYS = {
+    "clip_l": {"text_model.encoder.layers.0.self_attn.q_proj.weight": (4, 4), "text_model.embeddings.token_embedding.weight": (8, 768)},
+    "clip_g": {"text_model.encoder.layers.0.self_attn.q_proj.weight": (4, 4), "text_model.embeddings.token_embedding.weight": (8, 1280)},
+    "t5xxl": {"encoder.block.0.layer.0.SelfAttention.q.weight": (4, 4)},
+    "ae": {"decoder.conv_in.weight": (4, 4), "encoder.conv_in.weight": (4, 4)},
+    "vae": {"decoder.conv_in.weight": (4, 4)},
+    "gemma2": {"model.layers.0.self_attn.q_proj.weight": (4, 4)},
+    "text_encoder": {"model.layers.0.self_attn.q_proj.weight": (4, 4)},
+    "byt5": {"encoder.block.0.layer.0.SelfAttention.q.weight": (4, 4)},
+}
+
+
+def small_file(path: Path, keys: dict) -> Path:
+    """A small safetensors file (random float16 tensors) with these keys: enough for cml, which reads headers."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    save_file({k: rng.standard_normal(shape).astype(np.float16) for k, shape in keys.items()}, str(path))
+    return path
+
+
+def dit_model(folder: Path, family: str) -> tuple[Path, dict[str, str]]:
+    """A DiT family's base model and the [model_files] it needs, as small files: (base, model_files)."""
+    from cml.families import FAMILIES
+
+    base = small_file(folder / f"{family}.safetensors", FAMILY_KEYS[family])
+    files = {}
+    for key in FAMILIES[family].files:
+        if key == "qwen3":
+            q = folder / "qwen3"
+            q.mkdir(exist_ok=True)
+            (q / "config.json").write_text('{"model_type": "qwen3"}')
+            files[key] = str(q)
+        else:
+            files[key] = str(small_file(folder / f"{key}.safetensors", PART_KEYS[key]))
+    return base, files
+
+
 def colourful(size=(96, 96)) -> Image.Image:
     w, h = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -88,11 +135,11 @@ def tokenizer_dir() -> Path:
     trainer never reads them). Tests that train for real use the demo's tokenizers (demo_assets)."""
     import tempfile
 
-    from cml.sdscripts.tokenizers import TOKENIZERS
+    from cml.families import FAMILIES
 
     root = Path(tempfile.gettempdir()) / "cml-test-tokenizers"
-    for ids in TOKENIZERS.values():
-        for model_id in ids:
+    for f in FAMILIES.values():
+        for model_id in f.tokenizers:
             (root / model_id.replace("/", "_")).mkdir(parents=True, exist_ok=True)
     return root
 

@@ -107,6 +107,7 @@ TABLE: dict[str, tuple[str | None, Conv]] = {
     "log_with": ("log_with", same),
     "logging_dir": ("logging_dir", same),
     "additional_parameters": (None, same),  # appended to the command line, see gui_to_options
+    "dynamo_backend": ("dynamo_backend", same),  # accelerate's field, written into the trainer's TOML too (lora_gui.py)
 }
 
 # Widget defaults of keys cml does not write, and what the builder emits for them (options that sd-scripts
@@ -129,6 +130,7 @@ GUI_DEFAULTS: dict[str, tuple[str, Any]] = {
     "network_args": ("network_args", []),
     "optimizer_args": ("optimizer_args", []),
     "lr_scheduler_args": ("lr_scheduler_args", []),
+    "dynamo_backend": ("dynamo_backend", "no"),  # class_accelerate_launch.py's default: sd-scripts then does not compile
 }
 
 # Options of cml's train.toml that no gui.json key can carry, with what the GUI does instead (run README says so).
@@ -137,6 +139,16 @@ NOT_EXPRESSIBLE = {
     "network_module": "cml trains with cml.sd_process.lora (networks.lora with the --base_weights fix and an exact, faster forward), the GUI with networks.lora",
     "base_weights_multiplier": "sd-scripts defaults each multiplier to 1.0, which is what cml writes",
 }
+
+
+def loaded_boxes(gui: dict, model_exists: bool, detected: str | None) -> dict[str, bool]:
+    """The family boxes after Load config: the GUI detects the family from the model file it names
+    (common_gui.set_pretrained_model_name_or_path_input, sd_modeltype.SDModelType: every box unticked for a file that
+    is not there), then its change event unticks v-parameterization when v2 and SDXL are both unticked
+    (class_source_model.toggle_checkboxes)."""
+    boxes = {"v2": detected == "sd2", "sdxl": detected == "sdxl"} if model_exists else {"v2": False, "sdxl": False}
+    boxes["v_parameterization"] = bool(gui.get("v_parameterization")) and (boxes["v2"] or boxes["sdxl"])
+    return boxes
 
 
 def gui_to_options(gui: dict) -> tuple[dict, list[str]]:

@@ -142,3 +142,46 @@ def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
 def random_sd2v_checkpoint(sd_scripts: Path, log=print) -> Path:
     """A randomly initialised SD2-architecture v-prediction checkpoint, fp16 (2.6 GB; ~30 s)."""
     return _cached_build("random-sd2v", "sd2v", "a random SD2-architecture v-prediction checkpoint (~30 s, 2.6 GB)", sd_scripts, log)
+
+
+TOY_VERSION = "1"  # bump when cml/sd_process/toy_models.py's toys change
+
+
+def toy_model(kind: str, sd_scripts: Path, log=print) -> Path:
+    """A folder of toy model files of a DiT family (cml/sd_process/toy_models.py: flux, flux-schnell, sd3, anima),
+    built once into the cache in a child process, for the tests."""
+    from cml.errors import StageFailed
+    from cml.runner import indented
+    from cml.sdscripts import SdScripts, python_env
+
+    out = cache_dir() / f"toy-{kind}-v{TOY_VERSION}"
+    if out.is_dir():
+        return out
+    log(f"building the {kind} toy model files (once): {out}")
+    part = out.with_name(out.name + ".part")
+    if part.exists():
+        import shutil
+
+        shutil.rmtree(part)
+    env = python_env(SdScripts(sd_scripts, None, "toy"))
+    p = subprocess.run([sys.executable, "-m", "cml.sd_process.toy_models", kind, str(part)], cwd=sd_scripts, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise StageFailed(f"building the {kind} toy failed (exit code {p.returncode})\n{indented((p.stdout + p.stderr).splitlines())}")
+    part.rename(out)
+    return out
+
+
+def toy_tokenizers(sd_scripts: Path) -> Path:
+    """The demo's CLIP tokenizers and a T5 tokenizer (sd-scripts' own configs/t5_old, under the hub id sd-scripts
+    looks for): a tokenizer_cache_dir for FLUX.1 and SD3 offline."""
+    import shutil
+
+    root = cache_dir() / f"toy-tokenizers-v{DEMO_VERSION}"
+    if not (root / "google_t5-v1_1-xxl" / "tokenizer.json").is_file():
+        part = root.with_name(root.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(tokenizer_dir(), part)
+        shutil.copytree(sd_scripts / "configs" / "t5_old", part / "google_t5-v1_1-xxl")
+        shutil.rmtree(root, ignore_errors=True)
+        part.rename(root)
+    return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from cml.cache import tokenizers_dir
+from cml.families import family
 from cml.plan import Plan, Role, Stage
 from cml.render.scripts import CML_NETWORK_MODULE
 from cml.render.train_config import mixed_precision, no_half_vae, zero_terminal_snr
@@ -45,33 +46,66 @@ def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
     return extra
 
 
+def has_gui(plan: Plan) -> bool:
+    """Whether cml writes gui.json for the plan's family: the SD families, whose GUI runs cml checks against the GUI's
+    own command builder (tests/kohya_gui.py)."""
+    return plan.inputs.family in GUI_FAMILIES
+
+
+GUI_FAMILIES = ("sd1", "sd2", "sdxl")
+
+
 def gui_problems(plan: Plan) -> list[str]:
     """Why a stage's gui.json would not give the same run in the kohya GUI; empty when it would."""
+    if not has_gui(plan):
+        return []
     out = []
     for st in plan.stages:
         if st.settings is None or st.role is Role.DIRECT:  # no gui.json for a direct stage
             continue
         bad = [a for a in gui_additional_parameters(plan, st) if not GUI_SAFE_ARG.fullmatch(a)]
         if bad:
+            paths = {p.as_posix() for p in st.base_weights}
+            fix = (
+                'a run folder whose path holds only those, or merge = "checkpoint" (no path in additional parameters)'
+                if bad[0] in paths
+                else "write that train.extra value with only those, or type it into the GUI's own field for it"
+            )
             out.append(
                 f"{st.name}/gui.json: the kohya GUI splits and quotes additional parameters, so {bad[0]!r} would not arrive intact "
-                "(use paths and values of only ASCII letters, digits and @%+=:,./- ; for a path, a run folder named so, "
-                'or merge = "checkpoint")'
+                f"(they must be ASCII letters, digits and @%+=:,./- only: {fix})"
+            )
+        if st.base_weights:
+            out.append(
+                f"{st.name}/gui.json: in the kohya GUI this stage trains more modules than cml's run (sd-scripts' networks.lora "
+                "with --base_weights also puts LoRA on every time_emb_proj: 684 keys instead of 576 on SD1.5), so its LoRA is "
+                'not the same; for GUI use, plan with merge = "checkpoint"'
             )
     return out
 
 
+# What the GUI's model detection (common_gui.set_pretrained_model_name_or_path_input, sd_modeltype.SDModelType) ticks
+# from a model file, and what a file that is not there yet (all boxes unticked) makes of the run.
+LOAD_ORDER = {
+    "sd2": ("v2 (and so v-parameterization)", "run the SD1 objective on an SD2 model"),
+    "sdxl": ("SDXL", "run the SD1 trainer"),
+}
+
+
 def gui_load_order(plan: Plan) -> list[str]:
     """When a stage's gui.json may be loaded: the GUI reads the model file it names to tick the model family, and
-    unticks SDXL for a file that does not exist yet (the copy machine model before the merge stage ran)."""
-    if plan.inputs.family != "sdxl" or plan.preset.merge != "checkpoint":
+    unticks every box for a file that does not exist yet (a copy machine model before its merge stage ran); with v2
+    unticked, its model-family change event unticks v-parameterization too (class_source_model.toggle_checkboxes)."""
+    if plan.inputs.family not in LOAD_ORDER or not has_gui(plan):
         return []
-    merged = plan.stage("merge").output.relative_to(plan.run_dir)
+    boxes, wrong = LOAD_ORDER[plan.inputs.family]
+    made = {s.output: s for s in plan.stages if s.kind == "merge"}
     return [
-        f"{st.name}/gui.json: load it in the kohya GUI only once {merged} exists (after the merge stage): the GUI ticks SDXL "
-        "from the model file it names, and unticks it for a file that is not there yet, which would run the SD1 trainer"
+        f"{st.name}/gui.json: load it in the kohya GUI only once {made[st.model].output.relative_to(plan.run_dir)} exists (after the "
+        f"{made[st.model].name} stage): the GUI ticks {boxes} from the model file it names, and unticks it for a file that is "
+        f"not there yet, which would {wrong}"
         for st in plan.stages
-        if st.settings is not None and st.model == plan.stage("merge").output
+        if st.settings is not None and st.role is not Role.DIRECT and st.model in made
     ]
 
 
@@ -114,6 +148,9 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
         "seed": s.seed,
         "mixed_precision": mixed_precision(stage),
         "xformers": "sdpa",  # GUI default "xformers"
+        # With --torch_compile sd-scripts compiles with --dynamo_backend (train_util.prepare_accelerator), and the GUI
+        # writes its accelerate field's value there, "no" by default: the GUI would train without compiling.
+        **({"dynamo_backend": "inductor"} if s.torch_compile else {}),
         "sdxl_no_half_vae": no_half_vae(plan, stage),
         "gradient_checkpointing": bool(s.gradient_checkpointing),
         "cache_latents": True,
@@ -130,6 +167,13 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
 
 def gui_note(plan: Plan) -> str:
     """What the kohya GUI cannot express of this run, for the run folder's README."""
+    if not has_gui(plan):
+        title = family(plan.inputs.family).title
+        return (
+            f"\n## In the kohya_ss GUI\n\nNo `gui.json` for {title}: cml writes GUI files only where it has checked that they give "
+            "the same run through the GUI's own code (SD1.x, SD2.x, SDXL). `train.toml` and `dataset.toml` run with "
+            f"`{family(plan.inputs.family).trainer}.py --config_file train.toml` (see `commands.sh`).\n"
+        )
     lines = [
         "",
         "## In the kohya_ss GUI",
@@ -143,13 +187,6 @@ def gui_note(plan: Plan) -> str:
     lines.append(
         f"- `network_module`: cml trains with `{CML_NETWORK_MODULE}` (sd-scripts' networks.lora, exactly faster, and fixed for "
         "`--base_weights`), the GUI with `networks.lora`: the same LoRA file either way."
-        + (
-            " In the in-memory diff stage, though, `gui.json` passes `--base_weights` in additional parameters, and plain "
-            "sd-scripts then also trains `time_emb_proj` modules (its networks.lora extends a shared module list): prefer "
-            '`merge = "checkpoint"` for GUI use.'
-            if plan.preset.merge == "in_memory"
-            else ""
-        )
     )
     if sd1_v_prediction(plan):
         lines.append(

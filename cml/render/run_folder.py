@@ -12,19 +12,24 @@ import tomli_w
 from cml.files import atomic_write
 from cml.images import save_png
 from cml.plan import Plan, Role, Stage
-from cml.render.gui import gui_json, gui_note
+from cml.render.gui import gui_json, gui_note, has_gui
 from cml.render.scripts import stage_argv
 from cml.render.train_config import dataset_toml, training_toml
 from cml.rundir import mark, remove_inside
 
+# Where commands.sh goes when cml found no sd-scripts: a folder the user names (a relative "sd-scripts" would mean
+# wherever the script is started from).
+SD_SCRIPTS_UNKNOWN = '"${CML_SD_SCRIPTS:?set CML_SD_SCRIPTS to your sd-scripts folder (cml setup --deps makes one)}"'
 
-def commands_sh(plan: Plan, sd_path: Path) -> str:
+
+def commands_sh(plan: Plan, sd_path: Path | None) -> str:
+    """The run's commands as a shell script; ``sd_path`` None: cml found no sd-scripts (CML_SD_SCRIPTS names it)."""
     lines = [
         "#!/usr/bin/env bash",
         "# The sd-scripts commands of this run, as cml runs them. Run from anywhere with sd-scripts' Python active.",
         "# cml writes each output under its stage's work/ folder, checks it, then moves it to its final name.",
         "set -euo pipefail",
-        f"cd {shlex.quote(str(sd_path))}",
+        f"cd {shlex.quote(str(sd_path)) if sd_path is not None else SD_SCRIPTS_UNKNOWN}",
         'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # networks/*.py import library/',
         "",
     ]
@@ -80,8 +85,9 @@ def stage_images(plan: Plan, stage: Stage) -> None:
                 remove_inside(entry, plan.run_dir)
 
 
-def render(plan: Plan, sd_path: Path) -> list[Path]:
-    """Write every kohya file of the plan into the run folder. Returns the files written."""
+def render(plan: Plan, sd_path: Path | None) -> list[Path]:
+    """Write every kohya file of the plan into the run folder (``sd_path`` None: sd-scripts not found). Returns the
+    files written."""
     written = []
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     mark(plan.run_dir)
@@ -92,13 +98,16 @@ def render(plan: Plan, sd_path: Path) -> list[Path]:
             files = [("dataset.toml", tomli_w.dumps(dataset_toml(st))), ("train.toml", tomli_w.dumps(training_toml(plan, st)))]
             if st.role is Role.DIRECT:  # the GUI cannot run cml's trainer: no gui.json (the run's README says so)
                 files.append(("dataset_a.toml", tomli_w.dumps(dataset_toml(st, st.images_a_dir))))
-            else:
+            elif has_gui(plan):
                 files.append(("gui.json", json.dumps(gui_json(plan, st), indent=2, ensure_ascii=False) + "\n"))
             for name, text in files:
                 write_file(st.dir / name, text)
                 written.append(st.dir / name)
         else:
-            write_file(st.dir / "command.json", json.dumps({"cwd": str(sd_path), "argv": stage_argv(plan, st)}, indent=2, ensure_ascii=False) + "\n")
+            write_file(
+                st.dir / "command.json",
+                json.dumps({"cwd": str(sd_path) if sd_path is not None else None, "argv": stage_argv(plan, st)}, indent=2, ensure_ascii=False) + "\n",
+            )
             written.append(st.dir / "command.json")
     write_file(plan.run_dir / "commands.sh", commands_sh(plan, sd_path))
     write_file(plan.run_dir / "preset.toml", tomli_w.dumps(plan.preset.to_toml_dict()))

@@ -5,14 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cml.families import family
 from cml.plan import Plan, Role, Stage
 from cml.policy import merge_precision
 
-SCRIPTS = {
-    "sd1": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
-    "sd2": {"train": "train_network.py", "merge": "networks/merge_lora.py", "gen": "gen_img.py"},
-    "sdxl": {"train": "sdxl_train_network.py", "merge": "networks/sdxl_merge_lora.py", "gen": "sdxl_gen_img.py"},
-}
 RESIZE_SCRIPT = "networks/resize_lora.py"
 NETWORK_MODULE = "networks.lora"
 # networks.lora with the --base_weights module-list fix and an exact, faster forward (see cml/sd_process/lora.py).
@@ -21,14 +17,22 @@ CML_NETWORK_MODULE = "cml.sd_process.lora"
 CML_TRAINER = "cml.sd_process.train"
 # sd-scripts' generators, loading SD1/SD2 models without drawing random weights first (see cml/sd_process/gen.py).
 CML_GEN = "cml.sd_process.gen"
+# A family's checkpoint merge where sd-scripts has no script: its own library functions, in a child (cml/sd_process/merge.py).
+CML_MERGE = "cml.sd_process.merge"
+
+
+def trainer(plan: Plan) -> str:
+    """The family's sd-scripts trainer, as a module name (train_network, flux_train_network, ...)."""
+    return family(plan.inputs.family).trainer
 
 
 def gen_command(plan: Plan) -> list[str]:
-    """The check's generator for the plan's family: through cml's runner where the exact speed-ups are on."""
-    script = SCRIPTS[plan.inputs.family]["gen"]
+    """The check's generator for an SD family: gen_img.py / sdxl_gen_img.py, through cml's runner where the exact
+    speed-ups are on."""
+    script = family(plan.inputs.family).generator
     if plan.preset.speedups:
-        return [sys.executable, "-m", CML_GEN, script.removesuffix(".py")]
-    return [sys.executable, script]
+        return [sys.executable, "-m", CML_GEN, script]
+    return [sys.executable, f"{script}.py"]
 
 
 def save_precision(plan: Plan) -> str:
@@ -45,17 +49,17 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
             d = plan.preset.direct(stage.target or "")
             direct = ["--cml_direct_a", str(stage.dir / "dataset_a.toml"), "--cml_direct_multiplier", f"{d.multiplier}"]
             direct += ["--cml_direct_timesteps", f"{d.timesteps[0]},{d.timesteps[1]}"]
-            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *direct, *config]
+            return [sys.executable, "-m", CML_TRAINER, trainer(plan), *direct, *config]
         if plan.preset.speedups:
-            return [sys.executable, "-m", CML_TRAINER, SCRIPTS[fam]["train"].removesuffix(".py"), *config]
-        return [sys.executable, SCRIPTS[fam]["train"], *config]
+            return [sys.executable, "-m", CML_TRAINER, trainer(plan), *config]
+        return [sys.executable, f"{trainer(plan)}.py", *config]
     if stage.kind == "slider":
         # LoRA into LoRA: ratio r scales lora_down by r and lora_up by |r| (r acts as sign(r) r^2), and --concat stacks
         # the ranks under the first LoRA's alpha, halving alpha / rank: ratios 1 and -1 give (L_ab - L_ba) / 2.
         ab, ba = (plan.stage(d).output for d in stage.depends)
         return [
             sys.executable,
-            SCRIPTS[fam]["merge"],
+            str(family(fam).lora_merge_script),
             "--models",
             str(ab),
             str(ba),
@@ -73,7 +77,15 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     if stage.kind == "merge":
         copy = plan.stage(stage.depends[0])
         prec = merge_precision(plan.preset, plan.inputs)
-        argv = [sys.executable, SCRIPTS[fam]["merge"]]
+        out = str(stage.work_dir / stage.output.name)
+        script = family(fam).merge_script
+        if script is None:  # no script in sd-scripts: its library functions, in cml's child (cml/sd_process/merge.py)
+            return [sys.executable, "-m", CML_MERGE, fam, "--base", str(stage.model), "--lora", str(copy.output), "--save_to", out]
+        if fam == "flux":
+            # flux_merge_lora.py: the DiT alone (the text encoders are not trained), in the base's own precision
+            argv = [sys.executable, script, "--flux_model", str(stage.model), "--models", str(copy.output), "--ratios", "1.0", "--save_to", out]
+            return [*argv, "--precision", prec, "--save_precision", save_precision(plan)]
+        argv = [sys.executable, script]
         if fam == "sd2":
             argv.append("--v2")
         argv += [
@@ -111,6 +123,6 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
 
 def script_label(argv: list[str]) -> str:
     """The sd-scripts script a stage's argv runs, for messages: "train_network.py", also when cml's trainer runs it."""
-    if argv[1:2] == ["-m"] and argv[2] == CML_TRAINER:
-        return f"{argv[3]}.py"
+    if argv[1:2] == ["-m"]:
+        return f"{argv[3]}.py" if argv[2] in (CML_TRAINER, CML_GEN) else f"{argv[2]} {argv[3]}"
     return Path(argv[1]).name

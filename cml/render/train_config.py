@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cml.cache import tokenizers_dir
 from cml.errors import InputError
+from cml.families import FAMILIES, family
 from cml.plan import Plan, Stage
 from cml.render.scripts import CML_NETWORK_MODULE, NETWORK_MODULE
 
@@ -44,6 +45,7 @@ CONDITIONAL = frozenset(
         "torch_compile",
         "base_weights",
         "base_weights_multiplier",
+        *(key for f in FAMILIES.values() for key in f.files),
     }
 )
 
@@ -110,14 +112,19 @@ def refuse_managed_extra(plan: Plan) -> None:
 
 
 def training_toml(plan: Plan, stage: Stage) -> dict:
-    """train.toml: the options cml manages, then train.extra (refuse_managed_extra has checked it cannot clash)."""
-    return {**managed_options(plan, stage), **stage.train.extra}
+    """train.toml: the options cml manages, the family's recipe flags (sd-scripts' documented settings, cml/families.py),
+    then train.extra, which may change a recipe flag but no option cml manages (refuse_managed_extra has checked)."""
+    return {**managed_options(plan, stage), **family(plan.inputs.family).recipe, **stage.train.extra}
 
 
 def network_module(plan: Plan, stage: Stage) -> str:
-    """cml's networks.lora (the --base_weights fix; an exact, faster forward) where speed-ups are on or the fix is
-    needed; sd-scripts' own otherwise. Either way the file written is a plain networks.lora LoRA."""
-    return CML_NETWORK_MODULE if plan.preset.speedups or stage.base_weights else NETWORK_MODULE
+    """The family's LoRA module (cml/families.py). For networks.lora (SD1/SD2/SDXL): cml's (the --base_weights fix; an
+    exact, faster forward) where speed-ups are on or the fix is needed; either way the file written is a plain
+    networks.lora LoRA."""
+    own = family(plan.inputs.family).network_module
+    if own == NETWORK_MODULE and (plan.preset.speedups or stage.base_weights):
+        return CML_NETWORK_MODULE
+    return own
 
 
 def managed_options(plan: Plan, stage: Stage) -> dict:
@@ -151,12 +158,15 @@ def managed_options(plan: Plan, stage: Stage) -> dict:
         "log_with": "tensorboard",
         "tokenizer_cache_dir": str(plan.preset.tokenizer_cache_dir or tokenizers_dir()),
     }
+    f = family(fam)
+    for key, path in plan.inputs.model_files.items():  # the family's other files: its trainer's options of those names
+        cfg[key] = str(path)
     if fam == "sd2":
         cfg["v2"] = True
     if plan.inputs.v_parameterization:
         cfg["v_parameterization"] = True
-    if fam == "sdxl":
-        cfg["cache_text_encoder_outputs"] = True  # U-Net only: the text encoders never change
+    if f.text_encoder_cache:
+        cfg["cache_text_encoder_outputs"] = True  # U-Net (DiT) only: the text encoders never change
     if no_half_vae(plan, stage):
         cfg["no_half_vae"] = True
     if s.torch_compile:

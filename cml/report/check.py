@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from cml.errors import InputError
+from cml.families import family
 from cml.plan import Plan, Role, Stage
 from cml.records import CheckMetrics, StageRecord, read
 from cml.report.figures import grid, loss_plot
@@ -151,7 +152,11 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     copy = copy_st.output
     copy_imgs = [images[Job("", s, muls(loras, {copy: 1.0}))] for s in seeds]
     base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] if with_base else None for s in seeds]
-    ref_path = vae_roundtrip(plan, sd, copy_imgs[0].width, mode)
+    if family(plan.inputs.family).generator == "trainer":  # a DiT family: no VAE round trip through sd-scripts' SD loader
+        ref_path = plan.run_dir / "check" / "a.png"
+        plan.inputs.source[0].image.convert("RGB").resize(copy_imgs[0].size, Image.Resampling.LANCZOS).save(ref_path)
+    else:
+        ref_path = vae_roundtrip(plan, sd, copy_imgs[0].width, mode)
     ref = Image.open(ref_path).convert("RGB")
     a = plan.inputs.source[0].image
     rows, scores = [], []

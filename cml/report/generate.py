@@ -7,6 +7,7 @@ gen_img batches those with equal multipliers.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -17,10 +18,11 @@ from PIL import Image
 
 from cml.cache import VAE_ROUNDTRIP, tokenizers_dir
 from cml.errors import StageFailed
+from cml.families import family
 from cml.images import pixel_sha256
 from cml.model_files import model_identity
-from cml.plan import Plan
-from cml.render.scripts import NETWORK_MODULE, SCRIPTS, gen_command
+from cml.plan import Plan, Role
+from cml.render.scripts import NETWORK_MODULE, gen_command
 from cml.runner import indented, run_logged
 from cml.safetensors_file import write_reshaped
 from cml.sdscripts import SdScripts, python_env
@@ -40,8 +42,15 @@ class Job:
     muls: tuple[float, ...]
 
 
+def gen_img_number(m: float) -> str:
+    """A weight as gen_img.py's "--am" reads it ("[\\d.\\-,]+": no exponent, so 1e-05 would be read as 1):
+    fixed-point, at most 6 decimals (check.weights allows no more)."""
+    text = f"{m:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 def prompt_line(job: Job) -> str:
-    muls = ",".join(f"{m}" for m in job.muls)
+    muls = ",".join(gen_img_number(m) for m in job.muls)
     return f"{job.prompt.strip() or EMPTY_PROMPT} --d {job.seed} --am {muls}"
 
 
@@ -106,21 +115,61 @@ def loras_for_generator(plan: Plan, loras: list[Path], work: Path) -> list[Path]
     return out
 
 
+def sample_with_trainer(plan: Plan, sd: SdScripts, work: Path, model: Path, loras: list[Path], order: list[Job], mode: str) -> list[Path]:
+    """The images of a DiT family, drawn by its own trainer's sampling (cml/sd_process/sample.py): one process that
+    loads ``model`` as the copy stage does and draws every job with ``loras`` at the job's multipliers."""
+    import tomli_w
+
+    from cml.render.scripts import CML_TRAINER, trainer
+    from cml.render.train_config import managed_options
+
+    c, f = plan.preset.check, family(plan.inputs.family)
+    copy = next(s for s in plan.stages if s.role is Role.COPY and not s.reverse)
+    size = c.resolution or plan.preset.train.resolution
+    files = [work / f"im_{i:05d}.png" for i in range(len(order))]
+    jobs = {
+        "loras": [str(p) for p in loras],
+        "prompt": {"width": size, "height": size, "sample_steps": c.sampling_steps, f.guidance: c.guidance_scale},
+        "jobs": [{"prompt": j.prompt, "seed": j.seed, "muls": list(j.muls), "out": str(out)} for j, out in zip(order, files)],
+    }
+    (work / "jobs.json").write_text(json.dumps(jobs, indent=1), encoding="utf-8")
+    options = {k: v for k, v in managed_options(plan, copy).items() if k not in ("base_weights", "base_weights_multiplier")}
+    extra = {k: v for k, v in copy.train.extra.items() if not k.startswith(("sample", "save_every"))}
+    options |= extra | {"pretrained_model_name_or_path": str(model), "output_dir": str(work / "out"), "output_name": "check"}
+    options |= {"logging_dir": str(work / "logs"), "sample_prompts": str(prompts_file(jobs, work)), "sample_at_first": True, "max_train_steps": 1}
+    (work / "check.toml").write_text(tomli_w.dumps(options), encoding="utf-8")
+    argv = [sys.executable, "-m", CML_TRAINER, trainer(plan), "--cml_sample", str(work / "jobs.json"), "--config_file", str(work / "check.toml")]
+    res = run_logged(argv, sd.path, python_env(sd), work / "log.txt", stream=mode == "verbose")
+    if res.returncode != 0:
+        raise StageFailed(f"check: {trainer(plan)}.py's sampling exited with code {res.returncode}\n{indented(res.tail)}\n  full log: {work / 'log.txt'}")
+    return files
+
+
+def prompts_file(jobs: dict, folder: Path) -> Path:
+    """sd-scripts' JSON prompt file of every distinct prompt: the trainer caches their text encoders' outputs."""
+    path = folder / "prompts.json"
+    distinct = list(dict.fromkeys(j["prompt"] for j in jobs["jobs"]))
+    path.write_text(json.dumps([{**jobs["prompt"], "prompt": p} for p in distinct]), encoding="utf-8")
+    return path
+
+
 def generate(plan: Plan, sd: SdScripts, name: str, model: Path, loras: list[Path], jobs: list[Job], mode: str) -> dict[Job, Image.Image]:
-    """One gen_img run on ``model`` with ``loras`` loaded; the image of each job."""
+    """One generator run on ``model`` with ``loras`` loaded (gen_img.py, or a DiT family's trainer); each job's image."""
     work = plan.run_dir / "check" / "gen" / name
     if work.exists():
         for old in work.glob("im_*.png"):
             old.unlink()
     work.mkdir(parents=True, exist_ok=True)
     order = sorted(set(jobs), key=lambda j: (j.muls, j.prompt, j.seed))  # equal multipliers together: gen_img batches them
+    if family(plan.inputs.family).generator == "trainer":
+        return {j: Image.open(f).convert("RGB") for j, f in zip(order, sample_with_trainer(plan, sd, work, model, loras, order, mode))}
     prompts = work / "prompts.txt"
     prompts.write_text("\n".join(prompt_line(j) for j in order) + "\n", encoding="utf-8")
     argv = gen_argv(plan, model, loras_for_generator(plan, loras, work), prompts, work)
     res = run_logged(argv, sd.path, python_env(sd), work / "log.txt", stream=mode == "verbose")
     if res.returncode != 0:
         tail = indented(res.tail)
-        raise StageFailed(f"check: {SCRIPTS[plan.inputs.family]['gen']} exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
+        raise StageFailed(f"check: {family(plan.inputs.family).generator}.py exited with code {res.returncode}\n{tail}\n  full log: {work / 'log.txt'}")
     files = sorted(work.glob("im_*.png"))
     if len(files) != len(order):
         raise StageFailed(f"check: expected {len(order)} images from the generator, found {len(files)}", fix=f"see {work / 'log.txt'}")

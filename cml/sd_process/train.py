@@ -3,7 +3,8 @@
     python -m cml.sd_process.train SCRIPT [--cml_direct_a DATASET_A.toml --cml_direct_multiplier W
         --cml_direct_timesteps MIN,MAX] --config_file train.toml
 
-SCRIPT is the family's trainer (train_network, sdxl_train_network, flux_train_network, ...). Runs in sd-scripts'
+SCRIPT is the family's trainer (train_network, sdxl_train_network, flux_train_network, ...); with ``--cml_sample
+JOBS.json`` it draws the check's images instead of training (cml/sd_process/sample.py). Runs in sd-scripts'
 folder with its Python (sd-scripts on the path), started the way the script's own ``__main__`` starts it, with the
 trainer class composed by cml/sd_process/trainer.py and cml's patches (cml/sd_process/patches.py), each giving the
 same LoRA bit for bit (tests/sdscripts/test_speedups.py trains both ways and compares). With ``--cml_direct_*`` it
@@ -12,7 +13,9 @@ trains the direct method (cml/sd_process/direct.py).
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from cml.sd_process import patches
 from cml.sd_process.direct import DirectStep
@@ -67,13 +70,23 @@ def main(argv: list[str]) -> int:
     if profiler is not None and patches.applies("hook-step-start"):
         concerns.insert(0, Profiling)
         attributes["cml_profiler"] = profiler
+    if "sample" in opts:  # the check's images (cml/sd_process/sample.py): the trainer draws them, then stops
+        from cml.sd_process.sample import CheckSampling
+
+        concerns.insert(0, CheckSampling)
+        attributes["cml_sample"] = json.loads(Path(opts["sample"]).read_text(encoding="utf-8"))
     trainer = compose(module, script, concerns, attributes)
     patches.patch_model_hash()
     patches.patch_model_load(exact=True)
     optimizer = str(getattr(args, "optimizer_type", "") or "").lower()
     if "8bit" in optimizer or optimizer.startswith("paged"):
         patches.patch_8bit_optimizers()
-    trainer().train(args)
+    from cml.sd_process.sample import SamplingDone
+
+    try:
+        trainer().train(args)
+    except SamplingDone:
+        pass
     return 0
 
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from cml import PINNED_SD_SCRIPTS_COMMIT
-from cml.errors import CmlError
+from cml.errors import CmlError, InputError
 from cml.paths import checkout_root, data_dir, submodule
 from cml.sdscripts.lookup import ENTRY_SCRIPTS, SdScripts, candidates, git, is_checkout, locate, read_commit
 
@@ -39,11 +39,11 @@ def checkout_pinned(repo: Path, fetch_from: str | None = None) -> list[str]:
         git(["fetch", "--quiet", fetch_from, PINNED_SD_SCRIPTS_COMMIT], cwd=repo, timeout=300, check=False)
         have = git(["cat-file", "-e", f"{PINNED_SD_SCRIPTS_COMMIT}^{{commit}}"], cwd=repo, check=False, timeout=30)
     if have.returncode != 0:
-        raise CmlError(f"the source does not hold the pinned commit {PINNED_SD_SCRIPTS_COMMIT}", fix="give a newer sd-scripts clone or snapshot")
+        raise InputError(f"the source does not hold the pinned commit {PINNED_SD_SCRIPTS_COMMIT}", "--source", "give a newer sd-scripts clone or snapshot")
     missing = _missing_blobs(repo, PINNED_SD_SCRIPTS_COMMIT)
     needed = [m for m in missing if m.startswith(NEEDED_PREFIXES)]
     if needed:
-        raise CmlError(f"the source lacks files cml needs: {', '.join(needed[:5])}", fix="give a complete sd-scripts source")
+        raise InputError(f"the source lacks files cml needs: {', '.join(needed[:5])}", "--source", "give a complete sd-scripts source")
     patterns = ["/*", *(f"!{p}" for p in SPARSE_EXCLUDES), *(f"!/{m}" for m in missing)]
     git(["config", "core.sparseCheckout", "true"], cwd=repo)
     # Written directly: `git sparse-checkout set` would first try to check out the default branch.
@@ -85,7 +85,14 @@ def setup(source: str | None = None, log=print) -> SdScripts:
     part.parent.mkdir(parents=True, exist_ok=True)
     log(f"cloning sd-scripts from {source} into {dest} ...")
     try:
-        git(["clone", "--quiet", "--no-checkout", source, str(part)], timeout=600)
+        clone = git(["clone", "--quiet", "--no-checkout", source, str(part)], timeout=600, check=False)
+        if clone.returncode != 0:
+            why = (clone.stderr.strip().splitlines() or [f"git exited with {clone.returncode}"])[-1].removeprefix("fatal: ")
+            raise InputError(
+                f"sd-scripts cannot be cloned from {source} ({why})",
+                "--source",
+                "give the path of a local sd-scripts clone or snapshot, or its URL (it must hold commit 48d368fa)",
+            )
         left_out = checkout_pinned(part, fetch_from=source)
     except subprocess.TimeoutExpired:
         shutil.rmtree(part, ignore_errors=True)

@@ -6,14 +6,8 @@ import os
 from pathlib import Path
 
 from cml.errors import InputError
+from cml.families import FAMILIES
 
-# The tokenizers sd-scripts loads per family (library/strategy_sd.py, strategy_sdxl.py at the pinned commit), from
-# tokenizer_cache_dir/<id with "/" as "_"> when there, else from the Hugging Face hub (then saved to the cache).
-TOKENIZERS = {
-    "sd1": ("openai/clip-vit-large-patch14",),
-    "sd2": ("stabilityai/stable-diffusion-2",),
-    "sdxl": ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
-}
 HUB_HOST = "huggingface.co"
 
 
@@ -33,7 +27,7 @@ def missing_tokenizers(family: str, cache_dir: Path) -> list[str]:
     """Tokenizers sd-scripts would have to download: in neither tokenizer_cache_dir nor the hub's own cache."""
     hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
     out = []
-    for model_id in TOKENIZERS[family]:
+    for model_id in FAMILIES[family].tokenizers:
         if (cache_dir / model_id.replace("/", "_")).is_dir():
             continue
         if (hub / f"models--{model_id.replace('/', '--')}" / "snapshots").is_dir():

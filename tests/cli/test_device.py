@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from tests.conftest import ROOT, make_checkpoint, run_cml
-from tests.unit.test_device import A100, FAKE, OLD_DRIVER, RTX2080, fake_caches_in_tmp, fake_env  # noqa: F401  (an autouse fixture)
+from tests.fake_gpu_env import A100, FAKE, OLD_DRIVER, RTX2080, fake_caches_in_tmp, fake_env  # noqa: F401  (fake_caches_in_tmp: autouse)
 
 
 def test_unusable_gpu_refuses_the_run_and_doctor_exits_1(write_preset, fake_sd, tmp_path):

@@ -105,7 +105,7 @@ def test_check_models_must_exist_and_be_checkpoints(write_preset, tmp_path):
     assert r.returncode == 2 and "check.models[0]" in r.stderr and "model not found" in r.stderr
     xl = make_checkpoint(tmp_path / "xl.safetensors", "sdxl")
     r = run_cml("plan", str(write_preset(check={"models": [str(xl)]})))
-    assert r.returncode == 2 and "the check model is sdxl but the LoRAs are trained on sd1" in r.stderr
+    assert r.returncode == 2 and "the check model is SDXL but the LoRAs are trained on SD1.x" in r.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -29,6 +29,12 @@ def fake(tmp_path, fake_sd):
     return run
 
 
+def content(path: Path) -> str:
+    from cml.safetensors_file import file_and_content_sha256
+
+    return file_and_content_sha256(path)[1]
+
+
 def one_line_exit_2(r, what: str) -> None:
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("cml: error:")]
     assert r.returncode == 2 and len(errors) == 1 and what in errors[0], r.stderr
@@ -234,7 +240,7 @@ def test_a_lost_copy_machine_model_is_made_again_and_the_diff_loras_are_kept(wri
     assert fake(str(p)).returncode == 0
     run = tmp_path / "runs" / "t"
     cm = run / "merge" / "copy_machine.safetensors"
-    sha = hashlib.sha256(cm.read_bytes()).hexdigest()
+    before = content(cm)
     diffs = {t: (run / f"diff-{t}" / f"{t}.safetensors").read_bytes() for t in ("g", "i")}
     if damage == "deleted":
         cm.unlink()  # to save disk
@@ -245,7 +251,7 @@ def test_a_lost_copy_machine_model_is_made_again_and_the_diff_loras_are_kept(wri
     r = fake(str(p))  # no --force needed: nothing finished is replaced
     assert r.returncode == 0, r.stderr
     assert r.calls == ["merge"]
-    assert hashlib.sha256(cm.read_bytes()).hexdigest() == sha  # byte-identical: the merge is deterministic
+    assert content(cm) == before  # the same tensors (the merge is deterministic); its metadata's date is new
     assert {t: (run / f"diff-{t}" / f"{t}.safetensors").read_bytes() for t in ("g", "i")} == diffs
     assert "[3/4] diff-g: up to date, skipped" in r.stderr
 
@@ -372,13 +378,14 @@ def test_a_malformed_record_is_named_and_its_output_checked_again(write_preset, 
 
 
 def test_a_malformed_hash_cache_is_rebuilt(write_preset, fake):
+    from cml.cache import SHA256
     from cml.paths import cache_root
 
     cache = cache_root() / "sha256.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text("{broken")
     assert fake(str(write_preset()), cmd="plan").returncode == 0
-    assert json.loads(cache.read_text())["version"] == 2
+    assert json.loads(cache.read_text())["version"] == SHA256.version
 
 
 def test_a_base_model_changed_in_place_with_size_and_mtime_restored_is_hashed_again(write_preset, fake, ckpt):
@@ -391,3 +398,122 @@ def test_a_base_model_changed_in_place_with_size_and_mtime_restored_is_hashed_ag
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     r = fake(str(p))
     assert r.returncode == 2 and "copy/copy.safetensors (made from other settings or inputs)" in r.stderr
+
+
+def test_the_check_after_a_run_writes_under_the_runs_lock(write_preset, tmp_path, fake):
+    probe = tmp_path / "probe.txt"
+    r = fake(str(write_preset(check={"enabled": True, "weights": [0.0, 1.0], "seeds": [1], "prompts": [""]})), env={"FAKE_LOCK_PROBE": str(probe)})
+    assert r.returncode == 0, r.stderr
+    assert probe.read_text().split() and set(probe.read_text().split()) == {"True"}  # every generator run found it held
+
+
+@pytest.mark.parametrize("damage", ["metadata edited", "record size", "record deleted"])
+def test_an_intact_lora_whose_record_disagrees_is_kept_and_its_record_made_again(write_preset, tmp_path, fake, damage):
+    from cml.safetensors_file import add_metadata
+
+    p = write_preset()
+    assert fake(str(p)).returncode == 0
+    run = tmp_path / "runs" / "t"
+    lora, rec = run / "diff-grayscale" / "grayscale.safetensors", run / "diff-grayscale" / "record.json"
+    if damage == "metadata edited":
+        tmp = tmp_path / "edited.safetensors"
+        add_metadata(lora, tmp, {"ss_tag_frequency": "{}"})
+        tmp.replace(lora)
+    elif damage == "record size":
+        data = json.loads(rec.read_text())
+        rec.write_text(json.dumps(data | {"output_size": data["output_size"] + 7}))
+    else:
+        rec.unlink()
+    kept = content(lora)
+    r = fake(str(p))  # no --force: nothing finished is replaced
+    assert r.returncode == 0, r.stderr
+    assert "diff-grayscale" not in r.calls and content(lora) == kept
+    assert json.loads(rec.read_text())["output_sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest()
+
+
+def test_two_loras_swapped_are_not_replaced_without_force(write_preset, tmp_path, fake):
+    p = write_preset(targets={"g": {"transform": "grayscale"}, "i": {"transform": "invert"}})
+    assert fake(str(p)).returncode == 0
+    run = tmp_path / "runs" / "t"
+    g, i = run / "diff-g" / "g.safetensors", run / "diff-i" / "i.safetensors"
+    gb, ib = g.read_bytes(), i.read_bytes()
+    g.write_bytes(ib)
+    i.write_bytes(gb)
+    r = fake(str(p))
+    one_line_exit_2(r, "this would replace finished work")
+    assert "diff-g/g.safetensors (made from other settings or inputs)" in r.stderr and r.calls == []
+
+
+def test_a_deleted_marker_does_not_lock_the_user_out_of_the_run(write_preset, tmp_path, fake):
+    p = write_preset()
+    assert fake(str(p)).returncode == 0
+    run = tmp_path / "runs" / "t"
+    (run / ".cml-run").unlink()
+    assert fake(str(p), cmd="plan").returncode == 0
+    again = fake(str(p))
+    assert again.returncode == 0 and again.calls == [], again.stderr
+    assert fake(str(run), cmd="check").returncode == 0
+
+
+def test_a_moved_run_folder_is_worked_on_where_it_is_now(write_preset, tmp_path, fake):
+    p = write_preset()
+    assert fake(str(p)).returncode == 0
+    moved = tmp_path / "elsewhere" / "t2"
+    moved.parent.mkdir()
+    (tmp_path / "runs" / "t").rename(moved)
+    r = fake(str(moved / "preset.toml"))
+    assert r.returncode == 0 and r.calls == [], r.stderr  # up to date where it is now
+    assert not (tmp_path / "runs" / "t").exists()  # nothing written at its old place
+    assert fake(str(moved / "preset.toml"), cmd="plan").returncode == 0 and not (tmp_path / "runs" / "t").exists()
+
+
+@pytest.mark.parametrize("odd", ["lora is a folder", "record is a folder", "images is a file"])
+def test_odd_entries_in_a_stage_folder_are_named_before_anything_runs(write_preset, tmp_path, fake, odd):
+    import shutil
+
+    p = write_preset()
+    assert fake(str(p)).returncode == 0
+    st = tmp_path / "runs" / "t" / "diff-grayscale"
+    name = {"lora is a folder": "grayscale.safetensors", "record is a folder": "record.json", "images is a file": "images"}[odd]
+    path = st / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.mkdir() if odd != "images is a file" else path.write_text("x")
+    r = fake(str(p), "--force")
+    one_line_exit_2(r, f"diff-grayscale/{name} is a")
+    assert r.calls == []
+
+
+def test_a_refused_from_leaves_no_folder_behind(write_preset, tmp_path, fake):
+    r = fake(str(write_preset()), "--from", "nosuch")
+    one_line_exit_2(r, "--from 'nosuch' is not a stage of this run")
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_plan_over_a_finished_run_names_the_work_made_from_other_settings(write_preset, tmp_path, fake):
+    assert fake(str(write_preset())).returncode == 0
+    r = fake(str(write_preset(train={"steps": 4, "resolution": 64})), cmd="plan")
+    assert r.returncode == 0 and "diff-grayscale/grayscale.safetensors was made from other settings than this plan's" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "top, message",
+    [
+        ({"source": "~nosuchuser_cml/a.png"}, "write the path out in full"),
+        ({"train": {"steps": 3, "resolution": 64, "extra": {"noise_offset": 2**70}}}, "beyond 64 bits"),
+        ({"check": {"seeds": [2**40]}}, "check.seeds.0"),
+        ({"targets": {"x": {"transform": "grayscale", "symmetric": True}, "x_slider": {"transform": "invert"}}}, "named x_slider, as target"),
+        (
+            {"targets": {"g": {"transform": "grayscale", "method": "direct", "steps": 80}}, "train": {"warmup_steps": 100, "steps": 500}},
+            "warmup_steps (100) must be below steps (80)",
+        ),
+    ],
+)
+def test_values_that_would_break_later_are_refused_now(write_preset, fake, top, message):
+    r = fake(str(write_preset(**top)))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_preset_nested_too_deep_is_one_line(tmp_path, fake):
+    p = tmp_path / "deep.toml"
+    p.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    one_line_exit_2(fake(str(p)), "nest too deep")

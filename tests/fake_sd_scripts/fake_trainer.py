@@ -126,7 +126,7 @@ def main(script: str, via: str = "") -> int:
         for k in sd:
             if k.startswith("model.diffusion_model."):
                 sd[k] = sd[k] + 1 + salt
-        save_file(sd, str(out))
+        save_file(sd, str(out), {"modelspec.date": str(time.time())})  # as sd-scripts' merge: a new date each time
     else:  # resize_lora.py
         rank = int(arg("--new_rank"))
         save_file(lora(rank, float(rank), 0.02), str(out))

@@ -23,9 +23,29 @@ def setup_parser():
     return Parser()
 
 
+def lock_probe(out: Path) -> None:
+    """FAKE_LOCK_PROBE: write whether the run folder's lock is held (by another process) while the generator runs."""
+    import fcntl
+    import os
+
+    probe = os.environ.get("FAKE_LOCK_PROBE")
+    if not probe:
+        return
+    with open(out.parents[2] / ".cml.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+            fcntl.flock(f, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held = True
+    with open(probe, "a") as f:
+        f.write(f"{held}\n")
+
+
 def main(argv):
     size = int(arg(argv, "--W"))
     out = Path(arg(argv, "--outdir"))
+    lock_probe(out)
     lines = [ln for ln in Path(arg(argv, "--from_file")).read_text().splitlines() if ln.strip()]
     nets = []
     if "--network_weights" in argv:

@@ -115,3 +115,27 @@ def lora_loads_in_diffusers(path, sd_scripts):
         one = unet(x, t, ctx).sample
     assert torch.allclose(zero, base, atol=1e-6)
     assert (one - base).abs().max() > 1e-4
+
+
+def loader_facts(lora, sd_path):
+    """What A1111 and Forge read of a LoRA: its sshs hashes as sd-scripts' own function computes them from the file as
+    it is, and the keys they show."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    if str(sd_path) not in sys.path:
+        sys.path.insert(0, str(sd_path))
+    from library import train_util
+
+    meta = read_metadata(lora)
+    return meta, train_util.precalculate_safetensors_hashes(load_file(str(lora)), meta)
+
+
+def test_every_kept_loras_metadata_is_true_of_the_file(small_run, sd_scripts):
+    """sshs_model_hash / sshs_legacy_hash match the file as written (cml edits ss_* keys after sd-scripts hashed it);
+    the resolution is the one trained at; the name tells runs apart."""
+    for lora in (small_run["dir"] / "copy" / "copy.safetensors", small_run["dir"] / "diff-grayscale" / "grayscale.safetensors"):
+        meta, (model_hash, legacy_hash) = loader_facts(lora, sd_scripts.path)
+        assert (meta["sshs_model_hash"], meta["sshs_legacy_hash"]) == (model_hash, legacy_hash), lora
+        assert meta["modelspec.resolution"] == "64x64" and meta["ss_output_name"] == f"small-{lora.stem}"

@@ -131,3 +131,52 @@ def test_a_path_the_gui_would_quote_is_warned_about(gui_builder, write_preset, t
     assert argv != g["additional_parameters"].split()  # the GUI does not pass it as written
     assert not all(GUI_SAFE_ARG.fullmatch(a) for a in g["additional_parameters"].split())
     assert any("would not arrive intact" in p for p in gui_problems(plan))
+
+
+def test_the_guis_accelerate_field_defaults_to_no_compile(gui_builder):
+    """lora_gui.py writes accelerate's dynamo_backend into the trainer's TOML; its default is "no", with which
+    sd-scripts' --torch_compile compiles nothing: gui.json must say inductor itself."""
+    src = (Path(os.environ["CML_KOHYA_SS"]) / "kohya_gui" / "class_accelerate_launch.py").read_text(encoding="utf-8")
+    assert 'self.config.get("accelerate_launch.dynamo_backend", "no")' in src
+    lora = (Path(os.environ["CML_KOHYA_SS"]) / "kohya_gui" / "lora_gui.py").read_text(encoding="utf-8")
+    assert '"dynamo_backend": dynamo_backend,' in lora
+
+
+def test_gui_json_compiles_where_train_toml_does(write_preset):
+    from tests.kohya_gui import gui_to_options
+
+    plan = plan_for(write_preset(train={"resolution": 64, "steps": 3, "torch_compile": True}))
+    cfg, extra = gui_to_options(gui_json(plan, plan.stage("copy")))
+    assert cfg["dynamo_backend"] == "inductor" and "--torch_compile" in extra
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_the_guis_model_detection_unticks_a_family_for_a_file_not_there_yet(gui_builder, family, tmp_path):
+    """The GUI's own SDModelType: a copy machine model before its merge ran is no family; after, it is."""
+    from kohya_gui.sd_modeltype import SDModelType
+
+    from tests.conftest import make_checkpoint
+    from tests.kohya_gui import loaded_boxes
+
+    merged = tmp_path / "merge" / "copy_machine.safetensors"
+    detect = SDModelType(str(merged))
+    assert not detect.Is_SD2() and not detect.Is_SDXL()
+    merged.parent.mkdir()
+    make_checkpoint(merged, family)
+    detect = SDModelType(str(merged))
+    assert (detect.Is_SD2(), detect.Is_SDXL()) == (family == "sd2", family == "sdxl")
+    assert loaded_boxes({"v_parameterization": True}, False, family) == {"v2": False, "sdxl": False, "v_parameterization": False}
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_every_stage_trained_on_a_merged_model_says_when_to_load_it(write_preset, tmp_path, family):
+    """The diff stage, and a symmetric target's way back, train on copy machine models the run makes."""
+    from cml.render.gui import gui_load_order
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / f"{family}.safetensors", family)
+    vpred = {"v_parameterization": True} if family == "sd2" else {}
+    plan = plan_for(write_preset(base_model=str(model), targets={"g": {"transform": "grayscale", "symmetric": True}}, **vpred))
+    notes = gui_load_order(plan)
+    assert [n.split("/")[0] for n in notes] == ["diff-g", "reverse-diff-g"]
+    assert all(("v2 (and so v-parameterization)" if family == "sd2" else "SDXL") in n for n in notes)

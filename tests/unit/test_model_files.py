@@ -26,7 +26,7 @@ def test_v_prediction_from_modelspec_metadata(tmp_path):
 
 def test_declared_family_mismatch_names_both(tmp_path):
     info = inspect_model(make_checkpoint(tmp_path / "m.safetensors", "sd1"))
-    with pytest.raises(InputError, match="declared SDXL but the checkpoint is SD1.x"):
+    with pytest.raises(InputError, match="declared SDXL but the file is SD1.x"):
         resolve_family(info, "sdxl")
 
 
@@ -49,7 +49,7 @@ def test_truncated_and_foreign_files(tmp_path):
         inspect_model(junk)
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other))
-    with pytest.raises(InputError, match="not a Stable Diffusion checkpoint"):
+    with pytest.raises(InputError, match="not a base model of a family cml knows"):
         inspect_model(other)
     txt = tmp_path / "model.txt"
     txt.write_text("x")

@@ -97,3 +97,47 @@ def test_an_empty_source_folder_is_named(write_preset, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="the folder holds no images"):
         load_inputs(load_preset(write_preset(source=str(tmp_path / "empty")))[0])
+
+
+def refusal(write_preset, **top) -> str:
+    with pytest.raises(InputError) as e:
+        load_inputs(load_preset(write_preset(**top))[0])
+    return e.value.line()
+
+
+def test_a_b_without_its_a_is_named(write_preset, tmp_path):
+    src = tmp_path / "pairs"
+    for n in ("x.png", "x_gray.png", "y_gray.png"):
+        img(src / n)
+    line = refusal(write_preset, source=str(src), targets={"gray": {"suffix": "_gray"}})
+    assert "y_gray.png is named like a B, but its A (y.*) is not there" in line
+
+
+def test_a_suffix_does_not_swallow_an_a_that_only_ends_like_it(write_preset, tmp_path):
+    """suffix "ray": stingray.png is an A (there is no sting.png), and its B is stingrayray.png."""
+    src = tmp_path / "fish"
+    for n in ("stingray.png", "stingrayray.png", "cod.png", "codray.png"):
+        img(src / n)
+    inputs = load_inputs(load_preset(write_preset(source=str(src), targets={"r": {"suffix": "ray"}}))[0])
+    assert [s.path.name for s in inputs.source] == ["cod.png", "stingray.png"]
+
+
+def test_names_pair_whichever_unicode_form_they_are_written_in(write_preset, tmp_path):
+    import unicodedata
+
+    src, bs = tmp_path / "A", tmp_path / "B"
+    img(src / (unicodedata.normalize("NFC", "café") + ".png"))
+    img(bs / (unicodedata.normalize("NFD", "café") + ".png"))
+    inputs = load_inputs(load_preset(write_preset(source=str(src), targets={"e": {"images": str(bs)}}))[0])
+    assert len(inputs.targets["e"].images) == 1
+
+
+def test_entries_named_like_images_that_are_not_files_are_named(write_preset, tmp_path):
+    import os
+
+    src = tmp_path / "pairs"
+    img(src / "x.png")
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(src / "pipe.png")
+    line = refusal(write_preset, source=str(src), targets={"g": {"transform": "grayscale"}})
+    assert "gone.png is named like an image but is a broken link" in line and "pipe.png is named like an image but is not a regular file" in line

@@ -258,5 +258,12 @@ def test_every_option_cml_ever_writes_is_refused_in_train_extra(write_preset, tm
                     keys = set(managed_options(plan, st))
                     assert keys <= managed_keys(plan, st)
                     seen |= keys
+    from cml.families import DIT
+    from tests.conftest import dit_model
+
+    for family in DIT:  # the DiT families: their model files
+        base, files = dit_model(tmp_path, family)
+        plan = plan_for(write_preset(base_model=str(base), model_files=files, merge="in_memory"))
+        seen |= set(managed_options(plan, plan.stage("copy")))
     always = set(managed_options(plan_for(write_preset()), plan_for(write_preset()).stage("copy")))
     assert seen - always == set(CONDITIONAL) - {"zero_terminal_snr"}  # ztsnr: only with a marked base (test_checkpoint.py)

@@ -1,6 +1,7 @@
 """cml/report/ in-process."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cml.report.figures import HEADER_H, LABEL_W, cell_scale, grid
@@ -86,3 +87,22 @@ def test_sd2_loras_reach_gen_img_with_linear_projections(tmp_path):
         assert f.get_slice(proj).get_shape() == [320, 16] and f.get_slice(conv).get_shape() == [320, 16, 1, 1]
     with safe_open(str(lora), "np") as f:
         assert f.get_slice(proj).get_shape() == [320, 16, 1, 1]  # the run's file as sd-scripts wrote it
+
+
+def test_weights_are_written_as_gen_img_reads_them():
+    """gen_img.py reads --am with "am ([\\d\\.\\-,]+)": a weight written with an exponent (1e-05) would be read as 1."""
+    import re
+
+    from cml.report.generate import Job, prompt_line
+
+    line = prompt_line(Job("", 1, (1.0, 1e-05, -0.000001, 0.0)))
+    parsed = [float(x) for x in re.search(r"am ([\d\.\-,]+)", line).group(1).split(",")]
+    assert parsed == [1.0, 1e-05, -0.000001, 0.0]
+
+
+def test_weights_gen_img_cannot_read_are_refused(write_preset):
+    from cml.errors import ConfigErrors
+    from cml.preset.load import load_preset
+
+    with pytest.raises(ConfigErrors, match="more than 6 decimals"):
+        load_preset(write_preset(check={"weights": [0.0, 1e-07]}))

@@ -1,0 +1,89 @@
+"""FLUX.1, SD3 and Anima end to end on toy model files (cml/sd_process/toy_models.py: random weights; FLUX.1 with
+the fewest blocks its loader accepts, SD3 at depth 1, Anima at its loader's fixed 2.1B size; sparse all-zero text
+encoders at their fixed sizes), with sd-scripts' own trainers, merges and sampling: copy -> merge -> diff -> the
+check, as `cml run` does it. Each needs the machine alone (make test-slow): 10-13 GiB of RAM, minutes on 2 cores.
+
+No effect can be measured on random weights: what is asserted is that every stage ran the family's own code, and
+that the files are what they must be (valid LoRAs of the family's keys, a copy machine model that differs from its
+base in the DiT only, the check's images)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomli_w
+
+from cml.safetensors_file import read_metadata
+from cml.validate import validate_lora
+from tests.conftest import run_cml
+
+pytestmark = pytest.mark.slow
+
+# The CPU runs bf16 (fp32 T5-XXL alone needs 19 GiB); T5's and Qwen3's token lengths kept short: the encoders run on
+# 2 cores once per stage.
+CPU = {"precision": "bf16", "resolution": 64, "steps": 3}
+
+
+def run_family(tmp_path, name: str, base, model_files: dict, tokenizers, merge: str, extra: dict, **top):
+    p = tmp_path / f"{name}.toml"
+    preset = {
+        "version": 2,
+        "name": name,
+        "base_model": str(base),
+        "model_files": {k: str(v) for k, v in model_files.items()},
+        "source": str(top.pop("a")),
+        "tokenizer_cache_dir": str(tokenizers),
+        "output_dir": str(tmp_path / "runs"),
+        "device": "cpu",
+        "merge": merge,
+        "targets": {"grayscale": {"transform": "grayscale"}},
+        "train": {**CPU, "extra": extra},
+        "check": {"enabled": True, "weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 2, "guidance_scale": 1.0},
+        **top,
+    }
+    p.write_text(tomli_w.dumps(preset))
+    r = run_cml("run", str(p), "--quiet", timeout=3600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return tmp_path / "runs" / name
+
+
+def assert_family_run(run, trainer: str, merged: bool):
+    for stage in ("copy", "diff-grayscale"):
+        log = (run / stage / "log.txt").read_text()
+        assert f"-m cml.sd_process.train {trainer}" in log.splitlines()[0]
+        rec = json.loads((run / stage / "record.json").read_text())
+        assert rec["losses"] and all(x == x for x in rec["losses"])  # finite
+    lora = run / "diff-grayscale" / "grayscale.safetensors"
+    s = validate_lora(lora, 16, 16.0)
+    assert s.modules > 0 and all(k.startswith("lora_unet_") for k in s.keys)
+    meta = read_metadata(lora)
+    assert meta["cml_stage"] == "diff-grayscale" and meta["cml_trained_against"] == "copy machine model"
+    if merged:
+        rec = json.loads((run / "merge" / "record.json").read_text())
+        assert rec["merge_check"]["unet_tensors_changed"] > 0  # the copy machine model differs from its base in the DiT
+    metrics = json.loads((run / "check" / "metrics.json").read_text())
+    assert metrics["copy_check"]["seeds"] and "grayscale" in metrics["targets"]
+    assert (run / "report.md").is_file()
+    return meta
+
+
+@pytest.fixture(scope="module")
+def toys(sd_scripts, demo_assets):
+    from cml.demo import toy_tokenizers
+
+    return {"tokenizers": toy_tokenizers(sd_scripts.path), "a": demo_assets["a"], "sd": sd_scripts.path}
+
+
+def test_flux_dev_copy_merge_diff_and_check(toys, tmp_path):
+    """FLUX.1 dev, 1 double and 1 single block: flux_train_network.py, flux_merge_lora.py into a copy machine model,
+    and the check drawn by the trainer's own sampling."""
+    from cml.demo import toy_model
+
+    t = toy_model("flux", toys["sd"])
+    files = {k: t / f"{k}.safetensors" for k in ("clip_l", "t5xxl", "ae")}
+    run = run_family(tmp_path, "flux", t / "flux.safetensors", files, toys["tokenizers"], "checkpoint", {"t5xxl_max_token_length": 8}, a=toys["a"])
+    meta = assert_family_run(run, "flux_train_network", merged=True)
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    toml = (run / "diff-grayscale" / "train.toml").read_text()
+    assert 'timestep_sampling = "shift"' in toml and "discrete_flow_shift = 3.1582" in toml and 'model_prediction_type = "raw"' in toml
