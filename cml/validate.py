@@ -102,6 +102,7 @@ def validate_copy_machine(merged: Path, base: Path, prefix: str = SD_DENOISER) -
 
     Tensors are compared in place through memory maps (two checkpoints of gigabytes, no copies).
     """
+    what = "U-Net" if prefix == SD_DENOISER else "DiT"
     if not merged.is_file():
         raise ValidationFailed(f"no merged checkpoint was written ({merged})")
     try:
@@ -112,7 +113,7 @@ def validate_copy_machine(merged: Path, base: Path, prefix: str = SD_DENOISER) -
     mk, bk = set(hm), set(hb)
     missing = {k for k in bk if k.startswith(prefix)} - mk
     if missing:
-        raise ValidationFailed(f"merged checkpoint lacks {len(missing)} denoiser key(s) of the base, e.g. {sorted(missing)[0]}")
+        raise ValidationFailed(f"merged checkpoint lacks {len(missing)} {what} key(s) of the base, e.g. {sorted(missing)[0]}")
     changed_unet, problem = 0, None
     with (
         open(merged, "rb") as fm,
@@ -127,10 +128,10 @@ def validate_copy_machine(merged: Path, base: Path, prefix: str = SD_DENOISER) -
             if k.startswith(prefix):
                 changed_unet += differs
             elif differs:
-                problem = f"{k} (not the denoiser's) differs from the base: the merge touched more than the U-Net or DiT"
+                problem = f"{k} (not {what}) differs from the base: the merge touched more than the {what}"
                 break
     if problem:
         raise ValidationFailed(problem)
     if changed_unet == 0:
-        raise ValidationFailed("no denoiser weight differs from the base: the copy LoRA was not merged (a merge that matched none of its keys)")
+        raise ValidationFailed(f"no {what} weight differs from the base: the copy LoRA was not merged (a merge that matched none of its keys)")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}

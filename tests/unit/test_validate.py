@@ -108,9 +108,9 @@ def test_merged_checkpoint(tmp_path):
 
     ok = merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(0.5))
     assert validate_copy_machine(ok, base) == {"unet_tensors_changed": 1, "keys": 4}
-    with pytest.raises(ValidationFailed, match="no denoiser weight differs"):
+    with pytest.raises(ValidationFailed, match="no U-Net weight differs"):
         validate_copy_machine(merged(lambda sd: None), base)
-    with pytest.raises(ValidationFailed, match=r"cond_stage_model.transformer.x.weight \(not the denoiser's\) differs"):
+    with pytest.raises(ValidationFailed, match=r"cond_stage_model.transformer.x.weight \(not U-Net\) differs"):
         validate_copy_machine(merged(lambda sd: (sd["model.diffusion_model.a.weight"].add_(1), sd["cond_stage_model.transformer.x.weight"].add_(1))), base)
     with pytest.raises(ValidationFailed, match="lacks 1 U-Net key"):
         validate_copy_machine(merged(lambda sd: sd["model.diffusion_model.a.weight"].add_(1), drop="model.diffusion_model.b.weight"), base)
