@@ -17,7 +17,7 @@ from cml.render.scripts import CML_NETWORK_MODULE, NETWORK_MODULE
 from cml.resume import expected_rank
 from cml.rundir import mark, remove_inside
 from cml.safetensors_file import add_metadata, addnet_hashes, append_tensors, file_and_content_sha256, missing_tensors, read_metadata
-from cml.validate import ValidationFailed, validate_copy_machine, validate_lora
+from cml.validate import ValidationFailed, validate_comfy_lora, validate_copy_machine, validate_lora
 
 # Written beside a produced file in work/ once it passed validation: a re-run after a failure further on (a full
 # disk) adopts the file instead of training again.
@@ -56,6 +56,8 @@ def validate_produced(plan: Plan, stage: Stage, produced: Path) -> dict:
         if stage.kind == "merge":
             prefix = "model.diffusion_model." if plan.inputs.model.prefixed else family(plan.inputs.family).denoiser_prefix
             return {"merge_check": validate_copy_machine(produced, stage.model, prefix)}
+        if stage.kind == "comfy":
+            return {"lora_modules": validate_comfy_lora(produced, stage.model)}
         return {"lora_modules": validate_lora(produced, *expected_rank(plan, stage)).modules}
     except ValidationFailed as e:
         raise StageFailed(f"{stage.name}: output check failed: {e}", where=str(produced), fix=f"see {stage.log_path}") from None

@@ -21,6 +21,7 @@ class Role(StrEnum):
     DIFF = "diff"  # image B on the copy machine model: the diff LoRA, one per target
     NAIVE = "naive"  # image B on the plain base with the diff stage's recipe: the naive LoRA the check compares against
     RESIZE = "resize"  # a diff LoRA shrunk to a lower rank
+    COMFY = "comfy"  # a difference LoRA converted for ComfyUI by sd-scripts' converter (Anima, HunyuanImage)
     DIRECT = "direct"  # the direct method: A -> B in one stage on the base model (cml/sd_process/train.py)
     SLIDER = "slider"  # a two-way slider: (diff LoRA - reverse diff LoRA) / 2, with sd-scripts' LoRA merge
 
@@ -29,7 +30,7 @@ TRAINING = (Role.COPY, Role.DIFF, Role.NAIVE, Role.DIRECT)
 # Finished work: replacing one of these files needs --force.
 PROTECTED = (Role.COPY, Role.DIFF, Role.RESIZE, Role.DIRECT, Role.SLIDER, Role.NAIVE)
 # What a run gives its user, and `cml run` lists at the end: each target's difference LoRAs (not the way back's).
-RESULTS = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.RESIZE)
+RESULTS = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.RESIZE, Role.COMFY)
 # The LoRAs the check sweeps: each target's difference LoRAs, and the naive one beside them (a resized one is the
 # same LoRA at a lower rank).
 SWEPT = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.NAIVE)
@@ -97,7 +98,7 @@ class Stage:
         """What the LoRA's weights are relative to (provenance)."""
         if self.role is Role.SLIDER:
             return "copy machine models of A and of B (two-way)"
-        if self.role in (Role.DIFF, Role.RESIZE):
+        if self.role in (Role.DIFF, Role.RESIZE, Role.COMFY):
             return "copy machine model of B" if self.reverse else "copy machine model"
         return "base model"
 

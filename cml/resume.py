@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from cml.console import say
 from cml.errors import InputError
 from cml.model_files import sha256_of
-from cml.safetensors_file import file_and_content_sha256
 from cml.plan import Plan, Role, Stage
 from cml.records import StageRecord, read
-from cml.safetensors_file import read_metadata
-from cml.validate import ValidationFailed, validate_lora
+from cml.safetensors_file import file_and_content_sha256, read_metadata
+from cml.validate import ValidationFailed, validate_comfy_lora, validate_lora
 
 
 @dataclass
@@ -90,7 +89,10 @@ def lora_state(stage: Stage, plan: Plan) -> OutputState:
     if meta.get("cml_fingerprint") != stage.fingerprint:
         return OutputState(False, "made from other settings or inputs", intact=True)
     try:
-        validate_lora(out, *expected_rank(plan, stage))
+        if stage.kind == "comfy":
+            validate_comfy_lora(out, stage.model)
+        else:
+            validate_lora(out, *expected_rank(plan, stage))
     except ValidationFailed as e:
         return OutputState(False, f"damaged ({e})")
     return OutputState(True, intact=True, adopt=True)
@@ -111,7 +113,7 @@ def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, bool]:
 
 
 def redo_verb(stage: Stage) -> str:
-    return {"merge": "merged again", "resize": "made again"}.get(stage.kind, "trained again")
+    return {"merge": "merged again", "resize": "made again", "comfy": "made again"}.get(stage.kind, "trained again")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cml.families import FAMILIES
 from cml.images import pixel_sha256
 from cml.inputs import Inputs
 from cml.model_files import model_identity
@@ -114,6 +115,20 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                 stages += _slider(preset, inputs, run_dir, common, base_id, name, t, final, s, a_images, a_pixels, a_files, b_pixels)
         if preset.baseline:
             stages.append(_naive(preset, inputs, run_dir, common, base_id, name, t, b_pixels))
+        converter = FAMILIES[inputs.family].comfy_converter
+        if converter:
+            cv = Stage(
+                role=Role.COMFY,
+                target=name,
+                what=f"'{name}' for ComfyUI ({converter})",
+                run_dir=run_dir,
+                output_name=f"{name}_comfy.safetensors",
+                model=final.output,
+                depends=[final.name],
+                inputs_sha256=final.inputs_sha256,
+            )
+            cv.fingerprint = fingerprint({"stage": "comfy", "of": final.fingerprint, "script": converter})
+            stages.append(cv)
         if preset.resize_to:
             rs = Stage(
                 role=Role.RESIZE,

@@ -135,3 +135,27 @@ def validate_copy_machine(merged: Path, base: Path, prefix: str = SD_DENOISER) -
     if changed_unet == 0:
         raise ValidationFailed(f"no {what} weight differs from the base: the copy LoRA was not merged (a merge that matched none of its keys)")
     return {"unet_tensors_changed": changed_unet, "keys": len(mk)}
+
+
+COMFY_KEY = re.compile(r"^diffusion_model\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$")
+
+
+def validate_comfy_lora(path: Path, source: Path) -> int:
+    """A LoRA converted for ComfyUI (sd-scripts' convert_*_lora_to_comfy.py): loads, finite, every key ComfyUI's
+    diffusion_model.<module>.lora_A/lora_B/alpha, and as many modules as the LoRA it was made from."""
+    try:
+        tensors = tensors_f32(path)
+    except Exception as e:
+        raise ValidationFailed(f"converted LoRA does not load: {e}") from None
+    modules: set[str] = set()
+    for k, v in tensors.items():
+        m = COMFY_KEY.match(k)
+        if not m:
+            raise ValidationFailed(f"unexpected key {k!r} (not ComfyUI's diffusion_model.<module>.lora_A/lora_B/alpha)")
+        if not np.isfinite(v).all():
+            raise ValidationFailed(f"{k} holds NaN or Inf")
+        modules.add(m.group(1))
+    expected = {k.rsplit(".", 2)[0] for k in tensors_f32(source) if k.endswith(".lora_down.weight")}
+    if len(modules) != len(expected):
+        raise ValidationFailed(f"{len(modules)} modules, where the LoRA it was made from has {len(expected)}")
+    return len(modules)

@@ -103,6 +103,8 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
             save_precision(plan),
         ]
         return argv
+    if stage.kind == "comfy":
+        return [sys.executable, str(family(fam).comfy_converter), str(stage.model), str(stage.work_dir / stage.output.name)]
     if stage.kind == "resize":
         return [
             sys.executable,

@@ -47,7 +47,7 @@ def merge_anima(base: str, lora: str, save_to: str) -> int:
 def merge_sd3(base: str, lora: str, save_to: str) -> int:
     import torch
     from library import sd3_utils
-    from library.utils import load_safetensors
+    from library.safetensors_utils import load_safetensors
     from networks import lora_sd3
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -60,9 +60,9 @@ def merge_sd3(base: str, lora: str, save_to: str) -> int:
     rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
     mmdit = sd3_utils.load_mmdit(state_dict, dtype, "cpu")  # takes the MMDiT's tensors out of state_dict
     weights_sd = load_file(lora)
-    network, _ = lora_sd3.create_network_from_weights(1.0, None, None, [None, None, None], mmdit, weights_sd, for_inference=True)
+    network, _ = lora_sd3.create_network_from_weights(1.0, None, None, [], mmdit, weights_sd, for_inference=True)
     merged = len(network.unet_loras)
-    network.merge_to([None, None, None], mmdit, weights_sd, dtype, "cpu")
+    network.merge_to([], mmdit, weights_sd, dtype, "cpu")
     out = {f"{prefix}{k}": v.contiguous() for k, v in mmdit.state_dict().items()} | rest
     save_file(out, save_to, metadata)
     del torch

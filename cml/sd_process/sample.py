@@ -35,14 +35,17 @@ class CheckSampling:
             return None
         device, vae, tokenizer, text_encoder, unet = models
         module = importlib.import_module(args.network_module)
+        # The check's LoRAs are U-Net (DiT) only; text encoders the trainer freed (their outputs cached) are none.
+        encoders = text_encoder if text_encoder is not None else []
         nets = []
         for path in self.cml_sample["loras"]:
-            net, weights = module.create_network_from_weights(1.0, path, vae, text_encoder, unet, for_inference=True)
-            net.apply_to(text_encoder, unet, apply_text_encoder=False, apply_unet=True)
+            net, weights = module.create_network_from_weights(1.0, path, vae, encoders, unet, for_inference=True)
+            net.apply_to(encoders, unet, apply_text_encoder=False, apply_unet=True)
             net.load_state_dict(weights, strict=False)
             net.to(accelerator.device, dtype=next(p.dtype for p in accelerator.unwrap_model(unet).parameters() if p.is_floating_point()))
             net.eval()
             nets.append(net)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         samples = Path(args.output_dir) / "sample"
         one = Path(args.output_dir) / "job.json"
         args.sample_at_first = True

@@ -121,7 +121,7 @@ def build_sd3(out: Path) -> None:
     )  # fmt: skip
     with torch.device("meta"):
         mmdit = sd3_models.create_sd3_mmdit(params, "torch")
-        vae = sd3_models.SDVAE()
+        vae = sd3_models.SDVAE(torch.float32, "meta")
     import safetensors.torch
 
     g = torch.Generator().manual_seed(0)
@@ -137,7 +137,7 @@ def build_sd3(out: Path) -> None:
     safetensors.torch.save_file(sd, str(tmp))
     done()
     for name, loader in (("clip_l", sd3_utils.load_clip_l), ("clip_g", sd3_utils.load_clip_g)):
-        model = loader(None, None, "meta", state_dict={}) if name == "clip_l" else loader(None, None, "meta", state_dict={})
+        model = built_by(sd3_utils, "CLIPTextModelWithProjection", lambda loader=loader: loader("-", None, "cpu"))
         sparse_zeros(out / f"{name}.safetensors", shapes_of(model, "F16"))
     sparse_zeros(out / "t5xxl.safetensors", t5xxl_shapes())
 

@@ -73,7 +73,10 @@ class ExactSpeedups:
         from cml.sd_process import patches
 
         inner = super().get_text_encoding_strategy(args)  # type: ignore[misc]
-        if args.network_train_unet_only and not args.weighted_captions and patches.applies("text-encoding-once"):
+        # the SD1/SD2 strategy's encode_tokens, as the patch checks it (the SDXL and DiT trainers cache their text
+        # encoders' outputs themselves, and their strategies take other arguments)
+        same_hook = patches.check(patches.BY_NAME["text-encoding-once"], type(inner).encode_tokens) is None
+        if args.network_train_unet_only and not args.weighted_captions and same_hook and patches.applies("text-encoding-once"):
             inner = FixedTextEncoding(inner)
         self.cml_text_encoding = inner
         return inner

@@ -57,3 +57,23 @@ def test_a_ratio_acts_as_its_square_with_its_sign(merge_lora, tmp_path):
     merged, _, _ = merge_lora.merge_lora_models([str(tmp_path / "one.safetensors")], [-0.5], torch.float, concat=False)
     got = {k: v.numpy() for k, v in merged.items()}
     np.testing.assert_allclose(delta(got, "lora_unet_a_to_q"), -0.25 * delta(one, "lora_unet_a_to_q"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [4.0, 1.0])
+def test_flux_merge_lora_gives_the_same_slider(sd_scripts, tmp_path, alpha):
+    """FLUX.1's two-way slider: networks/flux_merge_lora.py, with the same ratios and --concat (cml/families.py)."""
+    import torch
+
+    if str(sd_scripts.path) not in sys.path:
+        sys.path.insert(0, str(sd_scripts.path))
+    from networks import flux_merge_lora
+
+    rng = np.random.default_rng(2)
+    modules = ("lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1")
+    ab = lora(tmp_path / "ab.safetensors", rng, alpha=alpha, modules=modules)
+    ba = lora(tmp_path / "ba.safetensors", rng, alpha=alpha, modules=modules)
+    merged, _ = flux_merge_lora.merge_lora_models([str(tmp_path / "ab.safetensors"), str(tmp_path / "ba.safetensors")], [1.0, -1.0], torch.float, concat=True)
+    got = {k: v.numpy() for k, v in merged.items()}
+    for m in modules:
+        assert got[f"{m}.lora_down.weight"].shape[0] == 8 and float(got[f"{m}.alpha"]) == alpha
+        np.testing.assert_allclose(delta(got, m), (delta(ab, m) - delta(ba, m)) / 2, rtol=1e-5, atol=1e-5)

@@ -81,6 +81,47 @@ def test_every_training_toml_key_is_an_option_with_an_acceptable_value(sd, tmp_p
         assert args.dataset_config == str(st.dir / "dataset.toml")
 
 
+def check_train_tomls(plan, script: str, monkeypatch) -> int:
+    """Every stage's train.toml against ``script``'s own parser: known options, values it accepts, read back by
+    sd-scripts' own config loader unchanged. Returns the stages checked."""
+    import toml
+    from library import train_util
+
+    parser = _parser(script)
+    actions = {a.dest: a for a in parser._actions}
+    checked = 0
+    for st in plan.stages:
+        if st.kind != "train":
+            continue
+        path = st.dir / "train.toml"
+        cfg = toml.load(path)
+        unknown = sorted(set(cfg) - set(actions))
+        assert not unknown, f"{st.name}: options {script}.py does not know: {unknown}"
+        for key, value in cfg.items():
+            _check_value(actions[key], key, value)
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", "--config_file", str(path)])
+        args = train_util.read_config_from_file(parser.parse_args(["--config_file", str(path)]), parser)
+        assert args.pretrained_model_name_or_path == str(st.model) and args.network_dim == st.settings.dim
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma", "sd3", "lumina", "anima", "hunyuan_image"])
+def test_every_dit_familys_train_toml_is_its_trainers(sd, tmp_path, write_preset, family, monkeypatch):
+    """Each DiT family planned on small header-only files (tests/conftest.py dit_model), every stage's argv naming
+    its trainer and every train.toml read by that trainer's own parser."""
+    from cml.families import FAMILIES
+    from cml.render.scripts import stage_argv
+    from tests.conftest import dit_model
+
+    f = FAMILIES[family]
+    base, files = dit_model(tmp_path, family)
+    plan = plan_for(write_preset(base_model=str(base), model_files=files, merge=f.merges[0], train={"resolution": 64, "extra": {"noise_offset": 0.05}}))
+    render(plan, sd.path)
+    assert all(stage_argv(plan, st)[3] == f.trainer for st in plan.stages if st.kind == "train")
+    assert check_train_tomls(plan, f.trainer, monkeypatch) == 2
+
+
 def test_every_dataset_toml_passes_config_sanitizer(sd, write_preset):
     from library.config_util import BlueprintGenerator, ConfigSanitizer, load_user_config
 

@@ -1,0 +1,149 @@
+"""The world model: the demo model taught to draw several things, one word each, so that a difference LoRA can be
+judged on content other than A (`cml demo --world`, the full test tier).
+
+The scenes are drawn in code (flat shapes on gradients, 64 px), each with a one-word caption. A LoRA is trained on all
+of them with sd-scripts' own trainer (cml's, with its exact speed-ups) on the demo model, and merged into it with
+sd-scripts' merge_lora.py: the *world base*, which draws each scene for its word. Built once and cached by content
+(the scenes' pixels, the recipe, the demo model's sha256), like the demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+from PIL import Image, ImageDraw
+
+from cml.files import atomic_path
+
+SIZE = 64
+WORLD_VERSION = "1"
+# The world LoRA's recipe: measured to keep every scene recognisable within the build's budget (docs/measurements.md).
+RECIPE = {"dim": 32, "steps": 160, "batch": 6, "learning_rate": 2e-3}
+
+
+def _gradient(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
+    t = np.linspace(0, 1, SIZE, dtype=np.float32)[:, None, None]
+    rgb = (1 - t) * np.array(top, np.float32) + t * np.array(bottom, np.float32)
+    return Image.fromarray(np.repeat(rgb, SIZE, axis=1).clip(0, 255).astype(np.uint8), "RGB")
+
+
+def scene(word: str) -> Image.Image:
+    """One scene: a coloured gradient background and one large, flat, coloured shape, each scene its own layout."""
+    s = SIZE
+    if word == "kite":
+        img = _gradient((90, 160, 240), (200, 230, 255))
+        d = ImageDraw.Draw(img)
+        d.polygon([(s * 0.5, s * 0.1), (s * 0.8, s * 0.4), (s * 0.5, s * 0.75), (s * 0.2, s * 0.4)], fill=(230, 30, 60))
+        d.line([(s * 0.5, s * 0.75), (s * 0.35, s * 0.98)], fill=(60, 40, 20), width=2)
+    elif word == "moon":
+        img = _gradient((10, 10, 50), (40, 20, 90))
+        d = ImageDraw.Draw(img)
+        d.ellipse([s * 0.45, s * 0.1, s * 0.9, s * 0.55], fill=(250, 240, 150))
+        d.ellipse([s * 0.35, s * 0.05, s * 0.75, s * 0.45], fill=(20, 15, 60))
+    elif word == "tree":
+        img = _gradient((150, 210, 255), (120, 200, 90))
+        d = ImageDraw.Draw(img)
+        d.rectangle([s * 0.44, s * 0.55, s * 0.56, s * 0.95], fill=(110, 60, 20))
+        d.ellipse([s * 0.2, s * 0.1, s * 0.8, s * 0.65], fill=(30, 140, 40))
+    elif word == "boat":
+        img = _gradient((170, 210, 250), (20, 80, 170))
+        d = ImageDraw.Draw(img)
+        d.polygon([(s * 0.15, s * 0.65), (s * 0.85, s * 0.65), (s * 0.7, s * 0.82), (s * 0.3, s * 0.82)], fill=(120, 50, 20))
+        d.polygon([(s * 0.5, s * 0.15), (s * 0.5, s * 0.62), (s * 0.78, s * 0.62)], fill=(245, 245, 235))
+    elif word == "fish":
+        img = _gradient((0, 120, 150), (0, 40, 90))
+        d = ImageDraw.Draw(img)
+        d.ellipse([s * 0.2, s * 0.35, s * 0.7, s * 0.65], fill=(250, 140, 0))
+        d.polygon([(s * 0.68, s * 0.5), (s * 0.9, s * 0.3), (s * 0.9, s * 0.7)], fill=(250, 90, 0))
+    elif word == "house":
+        img = _gradient((200, 220, 250), (100, 170, 80))
+        d = ImageDraw.Draw(img)
+        d.rectangle([s * 0.25, s * 0.45, s * 0.75, s * 0.9], fill=(220, 200, 120))
+        d.polygon([(s * 0.18, s * 0.47), (s * 0.5, s * 0.15), (s * 0.82, s * 0.47)], fill=(170, 30, 30))
+        d.rectangle([s * 0.44, s * 0.65, s * 0.56, s * 0.9], fill=(80, 50, 20))
+    else:
+        raise KeyError(word)
+    return img
+
+
+WORDS = ("kite", "moon", "tree", "boat", "fish", "house")
+
+
+def world_key(demo_sha256: str) -> str:
+    import hashlib
+
+    from cml.images import pixel_sha256
+
+    parts = [WORLD_VERSION, demo_sha256, json.dumps(RECIPE, sort_keys=True), *(f"{w}:{pixel_sha256(scene(w))}" for w in WORDS)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print) -> Path:
+    """The world base (cached): the demo model with the world LoRA merged in."""
+    from cml.demo import cache_dir
+    from cml.errors import StageFailed
+    from cml.model_files import file_sha256
+    from cml.runner import indented, run_logged
+    from cml.sdscripts import SdScripts, python_env
+
+    key = world_key(file_sha256(demo_model))
+    out = cache_dir() / f"world-{key}.safetensors"
+    if out.is_file():
+        return out
+    work = cache_dir() / f"world-{key}.part"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "images").mkdir(parents=True)
+    for w in WORDS:
+        scene(w).save(work / "images" / f"{w}.png")
+        (work / "images" / f"{w}.txt").write_text(w)
+    (work / "dataset.toml").write_text(
+        tomli_w.dumps(
+            {
+                "general": {"resolution": SIZE, "batch_size": RECIPE["batch"], "enable_bucket": True, "bucket_no_upscale": True, "caption_extension": ".txt"},
+                "datasets": [{"subsets": [{"image_dir": str(work / "images"), "num_repeats": 1}]}],
+            }
+        )
+    )
+    train = {
+        "pretrained_model_name_or_path": str(demo_model),
+        "dataset_config": str(work / "dataset.toml"),
+        "output_dir": str(work),
+        "output_name": "world",
+        "save_model_as": "safetensors",
+        "save_precision": "fp16",
+        "network_module": "cml.sd_process.lora",
+        "network_dim": RECIPE["dim"],
+        "network_alpha": float(RECIPE["dim"]),
+        "network_train_unet_only": True,
+        "optimizer_type": "AdamW",
+        "learning_rate": RECIPE["learning_rate"],
+        "lr_scheduler": "cosine",
+        "max_train_steps": RECIPE["steps"],
+        "seed": 42,
+        "mixed_precision": "no",
+        "cache_latents": True,
+        "sdpa": True,
+        "max_data_loader_n_workers": 0,
+        "tokenizer_cache_dir": str(tokenizers),
+    }
+    (work / "train.toml").write_text(tomli_w.dumps(train))
+    sd = SdScripts(sd_scripts, None, "world")
+    log(f"building the world model (once): a LoRA of {len(WORDS)} scenes on the demo model, {RECIPE['steps']} steps, merged into it")
+    steps = [
+        [sys.executable, "-m", "cml.sd_process.train", "train_network", "--config_file", str(work / "train.toml")],
+        [sys.executable, "networks/merge_lora.py", "--sd_model", str(demo_model), "--models", str(work / "world.safetensors")]
+        + ["--ratios", "1.0", "--save_to", str(work / "world-base.safetensors"), "--precision", "float", "--save_precision", "fp16"],
+    ]
+    for argv in steps:
+        res = run_logged(argv, sd_scripts, python_env(sd), work / "log.txt")
+        if res.returncode != 0:
+            raise StageFailed(f"building the world model failed (exit code {res.returncode})\n{indented(res.tail)}\n  full log: {work / 'log.txt'}")
+    with atomic_path(out) as tmp:
+        (work / "world-base.safetensors").replace(tmp)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
