@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=Path, nargs="?", help="image B (default: A converted to grayscale)")
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
     p.set_defaults(func=cmd_grayscale)
-    sub.add_parser(
-        "demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweep"
-    ).set_defaults(func=cmd_demo)
+    p = sub.add_parser("demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweep")
+    p.add_argument("--world", action="store_true", help="on the world model (the demo model taught six scenes): every difference LoRA judged on other content")
+    p.set_defaults(func=cmd_demo)
     return ap
 
 
@@ -228,7 +228,7 @@ def cmd_grayscale(args) -> int:
 def cmd_demo(args) -> int:
     from cml.demo import prepare_demo
 
-    preset, assets = prepare_demo(args.sd_scripts)
+    preset, assets = prepare_demo(args.sd_scripts, world=args.world)
     return _cmd_run(args, preset, assets | _overrides(args))
 
 

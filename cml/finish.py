@@ -45,6 +45,8 @@ def provenance(plan: Plan, stage: Stage) -> dict[str, str]:
         meta["cml_direct_multiplier"] = f"{d.multiplier}"
         meta["cml_direct_timesteps"] = f"{d.timesteps[0]},{d.timesteps[1]}"
         meta["cml_direct_scaled"] = f"lora_up x {d.multiplier}: weight 1 gives what +{d.multiplier} gave in training; +1 moves A toward B"
+    if stage.role is Role.AVERAGE:
+        meta["cml_average"] = f"the mean of {len(stage.depends)} pairs' diff LoRAs, ranks stacked (merge_lora.py --concat): exact"
     if stage.role is Role.SLIDER:
         meta["cml_slider"] = "(diff LoRA A->B - diff LoRA B->A) / 2, ranks stacked: +1 toward B, -1 toward A"
     return meta
@@ -97,7 +99,7 @@ def loader_metadata(plan: Plan, stage: Stage, meta: dict[str, str]) -> dict[str,
     if trained.settings is not None:
         r = trained.train.resolution
         out["modelspec.resolution"] = f"{r}x{r}"
-    if stage.role is Role.SLIDER:
+    if stage.role in (Role.SLIDER, Role.AVERAGE):
         rank, alpha, _ = expected_rank(plan, stage)
         out |= {"ss_network_module": family(plan.inputs.family).network_module, "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}"}
         out["ss_sd_model_name"] = plan.inputs.model.path.name

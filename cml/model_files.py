@@ -44,7 +44,9 @@ def read_safetensors_header(path: Path, where: str | None = None) -> tuple[dict[
     meta = header.pop("__metadata__", None) or {}
     end = max((v.get("data_offsets", [0, 0])[1] for v in header.values() if isinstance(v, dict)), default=0)
     if start + end > size:
-        raise InputError(f"not a readable safetensors file: it is truncated ({size} bytes, its header promises {start + end})", where or str(path), "re-download the file")
+        raise InputError(
+            f"not a readable safetensors file: it is truncated ({size} bytes, its header promises {start + end})", where or str(path), "re-download the file"
+        )
     return header, {str(k): str(v) for k, v in meta.items()}
 
 

@@ -22,18 +22,19 @@ class Role(StrEnum):
     NAIVE = "naive"  # image B on the plain base with the diff stage's recipe: the naive LoRA the check compares against
     RESIZE = "resize"  # a diff LoRA shrunk to a lower rank
     COMFY = "comfy"  # a difference LoRA converted for ComfyUI by sd-scripts' converter (Anima, HunyuanImage)
+    AVERAGE = "average"  # a target's per-pair diff LoRAs averaged into one (each_pair), with sd-scripts' LoRA merge
     DIRECT = "direct"  # the direct method: A -> B in one stage on the base model (cml/sd_process/train.py)
     SLIDER = "slider"  # a two-way slider: (diff LoRA - reverse diff LoRA) / 2, with sd-scripts' LoRA merge
 
 
 TRAINING = (Role.COPY, Role.DIFF, Role.NAIVE, Role.DIRECT)
 # Finished work: replacing one of these files needs --force.
-PROTECTED = (Role.COPY, Role.DIFF, Role.RESIZE, Role.DIRECT, Role.SLIDER, Role.NAIVE)
+PROTECTED = (Role.COPY, Role.DIFF, Role.RESIZE, Role.DIRECT, Role.SLIDER, Role.NAIVE, Role.AVERAGE)
 # What a run gives its user, and `cml run` lists at the end: each target's difference LoRAs (not the way back's).
-RESULTS = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.RESIZE, Role.COMFY)
+RESULTS = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.RESIZE, Role.COMFY, Role.AVERAGE)
 # The LoRAs the check sweeps: each target's difference LoRAs, and the naive one beside them (a resized one is the
 # same LoRA at a lower rank).
-SWEPT = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.NAIVE)
+SWEPT = (Role.DIFF, Role.DIRECT, Role.SLIDER, Role.NAIVE, Role.AVERAGE)
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,7 @@ class Stage:
     role: Role
     target: str | None = None  # the target a diff/baseline/resize/direct/slider (or reverse) stage belongs to
     reverse: bool = False  # of a symmetric target's way back: a copy machine of B, a diff LoRA to A
+    pair: int | None = None  # of a target trained pair by pair (each_pair): the pair's number, from 1
     what: str  # one line for people
     run_dir: Path
     output_name: str  # the final file's name; written only by renaming a checked temporary file
@@ -66,6 +68,8 @@ class Stage:
         """Folder name and --from value: copy, merge, diff-<t>, naive-<t>, resize-<t>, direct-<t>, slider-<t>, and a
         symmetric target's reverse-copy-<t>, reverse-merge-<t>, reverse-diff-<t>."""
         base = str(self.role) if self.target is None else f"{self.role}-{self.target}"
+        if self.pair is not None:
+            base += f"-p{self.pair}"
         return f"reverse-{base}" if self.reverse else base
 
     @property
@@ -81,11 +85,11 @@ class Stage:
     @property
     def result(self) -> bool:
         """A file the run gives its user (RESULTS), not a step on the way."""
-        return self.role in RESULTS and not self.reverse
+        return self.role in RESULTS and not self.reverse and self.pair is None
 
     @property
     def swept(self) -> bool:
-        return self.role in SWEPT and not self.reverse
+        return self.role in SWEPT and not self.reverse and self.pair is None
 
     @property
     def sweep_key(self) -> str:
@@ -98,6 +102,8 @@ class Stage:
         """What the LoRA's weights are relative to (provenance)."""
         if self.role is Role.SLIDER:
             return "copy machine models of A and of B (two-way)"
+        if self.role is Role.AVERAGE:
+            return "each pair's own copy machine model (the mean of the pairs' diff LoRAs)"
         if self.role in (Role.DIFF, Role.RESIZE, Role.COMFY):
             return "copy machine model of B" if self.reverse else "copy machine model"
         return "base model"

@@ -109,11 +109,17 @@ def expected_rank(plan: Plan, stage: Stage) -> tuple[int, float, bool]:
         assert stage.target is not None
         s = plan.preset.diff_settings(stage.target)
         return 2 * s.dim, s.alpha, False
+    if stage.role is Role.AVERAGE:  # the pairs' ranks stacked
+        assert stage.target is not None
+        s = plan.preset.diff_settings(stage.target)
+        return len(stage.depends) * s.dim, s.alpha, False
     return stage.train.dim, stage.train.alpha, False
 
 
 def redo_verb(stage: Stage) -> str:
-    return {"merge": "merged again", "resize": "made again", "comfy": "made again"}.get(stage.kind, "trained again")
+    return {"merge": "merged again", "resize": "made again", "comfy": "made again", "average": "made again", "slider": "made again"}.get(
+        stage.kind, "trained again"
+    )
 
 
 @dataclass

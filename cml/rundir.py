@@ -25,7 +25,9 @@ MARKER = ".cml-run"
 LEGACY_MARKERS = (".cml.lock", ".cml.pid", "run.json")
 # What cml itself puts at the top of a run folder.
 RUN_FILES = frozenset({MARKER, ".cml.lock", ".cml.pid", "run.json", "commands.sh", "preset.toml", "README.md", "report.md"})
-STAGE_DIR = re.compile(r"(copy|merge|check|(diff|baseline|naive|resize|comfy|direct|slider|reverse-(copy|merge|diff))-[A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+STAGE_DIR = re.compile(
+    r"(copy|merge|check|(copy|merge|diff|baseline|naive|resize|comfy|average|direct|slider|reverse-(copy|merge|diff))-[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
+)
 FIX = "set another name or output_dir (cml writes only into a new or empty folder, or a run folder it made)"
 
 

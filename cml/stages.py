@@ -15,41 +15,61 @@ from cml.preset.models import Preset, TrainSettings
 
 
 def _copy_machine(
-    preset: Preset, inputs: Inputs, run_dir: Path, common: dict, base_id: str, images: list, pixels: list[str], files: list[str], target: str | None
+    preset: Preset,
+    inputs: Inputs,
+    run_dir: Path,
+    common: dict,
+    base_id: str,
+    images: list,
+    pixels: list[str],
+    files: list[str],
+    target: str | None,
+    reverse: bool | None = None,
+    pair: int | None = None,
 ) -> tuple[list[Stage], tuple[Path, str, list[Path], str]]:
-    """The copy stage (and its merge) of A, or of a symmetric target's B (target set): the stages, and what a diff
-    stage trains against: (model, its fingerprint, LoRAs merged in memory, the stage it depends on)."""
-    reverse = target is not None
+    """The copy stage (and its merge) of A, of a symmetric target's B (target set), or of one pair's A (pair set): the
+    stages, and what a diff stage trains against: (model, its fingerprint, LoRAs merged in memory, the stage it
+    depends on)."""
+    reverse = target is not None if reverse is None else reverse
     copy_s, notes = effective_settings(preset.copy_settings(), inputs)
     what = "image B" if reverse else "image A"
     copy = Stage(
         role=Role.COPY,
         target=target,
         reverse=reverse,
-        what=f"copy LoRA: overfit {what} on the base model" + (f" (the way back of '{target}')" if reverse else ""),
+        pair=pair,
+        what=f"copy LoRA: overfit {what} on the base model"
+        + (f" (the way back of '{target}')" if reverse else f" (pair {pair} of '{target}')" if pair else ""),
         run_dir=run_dir,
-        output_name=f"{target}_copy_b.safetensors" if reverse else "copy.safetensors",
+        output_name=f"{target}_copy_b.safetensors" if reverse else f"{target}_copy_p{pair}.safetensors" if pair else "copy.safetensors",
         model=preset.base_model,
         settings=copy_s,
         images=images,
         inputs_sha256={"B" if reverse else "A": files},
         notes=notes,
     )
-    copy.fingerprint = fingerprint({"stage": copy.name if reverse else "copy", "settings": settings_id(copy_s), "A": pixels, "base": base_id, **common})
+    copy.fingerprint = fingerprint({"stage": copy.name if reverse or pair else "copy", "settings": settings_id(copy_s), "A": pixels, "base": base_id, **common})
     if preset.merge != "checkpoint":
         return [copy], (preset.base_model, copy.fingerprint, [copy.output], copy.name)
     merge = Stage(
         role=Role.MERGE,
         target=target,
         reverse=reverse,
-        what=f"merge the copy LoRA into the base: the copy machine model{' of B' if reverse else ''}",
+        pair=pair,
+        what=f"merge the copy LoRA into the base: the copy machine model{' of B' if reverse else f' of pair {pair}' if pair else ''}",
         run_dir=run_dir,
-        output_name=f"{target}_{COPY_MACHINE.replace('.safetensors', '_b.safetensors')}" if reverse else COPY_MACHINE,
+        output_name=(
+            f"{target}_{COPY_MACHINE.replace('.safetensors', '_b.safetensors')}"
+            if reverse
+            else f"{target}_copy_machine_p{pair}.safetensors"
+            if pair
+            else COPY_MACHINE
+        ),
         model=preset.base_model,
         depends=[copy.name],
     )
     merge.fingerprint = fingerprint(
-        {"stage": merge.name if reverse else "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common}
+        {"stage": merge.name if reverse or pair else "merge", "copy": copy.fingerprint, "base": base_id, "precision": merge_precision(preset, inputs), **common}
     )
     return [copy, merge], (merge.output, merge.fingerprint, [], merge.name)
 
@@ -63,7 +83,8 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
     a_files = [s.sha256 for s in inputs.source]
     stages: list[Stage] = []
     machine = None
-    if any(preset.target_method(t) == "copy_machine" for t in inputs.targets):  # a direct target needs no copy machine
+    shared = [t for t in inputs.targets if preset.target_method(t) == "copy_machine" and not getattr(preset.targets[t], "each_pair", False)]
+    if shared:  # a direct target needs no copy machine; one trained pair by pair has its own
         made, machine = _copy_machine(preset, inputs, run_dir, common, base_id, a_images, a_pixels, a_files, None)
         stages += made
 
@@ -89,6 +110,9 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
                 {"stage": "direct", "settings": settings_id(s), "direct": d.direct_id(), "A": a_pixels, "B": b_pixels, "base": base_id, **common}
             )
             stages.append(final)
+        elif getattr(preset.targets[name], "each_pair", False):
+            final = _each_pair(preset, inputs, run_dir, common, base_id, name, t, a_images, a_files, stages)
+            stages.append(final)
         else:
             assert machine is not None
             model, machine_fp, base_weights, machine_stage = machine
@@ -113,8 +137,10 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
             stages.append(final)
             if getattr(preset.targets[name], "symmetric", False):
                 stages += _slider(preset, inputs, run_dir, common, base_id, name, t, final, s, a_images, a_pixels, a_files, b_pixels)
-        if preset.baseline:
-            stages.append(_naive(preset, inputs, run_dir, common, base_id, name, t, b_pixels))
+        if preset.baseline:  # one naive LoRA per distinct B and recipe (a direct target of the same B shares it)
+            naive = _naive(preset, inputs, run_dir, common, base_id, name, t, b_pixels)
+            if naive.fingerprint not in {s.fingerprint for s in stages if s.role is Role.NAIVE}:
+                stages.append(naive)
         converter = FAMILIES[inputs.family].comfy_converter
         if converter:
             cv = Stage(
@@ -143,6 +169,51 @@ def build_plan(preset: Preset, preset_sha256: str, inputs: Inputs, sd_scripts_co
             rs.fingerprint = fingerprint({"stage": "resize", "of": final.fingerprint, "rank": preset.resize_to})
             stages.append(rs)
     return Plan(preset, preset_sha256, inputs, run_dir, stages, sd_scripts_commit)
+
+
+def _each_pair(preset: Preset, inputs: Inputs, run_dir: Path, common: dict, base_id: str, name: str, t, a_images, a_files, stages: list[Stage]) -> Stage:
+    """A target trained pair by pair: for each (A_i, B_i) its own copy LoRA (and merge) and diff LoRA; then their mean
+    (merge_lora.py --concat: each LoRA's alpha / rank halves as the ranks stack, so n LoRAs at ratio 1 give the mean of
+    their changes exactly, at n times the rank). Appends the pairs' stages; returns the average stage."""
+    diffs = []
+    for i, (a, b, fa, fb) in enumerate(zip(a_images, t.images, a_files, t.sha256), 1):
+        made, (model, machine_fp, base_weights, machine_stage) = _copy_machine(
+            preset, inputs, run_dir, common, base_id, [a], [pixel_sha256(a)], [fa], name, reverse=False, pair=i
+        )
+        stages += made
+        s, notes = effective_settings(preset.diff_settings(name), inputs)
+        d = Stage(
+            role=Role.DIFF,
+            target=name,
+            pair=i,
+            what=f"diff LoRA '{name}', pair {i}: its B on its own copy machine model",
+            run_dir=run_dir,
+            output_name=f"{name}_p{i}.safetensors",
+            model=model,
+            settings=s,
+            images=[b],
+            base_weights=base_weights,
+            inputs_sha256={"A": [fa], "B": [fb]},
+            depends=[machine_stage],
+            notes=notes,
+        )
+        d.fingerprint = fingerprint(
+            {"stage": d.name, "settings": settings_id(s), "B": [pixel_sha256(b)], "machine": machine_fp, "merge": preset.merge, **common}
+        )
+        stages.append(d)
+        diffs.append(d)
+    avg = Stage(
+        role=Role.AVERAGE,
+        target=name,
+        what=f"'{name}': the mean of its {len(diffs)} pairs' diff LoRAs (merge_lora.py --concat: exact)",
+        run_dir=run_dir,
+        output_name=f"{name}.safetensors",
+        model=diffs[0].output,
+        depends=[d.name for d in diffs],
+        inputs_sha256={"A": list(a_files), "B": list(t.sha256)},
+    )
+    avg.fingerprint = fingerprint({"stage": "average", "of": [d.fingerprint for d in diffs]})
+    return avg
 
 
 def _naive(preset: Preset, inputs: Inputs, run_dir: Path, common: dict, base_id: str, name: str, t, b_pixels: list[str]) -> Stage:

@@ -112,12 +112,13 @@ def demo_a() -> Path:
     return a
 
 
-def prepare_demo(sd_option: str | None = None) -> tuple[Path, dict[str, Path | list[Path]]]:
-    """The shipped demo preset, and the typed overrides that point it at the cached demo model, tokenizer and A.
+def prepare_demo(sd_option: str | None = None, world: bool = False) -> tuple[Path, dict[str, Path | list[Path]]]:
+    """The shipped demo preset (or, ``world``, the world demo's), and the typed overrides that point it at the cached
+    demo model (or world model, cml/demo/world.py), tokenizer and A.
 
     The demo model's build (a child process), the device probe (a child process importing torch, its answer
-    cached for the run) and the tokenizer (this process) run side by side: on a 2-core machine the build's
-    imports and random draws leave a core free."""
+    cached for the run) and the tokenizer (a child, once) run side by side: on a 2-core machine the build's imports
+    and random draws leave a core free."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cml.device import cached_probe
@@ -131,7 +132,12 @@ def prepare_demo(sd_option: str | None = None) -> tuple[Path, dict[str, Path | l
         probed = pool.submit(cached_probe)
         tokenizers = tokenizer_dir()
         probed.result()
-        return shipped_presets()["demo"], {"base_model": model.result(), "source": [a], "tokenizer_cache_dir": tokenizers}
+        base = model.result()
+    if world:
+        from cml.demo.world import world_model
+
+        return shipped_presets()["demo-world"], {"base_model": world_model(sd.path, base, tokenizers), "source": [a], "tokenizer_cache_dir": tokenizers}
+    return shipped_presets()["demo"], {"base_model": base, "source": [a], "tokenizer_cache_dir": tokenizers}
 
 
 def random_sdxl_checkpoint(sd_scripts: Path, log=print) -> Path:
@@ -144,7 +150,7 @@ def random_sd2v_checkpoint(sd_scripts: Path, log=print) -> Path:
     return _cached_build("random-sd2v", "sd2v", "a random SD2-architecture v-prediction checkpoint (~30 s, 2.6 GB)", sd_scripts, log)
 
 
-TOY_VERSION = "1"  # bump when cml/sd_process/toy_models.py's toys change
+TOY_VERSIONS = {"flux": 1, "flux-schnell": 1, "flux-full": 1, "sd3": 1, "anima": 2}  # bump a toy's when cml/sd_process/toy_models.py changes it
 
 
 def toy_model(kind: str, sd_scripts: Path, log=print) -> Path:
@@ -154,7 +160,7 @@ def toy_model(kind: str, sd_scripts: Path, log=print) -> Path:
     from cml.runner import indented
     from cml.sdscripts import SdScripts, python_env
 
-    out = cache_dir() / f"toy-{kind}-v{TOY_VERSION}"
+    out = cache_dir() / f"toy-{kind}-v{TOY_VERSIONS[kind]}"
     if out.is_dir():
         return out
     log(f"building the {kind} toy model files (once): {out}")

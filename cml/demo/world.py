@@ -143,7 +143,37 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
         res = run_logged(argv, sd_scripts, python_env(sd), work / "log.txt")
         if res.returncode != 0:
             raise StageFailed(f"building the world model failed (exit code {res.returncode})\n{indented(res.tail)}\n  full log: {work / 'log.txt'}")
+    scores = recognisable(sd_scripts, work / "world-base.safetensors", tokenizers, work)
+    log("the world base draws each scene for its word: luminance SSIM to its scene " + ", ".join(f"{w} {s:.2f}" for w, s in scores.items()))
+    (out.with_suffix(".json")).write_text(json.dumps({"recipe": RECIPE, "ssim_to_scene": scores}, indent=1))
     with atomic_path(out) as tmp:
         (work / "world-base.safetensors").replace(tmp)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def recognisable(sd_scripts: Path, model: Path, tokenizers: Path, work: Path, seeds: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+    """How well the world base draws each scene for its word: luminance SSIM of gen_img.py's image to the scene drawn
+    in code, the mean over ``seeds`` (the check's sampler and steps of the world demo)."""
+    from cml.errors import StageFailed
+    from cml.report.metrics import luminance_ssim
+    from cml.runner import indented, run_logged
+    from cml.sdscripts import SdScripts, python_env
+
+    out = work / "gen"
+    out.mkdir(exist_ok=True)
+    lines = [f"{w} --d {s} --am 0" for w in WORDS for s in seeds]
+    (work / "prompts.txt").write_text("\n".join(line.replace(" --am 0", "") for line in lines) + "\n")
+    argv = [sys.executable, "-m", "cml.sd_process.gen", "gen_img", "--ckpt", str(model), "--outdir", str(out), "--from_file", str(work / "prompts.txt")]
+    argv += ["--W", str(SIZE), "--H", str(SIZE), "--steps", "8", "--sampler", "euler_a", "--scale", "1.0", "--images_per_prompt", "1"]
+    argv += ["--sequential_file_name", "--sdpa", "--tokenizer_cache_dir", str(tokenizers), "--batch_size", "4"]
+    sd = SdScripts(sd_scripts, None, "world")
+    res = run_logged(argv, sd_scripts, python_env(sd), work / "gen.log")
+    files = sorted(out.glob("im_*.png"))
+    if res.returncode != 0 or len(files) != len(lines):
+        raise StageFailed(f"drawing the world's scenes failed (exit code {res.returncode})\n{indented(res.tail)}")
+    scores: dict[str, list[float]] = {w: [] for w in WORDS}
+    for line, f in zip(lines, files):
+        w = line.split()[0]
+        scores[w].append(luminance_ssim(Image.open(f).convert("RGB"), scene(w)))
+    return {w: sum(v) / len(v) for w, v in scores.items()}

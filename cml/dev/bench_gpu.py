@@ -156,7 +156,7 @@ def run_cml(
     res.update(
         {
             "run_dir": os.path.relpath(run_dir, out),  # from the results file's folder
-            "settings": {k: v for k, v in settings.items() if k not in MACHINE_PATHS},
+            "settings": {k: v for k, v in settings.items() if k not in MACHINE_PATHS and not k.startswith("model_files.")},
             "idle_mib": idle,
             "cml_libcuda": cuda_maps,
             "stages": {},
@@ -225,6 +225,11 @@ def build_models(families: list[str]) -> dict[str, str]:
         out["sd15"] = str(demo_sd15_checkpoint(sd.path, log=log))
     if "sdxl" in families:
         out["sdxl"] = str(random_sdxl_checkpoint(sd.path, log=log))
+    if "flux" in families:  # a full-size FLUX.1 dev (19 + 38 blocks, 12B) with random weights, built here
+        from cml.demo import toy_model, toy_tokenizers
+
+        out["flux"] = str(toy_model("flux-full", sd.path, log=log))
+        out["flux_tokenizer"] = str(toy_tokenizers(sd.path))
     out["build_s"] = time.monotonic() - t
     return out
 
@@ -258,6 +263,7 @@ RUNS: dict[str, dict] = {
     "sd15-fast": {"preset": "fast"},  # the fast preset as shipped
     "sd15-profile": {"merge": "in_memory", "train.steps": 30},  # torch.profiler over 10 steps of each stage
     "sdxl": {},
+    "flux": {},  # FLUX.1 dev at full size (random weights) at 1024 px: flux_train_network.py, flux_merge_lora.py
 }
 DEFAULT_RUNS = [
     "sd15",
@@ -270,6 +276,7 @@ DEFAULT_RUNS = [
     "sd15-fast",
     "sd15-profile",
     "sdxl",
+    "flux",
 ]
 PROFILED_STEPS = 10  # 50 took 3 minutes and 9 GB to summarise on the CPU (45,000 events a step)
 
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dev.get("name") and a.device != "cpu":
         why = dev.get("cuda_error") or "torch sees none"
         raise SystemExit(f"bench-gpu: no CUDA GPU here ({why}): run it on a CUDA machine (--device cpu only tries the harness, at small --steps)")
-    models = build_models(sorted({"sdxl" if r == "sdxl" else "sd15" for r in runs}))
+    models = build_models(sorted({r if r in ("sdxl", "flux") else "sd15" for r in runs}))
     say(f"demo checkpoints ready in {models['build_s']:.0f} s")
     from cml.demo import demo_image
 
@@ -302,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"device": dev, "models_build_s": models["build_s"], "runs": earlier_runs(a.out / "results-gpu.json", dev)}
     try:
         for r in runs:
-            fam = "sdxl" if r == "sdxl" else "sd15"
-            res = a.sdxl_resolution if fam == "sdxl" else a.resolution
+            fam = r if r in ("sdxl", "flux") else "sd15"
+            res = a.sdxl_resolution if fam in ("sdxl", "flux") else a.resolution
             img = a.work / f"a-{res}.png"
             if not img.exists():
                 demo_image(res).save(img)
@@ -317,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             if fam == "sdxl":
                 settings["train.steps"] = a.sdxl_steps
+            if fam == "flux":
+                flux = Path(models["flux"])
+                settings |= {"base_model": str(flux / "flux.safetensors"), "tokenizer_cache_dir": models["flux_tokenizer"], "train.steps": a.sdxl_steps}
+                settings |= {f"model_files.{k}": str(flux / f"{k}.safetensors") for k in ("clip_l", "t5xxl", "ae")}
             elif a.steps:
                 settings["train.steps"] = a.steps
             settings.update(RUNS[r])

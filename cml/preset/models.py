@@ -271,6 +271,10 @@ class CopyMachineTarget(TargetBase):
     symmetric: StrictBool = False
     """Also train the way back (a copy machine of B, a diff LoRA back to A) and combine the two into one two-way
     slider, (L_ab - L_ba) / 2 at twice the rank."""
+    each_pair: StrictBool = False
+    """With several A images: one copy machine and one diff LoRA per pair (A_i, B_i), averaged into one LoRA by
+    sd-scripts' merge_lora.py --concat (exact: the mean of the pairs' changes, at n times the rank; resize_to shrinks it
+    with resize_lora.py's SVD). Off: one copy machine of every A, one diff LoRA of every B (the article's way)."""
 
 
 class DirectTarget(TargetBase):
@@ -482,6 +486,13 @@ class Preset(Base):
                 raise ValueError(f"target names {seen[name.lower()]!r} and {name!r} collide on case-insensitive file systems")
             seen[name.lower()] = name
         return v
+
+    @model_validator(mode="after")
+    def _each_pair_alone(self) -> Preset:
+        for name, t in self.targets.items():
+            if isinstance(t, CopyMachineTarget) and t.each_pair and t.symmetric:
+                raise ValueError(f"targets.{name}: each_pair and symmetric are not made together (a slider of averaged LoRAs): choose one")
+        return self
 
     @model_validator(mode="after")
     def _derived_names(self) -> Preset:

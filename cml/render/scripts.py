@@ -53,6 +53,18 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
         if plan.preset.speedups:
             return [sys.executable, "-m", CML_TRAINER, trainer(plan), *config]
         return [sys.executable, f"{trainer(plan)}.py", *config]
+    if stage.kind == "average":
+        # merge_lora.py --concat: n LoRAs at ratio 1, their ranks stacked under the first one's alpha, give the mean of
+        # their changes (alpha / rank falls n-fold), exactly
+        loras = [str(plan.stage(d).output) for d in stage.depends]
+        return [sys.executable, str(family(fam).lora_merge_script), "--models", *loras, "--ratios", *["1.0"] * len(loras), "--concat"] + [
+            "--save_to",
+            str(stage.work_dir / stage.output.name),
+            "--precision",
+            "float",
+            "--save_precision",
+            "fp16",
+        ]
     if stage.kind == "slider":
         # LoRA into LoRA: ratio r scales lora_down by r and lora_up by |r| (r acts as sign(r) r^2), and --concat stacks
         # the ranks under the first LoRA's alpha, halving alpha / rank: ratios 1 and -1 give (L_ab - L_ba) / 2.

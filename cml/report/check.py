@@ -152,11 +152,7 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     copy = copy_st.output
     copy_imgs = [images[Job("", s, muls(loras, {copy: 1.0}))] for s in seeds]
     base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] if with_base else None for s in seeds]
-    if family(plan.inputs.family).generator == "trainer":  # a DiT family: no VAE round trip through sd-scripts' SD loader
-        ref_path = plan.run_dir / "check" / "a.png"
-        plan.inputs.source[0].image.convert("RGB").resize(copy_imgs[0].size, Image.Resampling.LANCZOS).save(ref_path)
-    else:
-        ref_path = vae_roundtrip(plan, sd, copy_imgs[0].width, mode)
+    ref_path = reference_of_a(plan, sd, copy_imgs[0].width, mode)
     ref = Image.open(ref_path).convert("RGB")
     a = plan.inputs.source[0].image
     rows, scores = [], []
@@ -171,7 +167,12 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     return {"image": str(path), "reference": str(ref_path), "seeds": scores}
 
 
-def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path]) -> tuple[Path, dict]:
+def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path], a_ref: Image.Image) -> tuple[Path, dict]:
+    """One LoRA's weight sweep on one model: its grid, and per weight the three measures of a difference LoRA, each
+    the mean over the check's prompts and seeds:
+    - effect: the transform's own measure (grayscale: mean saturation, shown as a multiple of weight 0's);
+    - interference: luminance SSIM against weight 0 (the content's structure kept);
+    - leakage: SSIM of the image to A (did it draw A instead of the prompt's content?)."""
     c = plan.preset.check
     target = lora.target
     assert target is not None
@@ -181,14 +182,24 @@ def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, I
     labels = [f"{p or '(empty prompt)'}\nseed {s}" for p, s in rows_def]
     path = plan.run_dir / "check" / f"sweep-{key}-{on.label}.png"
     grid(cells, labels, [f"w={w:+g}" for w in c.weights], f"on {on.label.replace('_', ' ')}").save(path)
-    effect_name, effect = EFFECTS[plan.preset.targets[target].transform]  # the target's transform names the measure
+    effect_name, effect = EFFECTS[getattr(plan.preset.targets[target], "transform", None)]  # the target's transform names the measure
     zero = c.weights.index(0.0)
     per_weight = {}
     for col, w in enumerate(c.weights):
         eff = [effect(row[col], row[zero]) for row in cells]
         ssim = [luminance_ssim(row[col], row[zero]) for row in cells]
-        per_weight[f"{w:g}"] = {effect_name: sum(eff) / len(eff), "luminance_ssim_vs_0": sum(ssim) / len(ssim)}
+        leak = [rgb_ssim(row[col], a_ref) for row in cells]
+        per_weight[f"{w:g}"] = {effect_name: sum(eff) / len(eff), "luminance_ssim_vs_0": sum(ssim) / len(ssim), "ssim_to_a": sum(leak) / len(leak)}
     return path, per_weight
+
+
+def reference_of_a(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
+    """A as the model can give it back: through the base's VAE (SD families), else A itself at the check's size."""
+    if family(plan.inputs.family).generator == "trainer":  # a DiT family: no VAE round trip through sd-scripts' SD loader
+        path = plan.run_dir / "check" / "a.png"
+        plan.inputs.source[0].image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(path)
+        return path
+    return vae_roundtrip(plan, sd, size, mode)
 
 
 def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> CheckMetrics:
@@ -206,9 +217,12 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> CheckMetrics:
     swept = swept_loras(plan)
     targets: dict[str, dict] = {key: {} for key in swept}
     grids = []
+    size = plan.preset.check.resolution or plan.preset.train.resolution
+    a_ref = Image.open(reference_of_a(plan, sd, size, mode)).convert("RGB") if swept else None
     for key, lora in swept.items():
         for m in models:
-            path, per_weight = sweep(plan, key, lora, m, images[m.model], sampling.runs[m.model])
+            assert a_ref is not None
+            path, per_weight = sweep(plan, key, lora, m, images[m.model], sampling.runs[m.model], a_ref)
             targets[key][m.label] = per_weight
             grids.append(str(path))
     curves = {}

@@ -38,6 +38,7 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
     lines += ["| sweep label | model |", "|---|---|"] + [f"| {label} | `{what}` |" for label, what in r.models.items()] + [""]
     for g in r.grids:
         lines += [f"![{Path(g).stem}]({rel(g)})", ""]
+    lines += side_by_side(r)
     lines += ["## Metrics", ""]
     for t, per_model in r.targets.items():
         for m, per_weight in per_model.items():
@@ -82,3 +83,39 @@ def print_table(result: CheckMetrics) -> None:
             for w, vals in per_weight.items():
                 table.add_row(w, *(f"{vals[k]:.4f}" for k in keys))
             console.print(table)
+
+
+def side_by_side(r: CheckMetrics) -> list[str]:
+    """Every swept LoRA beside the others, per model, at +1 and -1 (where swept): effect (saturation as a multiple of
+    weight 0's, for grayscale; else the mean pixel change), interference (luminance SSIM against weight 0) and leakage
+    (SSIM to A, with weight 0's beside it)."""
+    rows = []
+    for lora, per_model in r.targets.items():
+        for model, per_weight in per_model.items():
+            zero = per_weight.get("0")
+            if zero is None:
+                continue
+            for w in ("1", "-1"):
+                v = per_weight.get(w)
+                if v is None:
+                    continue
+                if "mean_saturation" in v:
+                    effect = f"{v['mean_saturation'] / zero['mean_saturation']:.2f}x" if zero["mean_saturation"] > 0 else "-"
+                else:
+                    effect = f"{v.get('mean_pixel_change', 0.0):.3f}"
+                leak = f"{v.get('ssim_to_a', float('nan')):.3f} ({zero.get('ssim_to_a', float('nan')):.3f})"
+                rows.append(f"| {lora} | {model.replace('_', ' ')} | {w} | {effect} | {v['luminance_ssim_vs_0']:.3f} | {leak} |")
+    if not rows:
+        return []
+    return [
+        "## The difference LoRAs side by side",
+        "",
+        "Mean over the check's prompts and seeds. Effect: saturation at the weight as a multiple of weight 0's (grayscale), "
+        "else the mean pixel change; interference: luminance SSIM against weight 0 (1: the content's structure kept); "
+        "leakage: SSIM to A (weight 0's in brackets): higher than weight 0's means it draws A instead of the prompt.",
+        "",
+        "| LoRA | on | weight | effect | interference | leakage (weight 0) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]

@@ -1,10 +1,10 @@
 """Toy model files of the DiT families, for the tests (run in sd-scripts' Python):
 
-    python -m cml.sd_process.toy_models flux|flux-schnell|sd3|anima OUT_DIR
+    python -m cml.sd_process.toy_models flux|flux-schnell|flux-full|sd3|anima OUT_DIR
 
 No real weights can be downloaded here. Each toy is built with sd-scripts' own model classes and loaders, so its
 keys and shapes are what sd-scripts reads:
-- the denoiser (DiT) with random weights (std 0.02), at the smallest size its loader accepts where the loader
+- the denoiser (DiT) with random weights (std 0.02; Anima's in fp32, the loader keeps the file's dtype), at the smallest size its loader accepts where the loader
   reads the size from the file (FLUX.1: 1 double and 1 single block; SD3: an MMDiT of depth 1), else at the
   loader's fixed size (Anima's 2.1B DiT);
 - the autoencoder with random weights;
@@ -92,15 +92,18 @@ def t5xxl_shapes() -> dict:
     return shapes_of(flux_utils.load_t5xxl(None, None, "meta", state_dict={}))
 
 
-def build_flux(out: Path, schnell: bool = False) -> None:
-    """FLUX.1 dev (or schnell: no guidance_in) with 1 double and 1 single block (0.55B), its AE, CLIP-L and T5-XXL."""
+def build_flux(out: Path, schnell: bool = False, full: bool = False) -> None:
+    """FLUX.1 dev (or schnell: no guidance_in) with 1 double and 1 single block (0.55B; ``full``: FLUX.1's own 19 and
+    38, 12B, for make bench-gpu), its AE, CLIP-L and T5-XXL."""
     from dataclasses import replace
 
     import torch
     from library import flux_models
 
     with torch.device("meta"):
-        params = replace(flux_models.configs["schnell" if schnell else "dev"].params, depth=1, depth_single_blocks=1)
+        params = flux_models.configs["schnell" if schnell else "dev"].params
+        if not full:
+            params = replace(params, depth=1, depth_single_blocks=1)
         dit = flux_models.Flux(params)
         ae = flux_models.AutoEncoder(flux_models.configs["dev"].ae_params)
     random_file(out / "flux.safetensors", dit, torch.bfloat16, skip=("guidance_in.",) if schnell else ())
@@ -188,15 +191,16 @@ def build_anima(out: Path, sd_scripts: Path) -> None:
     Qwen3ForCausalLM(Qwen3Config(**cfg)).to(torch.bfloat16).save_pretrained(str(q), safe_serialization=True)
     dit = built_by(anima_models, "Anima", lambda: anima_utils.load_anima_model("cpu", "-", "torch", False, "cpu", torch.bfloat16))
     vae = built_by(qwen_image_autoencoder_kl, "AutoencoderKLQwenImage", lambda: qwen_image_autoencoder_kl.load_vae("-"))
-    random_file(out / "anima.safetensors", dit, torch.bfloat16, prefix="net.", skip=(".seq", "dim_spatial_range", "dim_temporal_range", "inv_freq"))
+    # fp32: sd-scripts loads Anima's DiT in the file's dtype, and bf16 runs ~100x slower than fp32 on AVX2-only CPUs
+    random_file(out / "anima.safetensors", dit, torch.float32, prefix="net.", skip=(".seq", "dim_spatial_range", "dim_temporal_range", "inv_freq"))
     random_file(out / "vae.safetensors", vae, torch.float32)
 
 
 if __name__ == "__main__":
     kind, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    if kind in ("flux", "flux-schnell"):
-        build_flux(out, schnell=kind == "flux-schnell")
+    if kind in ("flux", "flux-schnell", "flux-full"):
+        build_flux(out, schnell=kind == "flux-schnell", full=kind == "flux-full")
     elif kind == "sd3":
         build_sd3(out)
     elif kind == "anima":

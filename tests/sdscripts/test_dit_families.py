@@ -120,7 +120,7 @@ def test_anima_in_memory_diff_check_and_the_comfyui_file(toys, tmp_path):
 
     t = toy_model("anima", toys["sd"])
     files = {"qwen3": t / "qwen3", "vae": t / "vae.safetensors"}
-    run = run_family(tmp_path, "anima", t / "anima.safetensors", files, toys["tokenizers"], "in_memory", {"qwen3_max_token_length": 8}, a=toys["a"], **{})
+    run = run_family(tmp_path, "anima", t / "anima.safetensors", files, toys["tokenizers"], "in_memory", {"qwen3_max_token_length": 8}, "fp32", a=toys["a"])
     meta = assert_family_run(run, "anima_train_network", merged=False)
     assert meta["ss_network_module"] == "networks.lora_anima"
     comfy = run / "comfy-grayscale" / "grayscale_comfy.safetensors"

@@ -32,3 +32,24 @@ def test_a_symmetric_target_trains_the_way_back_and_combines_both(write_preset):
     mem = plan_for(write_preset(merge="in_memory", targets={"g": {"transform": "grayscale", "symmetric": True}}))
     assert names(mem) == ["copy", "diff-g", "reverse-copy-g", "reverse-diff-g", "slider-g"]
     assert mem.stage("reverse-diff-g").base_weights == [mem.stage("reverse-copy-g").output]
+
+
+def test_a_target_trained_pair_by_pair_has_a_copy_machine_per_pair_and_their_mean(write_preset, tmp_path):
+    from cml.plan import Role
+    from cml.render.scripts import stage_argv
+    from tests.conftest import colourful
+
+    a = []
+    for i in range(3):
+        p = tmp_path / f"a{i}.png"
+        colourful((96 + 8 * i, 96)).resize((96, 96)).rotate(30 * i).save(p)
+        a.append(str(p))
+    plan = plan_for(write_preset(source=a, targets={"g": {"transform": "grayscale", "each_pair": True}}))
+    assert names(plan) == ["copy-g-p1", "merge-g-p1", "diff-g-p1", "copy-g-p2", "merge-g-p2", "diff-g-p2", "copy-g-p3", "merge-g-p3", "diff-g-p3", "average-g"]
+    for i in (1, 2, 3):
+        assert len(plan.stage(f"copy-g-p{i}").images) == 1 and plan.stage(f"diff-g-p{i}").model == plan.stage(f"merge-g-p{i}").output
+    avg = plan.stage("average-g")
+    argv = stage_argv(plan, avg)
+    assert argv[argv.index("--models") + 1 : argv.index("--ratios")] == [str(plan.stage(f"diff-g-p{i}").output) for i in (1, 2, 3)]
+    assert argv[argv.index("--ratios") + 1 : argv.index("--concat")] == ["1.0"] * 3
+    assert [s.name for s in plan.stages if s.result] == ["average-g"] and avg.role is Role.AVERAGE and avg.swept
