@@ -37,7 +37,10 @@ class Family:
     recipe: dict[str, object] = field(default_factory=dict)  # sd-scripts' documented options for the family
     text_encoder_cache: bool = False  # the trainer caches the (frozen) text encoders' outputs: cache_text_encoder_outputs
     direct: bool = False  # cml's direct step wraps the family's step (DDPM families only)
-    gui: bool = False  # the kohya_ss GUI (45088f04) has a LoRA mode for it
+    gui: bool = False  # cml writes gui.json for it: the kohya_ss GUI (45088f04) has its LoRA mode, modelled in tests/kohya_gui.py
+    # The keys the GUI's model detection (kohya_gui/sd_modeltype.py) ticks the family's box from on Load; a file with
+    # none of them loads with the box unticked (empty: the SD families, told apart by their key prefixes).
+    gui_detect: tuple[str, ...] = ()
     tokenizers: tuple[str, ...] = ()  # hub ids sd-scripts loads from tokenizer_cache_dir (folder: id with "/" as "_")
     refused: str | None = None  # why cml cannot run it at all here (planned and validated, then refused before writing)
     loads_in: str = ""  # where its LoRAs load, as checked
@@ -119,6 +122,7 @@ FAMILIES: dict[str, Family] = {
             recipe={"timestep_sampling": "shift", "discrete_flow_shift": 3.1582, "model_prediction_type": "raw", "guidance_scale": 1.0},
             text_encoder_cache=True,
             gui=True,
+            gui_detect=("double_blocks.0.img_attn.norm.key_norm.scale", "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"),
             tokenizers=("openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"),
             loads_in="ComfyUI (sd-scripts' lora_unet keys), Forge; diffusers via networks/convert_flux_lora.py",
             tested_here="yes: 1 double + 1 single block, random weights, sparse zero text encoders (make test-slow)",
@@ -153,6 +157,7 @@ FAMILIES: dict[str, Family] = {
             recipe={"weighting_scheme": "uniform"},  # docs/sd3_train_network.md's example
             text_encoder_cache=True,
             gui=True,
+            gui_detect=("model.diffusion_model.x_embedder.proj.weight",),
             tokenizers=("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "google/t5-v1_1-xxl"),
             loads_in="ComfyUI (lora_unet keys)",
             tested_here="yes: an MMDiT of depth 1, random weights, sparse zero text encoders (make test-slow)",

@@ -29,6 +29,8 @@ class ModelInfo:
     dtype: str | None = None  # safetensors dtype of the U-Net weights, e.g. "F16"
     markers: tuple[str, ...] = ()  # MARKER_KEYS the file holds: a copy machine model must keep them
     prefixed: bool = False  # a DiT file whose keys carry "model.diffusion_model." (ComfyUI's way) where the family's have none
+    variant: str = ""  # FLUX.1: "dev" (it has guidance_in) or "schnell", as sd-scripts' flux_utils.analyze_checkpoint_state tells them
+    gui_detected: bool = True  # the kohya GUI's model detection ticks the family's box from this file (Family.gui_detect)
 
 
 def read_safetensors_header(path: Path, where: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
@@ -140,7 +142,10 @@ def inspect_model(path: Path, allow_pickle: bool = False, where: str | None = No
         raise InputError(f"the file holds no {'U-Net' if family not in DIT else 'DiT'} weights", where, f"use a full {f.title} checkpoint")
     markers = tuple(k for k in MARKER_KEYS if k in keys)
     vpred = _vpred_from_metadata(meta, keys) if family not in DIT else None
-    return ModelInfo(path, "checkpoint", family, vpred, size, denoiser_dtype(table, prefix), markers, prefixed)
+    dev = any(k.endswith(("guidance_in.in_layer.bias", "time_text_embed.guidance_embedder.linear_1.bias")) for k in keys)
+    variant = ("dev" if dev else "schnell") if family == "flux" else ""
+    gui_detected = not f.gui_detect or any(k in table for k in f.gui_detect)
+    return ModelInfo(path, "checkpoint", family, vpred, size, denoiser_dtype(table, prefix), markers, prefixed, variant, gui_detected)
 
 
 def resolve_family(info: ModelInfo, declared: str) -> str:

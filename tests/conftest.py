@@ -66,9 +66,18 @@ def make_checkpoint(path: Path, family: str = "sd1", metadata: dict | None = Non
 
 # Keys that make a file pass for a family's base model or a [model_files] part (cml reads headers only): name -> shape.
 FAMILY_KEYS = {
-    "flux": {"double_blocks.0.img_attn.qkv.weight": (12, 4), "single_blocks.0.linear1.weight": (4, 4), "guidance_in.in_layer.bias": (4,)},
+    "flux": {
+        "double_blocks.0.img_attn.qkv.weight": (12, 4),
+        "single_blocks.0.linear1.weight": (4, 4),
+        "guidance_in.in_layer.bias": (4,),
+        "double_blocks.0.img_attn.norm.key_norm.scale": (4,),
+    },
     "chroma": {"distilled_guidance_layer.in_proj.weight": (4, 4), "double_blocks.0.img_attn.qkv.weight": (12, 4)},
-    "sd3": {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (12, 4), "first_stage_model.decoder.conv_in.weight": (4, 4)},
+    "sd3": {
+        "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (12, 4),
+        "model.diffusion_model.x_embedder.proj.weight": (4, 4, 2, 2),
+        "first_stage_model.decoder.conv_in.weight": (4, 4),
+    },
     "lumina": {"cap_embedder.0.weight": (4,), "layers.0.attention.qkv.weight": (12, 4)},
     "anima": {"net.llm_adapter.embed.weight": (4, 4), "net.blocks.0.self_attn.q_proj.weight": (4, 4)},
     "hunyuan_image": {"byt5_in.fc1.weight": (4, 4), "double_blocks.0.img_attn_qkv.weight": (12, 4)},

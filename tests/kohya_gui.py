@@ -10,7 +10,9 @@ Read from bmaltais/kohya_ss at commit 45088f04af78e11cec5407ff4652ea3ed2c14422:
 
 TABLE: gui.json key -> (sd-scripts option, conversion). GUI_DEFAULTS: keys cml's gui.json does not write and what
 the GUI then emits (none of them changes the run; tests/sdscripts/test_gui.py checks that against the parser).
-Only the "Standard" LoRA type and the SD1/SD2/SDXL checkboxes are modelled: that is all cml writes.
+Modelled: the "Standard" LoRA type with the SD1/SD2/SDXL/SD3 boxes (SD3: networks.lora_sd3), and "Flux1" with the
+FLUX.1 box (networks.lora_flux): all cml writes. FLUX_DEFAULTS / SD3_DEFAULTS: what the GUI emits for that family's
+widgets cml leaves alone (class_flux1.py, class_sd3.py), after the GUI's own filter.
 """
 
 from __future__ import annotations
@@ -67,12 +69,59 @@ def sdxl_only(v, g):
     return True if g.get("sdxl") and v else None
 
 
+def flux(v, g):
+    return v if g.get("flux1_checkbox") else None
+
+
+def sd3(v, g):
+    return v if g.get("sd3_checkbox") else None
+
+
+def network_module(v, g):
+    """lora_gui.py: "Flux1" -> networks.lora_flux; "Standard" -> networks.lora_sd3 with the SD3 box, else networks.lora."""
+    if v == "Flux1":
+        return "networks.lora_flux"
+    assert v == "Standard", v
+    return "networks.lora_sd3" if g.get("sd3_checkbox") else "networks.lora"
+
+
+def script(g: dict) -> str:
+    """The trainer the GUI starts (lora_gui.py: sdxl, then flux1, then sd3, else train_network)."""
+    if g.get("sdxl"):
+        return "sdxl_train_network"
+    if g.get("flux1_checkbox"):
+        return "flux_train_network"
+    if g.get("sd3_checkbox"):
+        return "sd3_train_network"
+    return "train_network"
+
+
 TABLE: dict[str, tuple[str | None, Conv]] = {
-    "LoRA_type": ("network_module", lambda v, g: "networks.lora" if v == "Standard" else v),
+    "LoRA_type": ("network_module", network_module),
     "pretrained_model_name_or_path": ("pretrained_model_name_or_path", same),
     "v2": ("v2", same),
     "v_parameterization": ("v_parameterization", v_parameterization),
     "sdxl": (None, same),  # picks sdxl_train_network.py
+    "flux1_checkbox": (None, same),  # picks flux_train_network.py (see script)
+    "sd3_checkbox": (None, same),  # picks sd3_train_network.py
+    # FLUX.1 fields (config_toml_data: each only with the FLUX.1 box ticked)
+    "ae": ("ae", flux),
+    "clip_l": ("clip_l", flux),  # the SD3 box takes sd3_clip_l instead
+    "t5xxl": ("t5xxl", flux),
+    "timestep_sampling": ("timestep_sampling", flux),
+    "discrete_flow_shift": ("discrete_flow_shift", lambda v, g: float(v) if g.get("flux1_checkbox") else None),
+    "model_prediction_type": ("model_prediction_type", flux),
+    "guidance_scale": ("guidance_scale", lambda v, g: float(v) if g.get("flux1_checkbox") else None),
+    "t5xxl_max_token_length": ("t5xxl_max_token_length", lambda v, g: int(v) if g.get("flux1_checkbox") else None),
+    "apply_t5_attn_mask": ("apply_t5_attn_mask", flux),
+    "flux1_cache_text_encoder_outputs": (None, same),  # -> cache_text_encoder_outputs (see gui_to_options)
+    # SD3 fields
+    "sd3_clip_l": ("clip_l", sd3),
+    "clip_g": ("clip_g", sd3),
+    "sd3_t5xxl": ("t5xxl", sd3),
+    "vae": ("vae", same),
+    "weighting_scheme": ("weighting_scheme", sd3),
+    "sd3_cache_text_encoder_outputs": (None, same),
     "dataset_config": ("dataset_config", same),
     "output_dir": ("output_dir", same),
     "output_name": ("output_name", same),
@@ -102,7 +151,7 @@ TABLE: dict[str, tuple[str | None, Conv]] = {
     "caption_extension": ("caption_extension", same),
     "enable_bucket": ("enable_bucket", same),
     "max_resolution": ("resolution", same),  # the dataset TOML's resolution wins
-    "sdxl_cache_text_encoder_outputs": ("cache_text_encoder_outputs", sdxl_only),
+    "sdxl_cache_text_encoder_outputs": (None, same),  # -> cache_text_encoder_outputs (see gui_to_options)
     "max_data_loader_n_workers": ("max_data_loader_n_workers", lambda v, g: int(v)),
     "log_with": ("log_with", same),
     "logging_dir": ("logging_dir", same),
@@ -131,6 +180,16 @@ GUI_DEFAULTS: dict[str, tuple[str, Any]] = {
     "optimizer_args": ("optimizer_args", []),
     "lr_scheduler_args": ("lr_scheduler_args", []),
     "dynamo_backend": ("dynamo_backend", "no"),  # class_accelerate_launch.py's default: sd-scripts then does not compile
+}
+
+# What the GUI emits for the widgets of a family's panel that cml's gui.json leaves at their defaults, after the GUI's
+# own filter drops False, 0 and "" (class_flux1.py, class_sd3.py; config_toml_data in lora_gui.py).
+FLUX_DEFAULTS: dict[str, Any] = {"max_token_length": None}  # lora_gui.py: not emitted with the FLUX.1 box
+SD3_DEFAULTS: dict[str, Any] = {
+    "logit_std": 1.0,  # sd-scripts' default too
+    "mode_scale": 1.29,  # sd-scripts' default too
+    "t5xxl_dtype": "bf16",  # sd-scripts: "[DOES NOT WORK] not supported yet" (library/sd3_train_utils.py), read nowhere
+    "text_encoder_batch_size": 1,  # the text-encoder caching pass's batch: one caption (none) per cml stage
 }
 
 # Options of cml's train.toml that no gui.json key can carry, with what the GUI does instead (run README says so).
@@ -162,6 +221,17 @@ def gui_to_options(gui: dict) -> tuple[dict, list[str]]:
         option, conv = TABLE[key]
         if option is not None:
             cfg[option] = conv(value, gui)
+    if gui.get("flux1_checkbox"):
+        cfg.update(FLUX_DEFAULTS)
+    if gui.get("sd3_checkbox"):
+        cfg.update(SD3_DEFAULTS)
+    cfg["cache_text_encoder_outputs"] = (
+        True
+        if (gui.get("sdxl") and gui.get("sdxl_cache_text_encoder_outputs"))
+        or (gui.get("flux1_checkbox") and gui.get("flux1_cache_text_encoder_outputs"))
+        or (gui.get("sd3_checkbox") and gui.get("sd3_cache_text_encoder_outputs"))
+        else None
+    )
     cfg["xformers"] = xformers(gui.get("xformers", "xformers"), gui)
     te = cfg.get("text_encoder_lr") or [0.0]
     cfg["network_train_unet_only"] = float(te[0]) == 0.0 and (cfg.get("unet_lr") or 0.0) > 0

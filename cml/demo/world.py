@@ -104,7 +104,15 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
     (work / "dataset.toml").write_text(
         tomli_w.dumps(
             {
-                "general": {"resolution": SIZE, "batch_size": RECIPE["batch"], "enable_bucket": True, "bucket_no_upscale": True, "caption_extension": ".txt"},
+                "general": {
+                    "resolution": SIZE,
+                    "batch_size": RECIPE["batch"],
+                    "enable_bucket": True,
+                    "bucket_no_upscale": True,
+                    "min_bucket_reso": SIZE,
+                    "max_bucket_reso": 1024,
+                    "caption_extension": ".txt",
+                },
                 "datasets": [{"subsets": [{"image_dir": str(work / "images"), "num_repeats": 1}]}],
             }
         )

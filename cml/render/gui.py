@@ -8,7 +8,7 @@ from cml.cache import tokenizers_dir
 from cml.families import family
 from cml.plan import Plan, Role, Stage
 from cml.render.scripts import CML_NETWORK_MODULE
-from cml.render.train_config import mixed_precision, no_half_vae, zero_terminal_snr
+from cml.render.train_config import mixed_precision, no_half_vae, training_toml, zero_terminal_snr
 
 # The kohya_ss GUI (bmaltais/kohya_ss 45088f04, common_gui.run_cmd_advanced_training) strips double quotes from
 # "additional_parameters", splits it on whitespace and shlex.quote()s each piece before running the list without
@@ -37,8 +37,9 @@ def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
         extra += ["--seed", "0"]  # the GUI leaves out seed = 0, and sd-scripts then picks a random seed
     if stage.train.torch_compile:
         extra.append("--torch_compile")  # the GUI's dynamo fields are accelerate launch's; this is the trainer's own
+    fields = set(dit_fields(plan, stage))
     for key, value in stage.train.extra.items():  # train.extra: what cml's train.toml adds, the GUI gets too
-        if value is False:
+        if value is False or key in fields:  # a key with its own GUI field goes there (dit_fields)
             continue
         extra.append(f"--{key}")
         if value is not True:
@@ -47,12 +48,52 @@ def gui_additional_parameters(plan: Plan, stage: Stage) -> list[str]:
 
 
 def has_gui(plan: Plan) -> bool:
-    """Whether cml writes gui.json for the plan's family: the SD families, whose GUI runs cml checks against the GUI's
-    own command builder (tests/kohya_gui.py)."""
-    return plan.inputs.family in GUI_FAMILIES
+    """Whether cml writes gui.json for the plan's family: those whose GUI run cml checks against the GUI's own command
+    builder (tests/kohya_gui.py): SD1.x, SD2.x, SDXL, FLUX.1 and SD3 (cml/families.py's ``gui``)."""
+    return family(plan.inputs.family).gui
 
 
-GUI_FAMILIES = ("sd1", "sd2", "sdxl")
+# The GUI's fields for the FLUX.1 and SD3 options of cml's train.toml (kohya_gui/lora_gui.py train_model: its
+# config_toml_data takes each from the field named here, for the family whose box is ticked). An option missing from
+# train.toml gets the value sd-scripts gives it, written out where the GUI's widget default would differ.
+DIT_FIELDS = {
+    "flux": {
+        "ae": "ae",
+        "clip_l": "clip_l",
+        "t5xxl": "t5xxl",
+        "timestep_sampling": "timestep_sampling",  # widget default "sigma"
+        "discrete_flow_shift": "discrete_flow_shift",  # widget default 3.0
+        "model_prediction_type": "model_prediction_type",  # widget default "sigma_scaled"
+        "guidance_scale": "guidance_scale",  # widget default 3.5
+        "t5xxl_max_token_length": "t5xxl_max_token_length",  # widget default 512; sd-scripts: 256 for schnell
+        "apply_t5_attn_mask": "apply_t5_attn_mask",
+    },
+    "sd3": {"clip_l": "sd3_clip_l", "clip_g": "clip_g", "t5xxl": "sd3_t5xxl", "vae": "vae", "weighting_scheme": "weighting_scheme"},
+}
+# sd-scripts' own value of an option train.toml leaves out, where the GUI's widget default differs.
+SD_SCRIPTS_DEFAULTS = {
+    "flux": {
+        "timestep_sampling": "sigma",
+        "discrete_flow_shift": 3.0,
+        "model_prediction_type": "sigma_scaled",
+        "guidance_scale": 3.5,
+        "apply_t5_attn_mask": False,
+    },
+    "sd3": {"weighting_scheme": "uniform"},
+}
+
+
+def dit_fields(plan: Plan, stage: Stage) -> dict:
+    """gui.json's FLUX.1 / SD3 fields for a stage: train.toml's values (model files, recipe, train.extra) in the
+    GUI's field names."""
+    fam = plan.inputs.family
+    if fam not in DIT_FIELDS:
+        return {}
+    toml = {k: v for k, v in training_toml(plan, stage).items() if k in DIT_FIELDS[fam]}
+    values = {**SD_SCRIPTS_DEFAULTS[fam], **toml}
+    if fam == "flux" and "t5xxl_max_token_length" not in values:  # flux_train_network.get_tokenize_strategy
+        values["t5xxl_max_token_length"] = 256 if plan.inputs.model.variant == "schnell" else 512
+    return {DIT_FIELDS[fam][k]: v for k, v in values.items()}
 
 
 def gui_problems(plan: Plan) -> list[str]:
@@ -60,6 +101,14 @@ def gui_problems(plan: Plan) -> list[str]:
     if not has_gui(plan):
         return []
     out = []
+    fam = family(plan.inputs.family)
+    if not plan.inputs.model.gui_detected:
+        names = [st.name for st in plan.stages if st.settings is not None and st.role is not Role.DIRECT and st.model == plan.inputs.model.path]
+        out.append(
+            f"{', '.join(n + '/gui.json' for n in names)}: the kohya GUI does not recognise {plan.inputs.model.path.name} as {fam.title} (its model "
+            f"detection, kohya_gui/sd_modeltype.py, reads {fam.gui_detect[-1]}), so Load unticks the {fam.title} box and the run "
+            f"would use the SD1 trainer: tick {fam.title} by hand after Load, before Start"
+        )
     for st in plan.stages:
         if st.settings is None or st.role is Role.DIRECT:  # no gui.json for a direct stage
             continue
@@ -75,7 +124,7 @@ def gui_problems(plan: Plan) -> list[str]:
                 f"{st.name}/gui.json: the kohya GUI splits and quotes additional parameters, so {bad[0]!r} would not arrive intact "
                 f"(they must be ASCII letters, digits and @%+=:,./- only: {fix})"
             )
-        if st.base_weights:
+        if st.base_weights and fam.network_module == "networks.lora":  # cml's own module fixes it (cml/sd_process/lora.py)
             out.append(
                 f"{st.name}/gui.json: in the kohya GUI this stage trains more modules than cml's run (sd-scripts' networks.lora "
                 "with --base_weights also puts LoRA on every time_emb_proj: 684 keys instead of 576 on SD1.5), so its LoRA is "
@@ -89,6 +138,8 @@ def gui_problems(plan: Plan) -> list[str]:
 LOAD_ORDER = {
     "sd2": ("v2 (and so v-parameterization)", "run the SD1 objective on an SD2 model"),
     "sdxl": ("SDXL", "run the SD1 trainer"),
+    "flux": ("FLUX.1", "run the SD1 trainer on a FLUX.1 model"),
+    "sd3": ("SD3", "run the SD1 trainer on an SD3 model"),
 }
 
 
@@ -118,11 +169,14 @@ def gui_json(plan: Plan, stage: Stage) -> dict:
     s = stage.train
     fam = plan.inputs.family
     return {
-        "LoRA_type": "Standard",
+        "LoRA_type": "Flux1" if fam == "flux" else "Standard",  # lora_gui.py: Flux1 -> networks.lora_flux; SD3 + Standard -> lora_sd3
         "pretrained_model_name_or_path": str(stage.model),
         "v2": fam == "sd2",
         "v_parameterization": bool(plan.inputs.v_parameterization) and not sd1_v_prediction(plan),  # SD1: additional parameters
         "sdxl": fam == "sdxl",
+        **({"flux1_checkbox": True, "flux1_cache_text_encoder_outputs": True} if fam == "flux" else {}),
+        **({"sd3_checkbox": True, "sd3_cache_text_encoder_outputs": True} if fam == "sd3" else {}),
+        **dit_fields(plan, stage),
         "dataset_config": str(stage.dir / "dataset.toml"),
         "output_dir": str(stage.work_dir),
         "output_name": stage.output.stem,
@@ -171,7 +225,8 @@ def gui_note(plan: Plan) -> str:
         title = family(plan.inputs.family).title
         return (
             f"\n## In the kohya_ss GUI\n\nNo `gui.json` for {title}: cml writes GUI files only where it has checked that they give "
-            "the same run through the GUI's own code (SD1.x, SD2.x, SDXL). `train.toml` and `dataset.toml` run with "
+            "the same run through the GUI's own code (SD1.x, SD2.x, SDXL, FLUX.1, SD3; the GUI at 45088f04 has modes for Anima, "
+            "Lumina and HunyuanImage too, which cml has not modelled). `train.toml` and `dataset.toml` run with "
             f"`{family(plan.inputs.family).trainer}.py --config_file train.toml` (see `commands.sh`).\n"
         )
     lines = [
@@ -184,10 +239,11 @@ def gui_note(plan: Plan) -> str:
         f"- `tokenizer_cache_dir` ({plan.preset.tokenizer_cache_dir or tokenizers_dir()}): the GUI's run loads the "
         "tokenizer from the Hugging Face hub instead (the same tokenizer; it needs network on its first run).",
     ]
-    lines.append(
-        f"- `network_module`: cml trains with `{CML_NETWORK_MODULE}` (sd-scripts' networks.lora, exactly faster, and fixed for "
-        "`--base_weights`), the GUI with `networks.lora`: the same LoRA file either way."
-    )
+    if family(plan.inputs.family).network_module == "networks.lora":
+        lines.append(
+            f"- `network_module`: cml trains with `{CML_NETWORK_MODULE}` (sd-scripts' networks.lora, exactly faster, and fixed for "
+            "`--base_weights`), the GUI with `networks.lora`: the same LoRA file either way."
+        )
     if sd1_v_prediction(plan):
         lines.append(
             "- v-prediction on an SD1 model: the GUI's v-parameterization box is unticked by its model-family boxes when "

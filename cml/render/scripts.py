@@ -56,36 +56,12 @@ def stage_argv(plan: Plan, stage: Stage) -> list[str]:
     if stage.kind == "average":
         # merge_lora.py --concat: n LoRAs at ratio 1, their ranks stacked under the first one's alpha, give the mean of
         # their changes (alpha / rank falls n-fold), exactly
-        loras = [str(plan.stage(d).output) for d in stage.depends]
-        return [sys.executable, str(family(fam).lora_merge_script), "--models", *loras, "--ratios", *["1.0"] * len(loras), "--concat"] + [
-            "--save_to",
-            str(stage.work_dir / stage.output.name),
-            "--precision",
-            "float",
-            "--save_precision",
-            "fp16",
-        ]
+        loras = [plan.stage(d).output for d in stage.depends]
+        return lora_into_lora(plan, stage, loras, [1.0] * len(loras))
     if stage.kind == "slider":
         # LoRA into LoRA: ratio r scales lora_down by r and lora_up by |r| (r acts as sign(r) r^2), and --concat stacks
         # the ranks under the first LoRA's alpha, halving alpha / rank: ratios 1 and -1 give (L_ab - L_ba) / 2.
-        ab, ba = (plan.stage(d).output for d in stage.depends)
-        return [
-            sys.executable,
-            str(family(fam).lora_merge_script),
-            "--models",
-            str(ab),
-            str(ba),
-            "--ratios",
-            "1.0",
-            "-1.0",
-            "--concat",
-            "--save_to",
-            str(stage.work_dir / stage.output.name),
-            "--precision",
-            "float",
-            "--save_precision",
-            "fp16",
-        ]
+        return lora_into_lora(plan, stage, [plan.stage(d).output for d in stage.depends], [1.0, -1.0])
     if stage.kind == "merge":
         copy = plan.stage(stage.depends[0])
         prec = merge_precision(plan.preset, plan.inputs)
@@ -140,3 +116,16 @@ def script_label(argv: list[str]) -> str:
     if argv[1:2] == ["-m"]:
         return f"{argv[3]}.py" if argv[2] in (CML_TRAINER, CML_GEN) else f"{argv[2]} {argv[3]}"
     return Path(argv[1]).name
+
+
+def lora_into_lora(plan: Plan, stage: Stage, loras: list, ratios: list[float]) -> list[str]:
+    """The family's LoRA-into-LoRA merge script with --concat (the ranks stacked, no SVD: exact), in float, saved fp16."""
+    script = str(family(plan.inputs.family).lora_merge_script)
+    return [sys.executable, script, "--models", *map(str, loras), "--ratios", *map(str, ratios), "--concat"] + [
+        "--save_to",
+        str(stage.work_dir / stage.output.name),
+        "--precision",
+        "float",
+        "--save_precision",
+        "fp16",
+    ]

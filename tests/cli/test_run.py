@@ -267,7 +267,14 @@ def test_grayscale_command_is_the_articles_recipe(fake_sd, image_a, ckpt, tmp_pa
     import tomllib
 
     resolved = tomllib.loads((run / "preset.toml").read_text())
-    assert resolved["targets"]["grayscale"] == {"images": [], "transform": "grayscale", "method": "copy_machine", "symmetric": False, "train": {}}
+    assert resolved["targets"]["grayscale"] == {
+        "images": [],
+        "transform": "grayscale",
+        "method": "copy_machine",
+        "symmetric": False,
+        "each_pair": False,
+        "train": {},
+    }
     assert resolved["train"]["dim"] == 16 and resolved["train"]["learning_rate"] == 1e-3
     assert (run / "diff-grayscale" / "grayscale.safetensors").exists()
     b = tmp_path / "b.png"

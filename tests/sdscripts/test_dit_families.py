@@ -16,6 +16,7 @@ import tomli_w
 
 from cml.safetensors_file import read_metadata
 from cml.validate import validate_lora
+from tests.comfyui_keys import not_loaded
 from tests.conftest import run_cml
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,30 @@ def run_family(tmp_path, name: str, base, model_files: dict, tokenizers, merge: 
     return tmp_path / "runs" / name
 
 
-def assert_family_run(run, trainer: str, merged: bool):
+def diffusers_flux_modules_missing(lora) -> list[str]:
+    """diffusers' own FLUX.1 LoRA loading (FluxPipeline.lora_state_dict: its kohya converter, which raises on a key
+    it cannot place) and the converted names against a FluxTransformer2DModel of the toy's depth, built on meta:
+    the lora_A/lora_B pairs whose module is missing or of another shape."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    converted = FluxPipeline.lora_state_dict(str(lora))
+    assert converted and all(k.startswith("transformer.") for k in converted)
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
+    modules = dict(model.named_modules())
+    bad = []
+    for k, v in converted.items():
+        name, part = k.removeprefix("transformer.").rsplit(".lora_", 1)
+        m = modules.get(name)
+        if m is None or not isinstance(m, torch.nn.Linear):
+            bad.append(k)
+        elif (part == "A.weight" and v.shape[1] != m.in_features) or (part == "B.weight" and v.shape[0] != m.out_features):
+            bad.append(f"{k}: {tuple(v.shape)} against {m}")
+    return bad
+
+
+def assert_family_run(run, trainer: str, merged: bool, checked: bool = True):
     for stage in ("copy", "diff-grayscale"):
         log = (run / stage / "log.txt").read_text()
         assert f"-m cml.sd_process.train {trainer}" in log.splitlines()[0]
@@ -72,6 +96,11 @@ def assert_family_run(run, trainer: str, merged: bool):
     if merged:
         rec = json.loads((run / "merge" / "record.json").read_text())
         assert rec["merge_check"]["unet_tensors_changed"] > 0  # the copy machine model differs from its base in the DiT
+    else:
+        toml = (run / "diff-grayscale" / "train.toml").read_text()
+        assert "base_weights" in toml and not (run / "merge").exists()  # the copy LoRA merged in memory
+    if not checked:
+        return meta
     metrics = json.loads((run / "check" / "metrics.json").read_text())
     assert metrics["copy_check"]["seeds"] and "grayscale" in metrics["targets"]
     assert (run / "report.md").is_file()
@@ -95,6 +124,8 @@ def test_flux_dev_copy_merge_diff_and_check(toys, tmp_path):
     run = run_family(tmp_path, "flux", t / "flux.safetensors", files, toys["tokenizers"], "checkpoint", {"t5xxl_max_token_length": 8}, a=toys["a"])
     meta = assert_family_run(run, "flux_train_network", merged=True)
     assert meta["ss_network_module"] == "networks.lora_flux"
+    assert not not_loaded(run / "diff-grayscale" / "grayscale.safetensors", t / "flux.safetensors")  # ComfyUI's key mapping
+    assert not diffusers_flux_modules_missing(run / "diff-grayscale" / "grayscale.safetensors")  # and diffusers' converter
     toml = (run / "diff-grayscale" / "train.toml").read_text()
     assert 'timestep_sampling = "shift"' in toml and "discrete_flow_shift = 3.1582" in toml and 'model_prediction_type = "raw"' in toml
 
@@ -109,6 +140,7 @@ def test_sd3_copy_merge_diff_and_check(toys, tmp_path):
     run = run_family(tmp_path, "sd3", t / "sd3.safetensors", files, toys["tokenizers"], "checkpoint", {"t5xxl_max_token_length": 8}, a=toys["a"])
     meta = assert_family_run(run, "sd3_train_network", merged=True)
     assert meta["ss_network_module"] == "networks.lora_sd3"
+    assert not not_loaded(run / "diff-grayscale" / "grayscale.safetensors", t / "sd3.safetensors")  # ComfyUI's key mapping
     assert "-m cml.sd_process.merge sd3" in (run / "merge" / "log.txt").read_text().splitlines()[0]
 
 
@@ -127,3 +159,27 @@ def test_anima_in_memory_diff_check_and_the_comfyui_file(toys, tmp_path):
     from cml.validate import validate_comfy_lora
 
     assert validate_comfy_lora(comfy, run / "diff-grayscale" / "grayscale.safetensors") > 0
+
+
+@pytest.mark.parametrize("name, merge", [("flux", "in_memory"), ("sd3", "in_memory"), ("anima", "checkpoint")])
+def test_the_other_merge_route(toys, tmp_path, name, merge):
+    """Each family's second merge route (the tests above run the first, with the check): FLUX.1 and SD3 with the
+    copy LoRA merged in memory (--base_weights: lora_flux's and lora_sd3's merge_to), Anima into a copy machine model
+    by sd-scripts' own merge-at-load and save_anima_model (cml/sd_process/merge.py). No check: copy, merge, diff."""
+    from cml.demo import toy_model
+
+    t = toy_model(name, toys["sd"])
+    parts = {"flux": ("clip_l", "t5xxl", "ae"), "sd3": ("clip_l", "clip_g", "t5xxl"), "anima": ()}[name]
+    files = {k: t / f"{k}.safetensors" for k in parts}
+    extra = {"t5xxl_max_token_length": 8}
+    precision = "bf16"
+    if name == "anima":
+        files, extra, precision = {"qwen3": t / "qwen3", "vae": t / "vae.safetensors"}, {"qwen3_max_token_length": 8}, "fp32"
+    run = run_family(tmp_path, name, t / f"{name}.safetensors", files, toys["tokenizers"], merge, extra, precision, a=toys["a"], check={"enabled": False})
+    trainer = {"flux": "flux_train_network", "sd3": "sd3_train_network", "anima": "anima_train_network"}[name]
+    assert_family_run(run, trainer, merged=merge == "checkpoint", checked=False)
+    if name != "anima":  # Anima's LoRA loads in ComfyUI after sd-scripts' converter (the test above)
+        lora = run / "diff-grayscale" / "grayscale.safetensors"
+        assert not not_loaded(lora, t / f"{name}.safetensors")  # ComfyUI's key mapping
+    if name == "anima":
+        assert "-m cml.sd_process.merge anima" in (run / "merge" / "log.txt").read_text().splitlines()[0]

@@ -13,8 +13,8 @@ import pytest
 import tomli_w
 
 from cml.render.run_folder import render
-from tests.conftest import make_checkpoint, plan_for
-from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options
+from tests.conftest import dit_model, make_checkpoint, plan_for
+from tests.kohya_gui import NOT_EXPRESSIBLE, gui_to_options, script
 
 # Dataset options: the dataset TOML's [general] value wins over the option (sd-scripts' config_util), so a
 # difference there has no effect as long as the dataset TOML sets it (checked below). option -> dataset key.
@@ -36,6 +36,9 @@ SAME_EFFECT = {
     "clip_skip": "GUI 1 = sd-scripts' None: the last CLIP layer",
     "max_token_length": "GUI 75 = sd-scripts' None: 75 tokens + 2",
     "epoch": "not an sd-scripts option (the GUI writes it; nothing reads it)",
+    "t5xxl_max_token_length": "FLUX.1: gui.json writes the length sd-scripts picks where train.toml has none (512 dev, 256 schnell: flux_train_network.get_tokenize_strategy); asserted below",
+    "t5xxl_dtype": "SD3: '[DOES NOT WORK] not supported yet' in sd-scripts (library/sd3_train_utils.py); read nowhere",
+    "text_encoder_batch_size": "SD3: the batch of the text-encoder caching pass; each cml stage has one caption",
     "noise_offset_type": "not an sd-scripts option (the GUI writes it; nothing reads it)",
     "network_args": "[] and None: no network arguments",
     "optimizer_args": "[] and None: no optimizer arguments",
@@ -52,18 +55,37 @@ def parse(script: str, sd_path, argv: list[str], monkeypatch):
     return vars(train_util.read_config_from_file(args, parser))
 
 
+TRAINERS = {"sd1": "train_network", "sdxl": "sdxl_train_network", "flux": "flux_train_network", "sd3": "sd3_train_network"}
+
+
 @pytest.mark.parametrize(
     "family, merge, compile_",
-    [("sd1", "checkpoint", False), ("sd1", "in_memory", False), ("sdxl", "checkpoint", False), ("sdxl", "in_memory", False), ("sd1", "checkpoint", True)],
+    [
+        ("sd1", "checkpoint", False),
+        ("sd1", "in_memory", False),
+        ("sdxl", "checkpoint", False),
+        ("sdxl", "in_memory", False),
+        ("sd1", "checkpoint", True),
+        ("flux", "checkpoint", False),
+        ("flux", "in_memory", False),
+        ("sd3", "in_memory", False),
+        ("sd3", "checkpoint", False),
+    ],
 )
 def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path, write_preset, family, merge, compile_, monkeypatch):
     if str(sd_scripts.path) not in sys.path:
         monkeypatch.syspath_prepend(str(sd_scripts.path))
-    script = "sdxl_train_network" if family == "sdxl" else "train_network"
-    model = make_checkpoint(tmp_path / f"{family}.safetensors", family)
+    if family in ("flux", "sd3"):
+        model, files = dit_model(tmp_path, family)
+        top = {"model_files": files}
+    else:
+        model, top = make_checkpoint(tmp_path / f"{family}.safetensors", family), {}
     plan = plan_for(
         write_preset(
-            base_model=str(model), merge=merge, train={"resolution": 64, "steps": 40, "warmup_steps": 3, "precision": "fp16", "torch_compile": compile_}
+            base_model=str(model),
+            merge=merge,
+            train={"resolution": 64, "steps": 40, "warmup_steps": 3, "precision": "fp16", "torch_compile": compile_},
+            **top,
         )
     )
     render(plan, sd_scripts.path)
@@ -71,11 +93,14 @@ def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path
     for st in plan.stages:
         if st.kind != "train":
             continue
-        cml = parse(script, sd_scripts.path, ["--config_file", str(st.dir / "train.toml")], monkeypatch)
-        cfg, extra = gui_to_options(json.loads((st.dir / "gui.json").read_text()))
+        gui_file = json.loads((st.dir / "gui.json").read_text())
+        trainer = script(gui_file)
+        assert trainer == TRAINERS[family]  # the GUI starts the family's own trainer
+        cml = parse(trainer, sd_scripts.path, ["--config_file", str(st.dir / "train.toml")], monkeypatch)
+        cfg, extra = gui_to_options(gui_file)
         gui_toml = tmp_path / f"gui-{st.name}.toml"
         gui_toml.write_text(tomli_w.dumps(cfg))
-        gui = parse(script, sd_scripts.path, ["--config_file", str(gui_toml), *extra], monkeypatch)
+        gui = parse(trainer, sd_scripts.path, ["--config_file", str(gui_toml), *extra], monkeypatch)
         diffs = {k: (cml.get(k), gui.get(k)) for k in set(cml) | set(gui) if cml.get(k) != gui.get(k)}
         if not cml.get("torch_compile"):  # sd-scripts reads dynamo_backend only to compile
             diffs.pop("dynamo_backend", None)
@@ -96,6 +121,15 @@ def test_gui_json_through_the_gui_builder_equals_train_toml(sd_scripts, tmp_path
         assert gui["lr_warmup_steps"] == cml["lr_warmup_steps"] == 3
         if family == "sdxl":
             assert gui["no_half_vae"] is cml["no_half_vae"] is True
+        if family == "flux":  # the FLUX.1 panel's defaults differ from sd-scripts' and from the recipe
+            assert gui["network_module"] == cml["network_module"] == "networks.lora_flux"
+            assert (gui["guidance_scale"], gui["timestep_sampling"], gui["model_prediction_type"]) == (1.0, "shift", "raw")
+            assert gui["t5xxl_max_token_length"] == 512 and cml["t5xxl_max_token_length"] is None  # dev: sd-scripts picks 512
+            assert (gui["ae"], gui["clip_l"], gui["t5xxl"]) == (cml["ae"], cml["clip_l"], cml["t5xxl"])
+        if family == "sd3":
+            assert gui["network_module"] == cml["network_module"] == "networks.lora_sd3"
+            assert (gui["clip_l"], gui["clip_g"], gui["t5xxl"]) == (cml["clip_l"], cml["clip_g"], cml["t5xxl"]) and gui["weighting_scheme"] == "uniform"
+        assert gui.get("cache_text_encoder_outputs") == cml.get("cache_text_encoder_outputs")
         if compile_:
             assert gui["torch_compile"] is cml["torch_compile"] is True and gui["dynamo_backend"] == cml["dynamo_backend"] == "inductor"
         if st.base_weights:

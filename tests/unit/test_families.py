@@ -128,3 +128,75 @@ def test_a_diffusers_folder_of_a_dit_family_is_refused(write_preset, tmp_path):
     (d / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     (line,) = refused(write_preset, base_model=str(d), merge="in_memory")
     assert "a Diffusers folder of a FluxPipeline" in line and "one .safetensors file" in line
+
+
+def test_gui_json_for_flux_and_sd3_and_why_not_for_the_others(write_preset, tmp_path):
+    """gui.json where the GUI's FLUX.1 and SD3 modes are modelled (tests/kohya_gui.py); the others' run README says
+    why there is none."""
+    from cml.render.gui import gui_json, gui_note, has_gui
+
+    for fam in DIT:
+        base, files = dit_model(tmp_path / fam if (tmp_path / fam).mkdir() is None else tmp_path, fam)
+        merge = "checkpoint" if "checkpoint" in FAMILIES[fam].merges else "in_memory"
+        plan = plan_for(write_preset(base_model=str(base), model_files=files, merge=merge))
+        assert has_gui(plan) == (fam in ("flux", "sd3")), fam
+        if not has_gui(plan):
+            assert f"No `gui.json` for {FAMILIES[fam].title}" in gui_note(plan)
+            continue
+        g = gui_json(plan, plan.stage("copy"))
+        box = {"flux": "flux1_checkbox", "sd3": "sd3_checkbox"}[fam]
+        assert g[box] is True and not g["sdxl"] and not g["v2"]
+        assert g["LoRA_type"] == ("Flux1" if fam == "flux" else "Standard")
+        fields = {"flux": ("ae", "clip_l", "t5xxl"), "sd3": ("sd3_clip_l", "clip_g", "sd3_t5xxl")}[fam]
+        assert [g[k] for k in fields] == [files[k.removeprefix("sd3_")] for k in fields]
+
+
+def test_a_flux_schnell_gui_json_keeps_sd_scripts_token_length(write_preset, tmp_path):
+    """The GUI's FLUX.1 panel defaults t5xxl_max_token_length to 512; sd-scripts gives schnell 256 when train.toml
+    says nothing: gui.json writes what the trainer would use, and train.extra's value where it sets one."""
+    from cml.render.gui import gui_additional_parameters, gui_json
+
+    _, files = dit_model(tmp_path, "flux")
+    keys = {k: v for k, v in FAMILY_KEYS["flux"].items() if "guidance_in" not in k}
+    schnell = small_file(tmp_path / "schnell.safetensors", keys)
+    plan = plan_for(write_preset(base_model=str(schnell), model_files=files))
+    assert plan.inputs.model.variant == "schnell"
+    assert gui_json(plan, plan.stage("copy"))["t5xxl_max_token_length"] == 256
+    plan = plan_for(write_preset(base_model=str(schnell), model_files=files, train={"resolution": 64, "steps": 3, "extra": {"t5xxl_max_token_length": 8}}))
+    copy = plan.stage("copy")
+    assert gui_json(plan, copy)["t5xxl_max_token_length"] == 8
+    assert "--t5xxl_max_token_length" not in gui_additional_parameters(plan, copy)  # its own field, not twice
+
+
+def test_a_dit_file_the_gui_does_not_recognise_and_when_to_load_a_merged_one(write_preset, tmp_path):
+    """The GUI ticks SD3 only from model.diffusion_model.x_embedder.proj.weight (a file without it, made up here: real
+    SD3 files have it); FLUX.1's box from a merged copy machine model only once the merge stage wrote it."""
+    from cml.render.gui import gui_load_order, gui_problems
+
+    _, files = dit_model(tmp_path, "sd3")
+    bare = small_file(tmp_path / "bare-sd3.safetensors", {k: v for k, v in FAMILY_KEYS["sd3"].items() if "x_embedder" not in k})
+    plan = plan_for(write_preset(base_model=str(bare), model_files=files, merge="in_memory"))
+    (problem,) = [p for p in gui_problems(plan) if "does not recognise" in p]
+    assert problem.startswith("copy/gui.json, diff-grayscale/gui.json:") and "tick SD3/SD3.5 by hand" in problem
+    base, files = dit_model(tmp_path, "flux")
+    plan = plan_for(write_preset(base_model=str(base), model_files=files))
+    assert not gui_problems(plan)
+    (note,) = gui_load_order(plan)
+    assert note.startswith("diff-grayscale/gui.json: load it in the kohya GUI only once merge/") and "ticks FLUX.1" in note
+
+
+def test_comfyuis_key_mapping_finds_a_lora_that_would_not_load(tmp_path):
+    """tests/comfyui_keys.py (ComfyUI's lora_unet_ names, used on the real runs' LoRAs) catches a module the model
+    lacks and one of another width: the check the slow tests make can fail."""
+    from tests.comfyui_keys import not_loaded
+
+    base, _ = dit_model(tmp_path, "flux")
+    good = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (2, 4), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": (12, 2)}
+    good["lora_unet_double_blocks_0_img_attn_qkv.alpha"] = ()
+    assert not not_loaded(small_file(tmp_path / "good.safetensors", good), base)
+    bad = {**good, "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": (8, 2), "lora_unet_double_blocks_9_x.lora_up.weight": (4, 2)}
+    lines = not_loaded(small_file(tmp_path / "bad.safetensors", bad), base)
+    assert len(lines) == 2 and any("[8, 2] against [12, 4]" in ln for ln in lines)
+    sd3, _ = dit_model(tmp_path / "s" if (tmp_path / "s").mkdir() is None else tmp_path, "sd3")
+    ok = {"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (2, 4), "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": (12, 2)}
+    assert not not_loaded(small_file(tmp_path / "sd3lora.safetensors", ok), sd3)  # model.diffusion_model. keys lose "model."

@@ -55,3 +55,15 @@ def test_pip_alone_where_uv_is_absent(monkeypatch, calls):
     uv_installed(monkeypatch, False)
     assert installer.install(["x==1"], log=lambda m: None).returncode == 1  # pip's own failure is the answer
     assert seen == [[sys.executable, "-m", "pip", "install", "-q", "--no-compile", "x==1"]]
+
+
+def test_every_package_of_the_tree_is_in_the_wheel():
+    """pyproject.toml lists cml's packages by hand (presets/ is mapped in): a new folder must be listed too, or the
+    installed cml fails with ModuleNotFoundError where the checkout works."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {".".join(p.parent.relative_to(root).parts) for p in (root / "cml").rglob("__init__.py")}
+    assert tree - listed == set()

@@ -180,3 +180,57 @@ def test_every_stage_trained_on_a_merged_model_says_when_to_load_it(write_preset
     notes = gui_load_order(plan)
     assert [n.split("/")[0] for n in notes] == ["diff-g", "reverse-diff-g"]
     assert all(("v2 (and so v-parameterization)" if family == "sd2" else "SDXL") in n for n in notes)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_the_guis_model_detection_ticks_flux_and_sd3_as_cml_expects(gui_builder, family, tmp_path):
+    """The GUI's own SDModelType on the family's file, and on one without the key it reads (made up: real files
+    have it): cml's gui_detected says the same."""
+    from kohya_gui.sd_modeltype import SDModelType
+
+    from cml.model_files import inspect_model
+    from tests.conftest import FAMILY_KEYS, dit_model, small_file
+
+    base, files = dit_model(tmp_path, family)
+    detect = SDModelType(str(base))
+    assert (detect.Is_FLUX1(), detect.Is_SD3()) == (family == "flux", family == "sd3")
+    assert inspect_model(base).gui_detected
+    bare = {k: v for k, v in FAMILY_KEYS[family].items() if "key_norm" not in k and "x_embedder" not in k}
+    other = small_file(tmp_path / f"other-{family}.safetensors", bare)
+    detect = SDModelType(str(other))
+    assert not detect.Is_FLUX1() and not detect.Is_SD3()
+    assert not inspect_model(other).gui_detected
+
+
+def test_the_flux_and_sd3_fields_are_the_ones_lora_gui_reads(gui_builder):
+    """The lines of lora_gui.py and the panels' defaults that tests/kohya_gui.py and cml/render/gui.py model."""
+    root = Path(os.environ["CML_KOHYA_SS"]) / "kohya_gui"
+    lora = (root / "lora_gui.py").read_text(encoding="utf-8")
+    for line in (
+        'network_module = "networks.lora_flux"',
+        'network_module = "networks.lora_sd3" if sd3_checkbox else "networks.lora"',
+        "clip_l_value = sd3_clip_l",
+        "t5xxl_value = sd3_t5xxl",
+        '"clip_g": clip_g if sd3_checkbox else None,',
+        '"weighting_scheme": weighting_scheme if sd3_checkbox else None,',
+        '"guidance_scale": float(guidance_scale) if flux1_checkbox else None,',
+        '"apply_t5_attn_mask": apply_t5_attn_mask if flux1_checkbox else None,',
+        "int(t5xxl_max_token_length) if flux1_checkbox else None",
+        "or (flux1_checkbox and flux1_cache_text_encoder_outputs)",
+        "or (sd3_checkbox and sd3_cache_text_encoder_outputs)",
+        'run_cmd.append(rf"{scriptdir}/sd-scripts/flux_train_network.py")',
+        'run_cmd.append(rf"{scriptdir}/sd-scripts/sd3_train_network.py")',
+    ):
+        assert line in lora, line
+    flux = (root / "class_flux1.py").read_text(encoding="utf-8")
+    for key, default in (("t5xxl_max_token_length", "512"), ("guidance_scale", "3.5"), ("timestep_sampling", '"sigma"'), ("discrete_flow_shift", "3.0")):
+        assert f'self.config.get("flux1.{key}", {default})' in flux, key
+    sd3 = (root / "class_sd3.py").read_text(encoding="utf-8")
+    for key, default in (
+        ("weighting_scheme", '"logit_normal"'),
+        ("t5xxl_dtype", '"bf16"'),
+        ("text_encoder_batch_size", "1"),
+        ("logit_std", "1.0"),
+        ("mode_scale", "1.29"),
+    ):
+        assert f'self.config.get("sd3.{key}", {default})' in sd3, key

@@ -29,7 +29,8 @@ def test_preset_loads_and_plans(path, tmp_path, image_a):
     preset, _ = load_preset(path, sets)
     plan = plan_for(path, sets)
     assert [s.name for s in plan.stages][0] == "copy"
-    assert {s.target for s in plan.stages if s.name.startswith("diff-")} == set(preset.targets)
+    trained = {s.target for s in plan.stages if s.name.startswith(("diff-", "direct-"))}
+    assert trained == set(preset.targets)
     render(plan, Path("/opt/sd-scripts"))
     for st in plan.stages:  # what was written says this stage's run: its images, its model, its output
         if st.kind == "train":
@@ -38,7 +39,8 @@ def test_preset_loads_and_plans(path, tmp_path, image_a):
             assert sorted(x.name for x in images.iterdir()) == [f"{i:03d}.png" for i in range(len(st.images))]
             train = tomllib.loads((st.dir / "train.toml").read_text())
             assert (train["pretrained_model_name_or_path"], train["output_name"], train["max_train_steps"]) == (str(st.model), st.output.stem, st.train.steps)
-            assert json.loads((st.dir / "gui.json").read_text())["output_name"] == st.output.stem
+            if st.role.value != "direct":  # the direct method runs cml's own trainer: no gui.json
+                assert json.loads((st.dir / "gui.json").read_text())["output_name"] == st.output.stem
         else:
             assert json.loads((st.dir / "command.json").read_text())["argv"][1].endswith(".py")
     sh = (plan.run_dir / "commands.sh").read_text()
