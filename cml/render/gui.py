@@ -71,7 +71,7 @@ DIT_FIELDS = {
     "sd3": {"clip_l": "sd3_clip_l", "clip_g": "clip_g", "t5xxl": "sd3_t5xxl", "vae": "vae", "weighting_scheme": "weighting_scheme"},
 }
 # sd-scripts' own value of an option train.toml leaves out, where the GUI's widget default differs.
-SD_SCRIPTS_DEFAULTS = {
+SD_SCRIPTS_DEFAULTS: dict[str, dict[str, object]] = {
     "flux": {
         "timestep_sampling": "sigma",
         "discrete_flow_shift": 3.0,

@@ -86,7 +86,7 @@ def print_table(result: CheckMetrics) -> None:
 
 
 def side_by_side(r: CheckMetrics) -> list[str]:
-    """Every swept LoRA beside the others, per model, at +1 and -1 (where swept): effect (saturation as a multiple of
+    """Every swept LoRA beside the others, per model, at every swept weight but 0: effect (saturation as a multiple of
     weight 0's, for grayscale; else the mean pixel change), interference (luminance SSIM against weight 0) and leakage
     (SSIM to A, with weight 0's beside it)."""
     rows = []
@@ -95,10 +95,8 @@ def side_by_side(r: CheckMetrics) -> list[str]:
             zero = per_weight.get("0")
             if zero is None:
                 continue
-            for w in ("1", "-1"):
-                v = per_weight.get(w)
-                if v is None:
-                    continue
+            for w in sorted((k for k in per_weight if k != "0"), key=lambda k: -float(k)):
+                v = per_weight[w]
                 if "mean_saturation" in v:
                     effect = f"{v['mean_saturation'] / zero['mean_saturation']:.2f}x" if zero["mean_saturation"] > 0 else "-"
                 else:

@@ -63,11 +63,11 @@ def test_demo_diff_stage_trained_against_the_copy_machine_it_records(demo_run):
         assert summary.stages_run == ["copy", "diff-grayscale"]
         assert train["pretrained_model_name_or_path"] == preset["base_model"]
         assert train["base_weights"] == [str(run / "copy" / "copy.safetensors")] and train["base_weights_multiplier"] == [1.0]
-        assert diff.inputs == {"copy": copy.output_sha256}  # the bytes of the copy LoRA it was trained with
+        assert diff.inputs == {"copy": copy.output_content}  # the tensors of the copy LoRA it was trained with
         assert f"all weights merged: {run / 'copy' / 'copy.safetensors'}" in log  # sd-scripts' own words
     else:
         merge = read(StageRecord, run / "merge" / "record.json")
-        assert merge is not None and diff.inputs == {"merge": merge.output_sha256}
+        assert merge is not None and diff.inputs == {"merge": merge.output_content}
         assert train["pretrained_model_name_or_path"] == str(run / "merge" / "copy_machine.safetensors")
     meta = read_metadata(run / "diff-grayscale" / "grayscale.safetensors")
     assert meta["cml_trained_against"] == "copy machine model" and meta["cml_fingerprint"] == diff.fingerprint

@@ -87,7 +87,7 @@ def test_both_diffs_trained_against_the_one_copy_machine_model(checkpoint_run):
     assert merge_rec is not None
     for t in ("grayscale", "invert"):
         rec = read(StageRecord, d / f"diff-{t}" / "record.json")
-        assert rec is not None and rec.inputs == {"merge": merge_rec.output_sha256}
+        assert rec is not None and rec.inputs == {"merge": merge_rec.output_content}
 
 
 def test_in_memory_mode_writes_no_merged_model_and_trains_the_same_modules(in_memory_run, checkpoint_run):

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from cml.records import CheckMetrics, RunSummary, StageRecord, read
-from cml.safetensors_file import read_metadata
+from cml.safetensors_file import file_and_content_sha256, read_metadata
 
 
 def test_the_diff_lora_trained_against_the_copy_machine_model_it_records(small_run):
@@ -20,7 +20,10 @@ def test_the_diff_lora_trained_against_the_copy_machine_model_it_records(small_r
     merge, diff = read(StageRecord, run / "merge" / "record.json"), read(StageRecord, run / "diff-grayscale" / "record.json")
     assert merge is not None and diff is not None
     merged = run / "merge" / "copy_machine.safetensors"
-    assert diff.inputs == {"merge": merge.output_sha256} == {"merge": hashlib.sha256(merged.read_bytes()).hexdigest()}
+    assert merge.output_sha256 == hashlib.sha256(merged.read_bytes()).hexdigest()
+    # what the diff was made from: the merged file's tensors (metadata aside: a copy machine model made again
+    # differs only in its modelspec.date)
+    assert diff.inputs == {"merge": merge.output_content} == {"merge": file_and_content_sha256(merged)[1]}
     train = tomllib.loads((run / "diff-grayscale" / "train.toml").read_text())
     assert train["pretrained_model_name_or_path"] == str(merged)
     assert f"--config_file {run / 'diff-grayscale' / 'train.toml'}" in (run / "diff-grayscale" / "log.txt").read_text().splitlines()[0]

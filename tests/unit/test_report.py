@@ -106,3 +106,20 @@ def test_weights_gen_img_cannot_read_are_refused(write_preset):
 
     with pytest.raises(ConfigErrors, match="more than 6 decimals"):
         load_preset(write_preset(check={"weights": [0.0, 1e-07]}))
+
+
+def test_the_side_by_side_table_has_every_swept_weight_and_its_ratios():
+    from cml.records import CheckMetrics
+    from cml.report.markdown import side_by_side
+
+    def at(sat, ssim0, to_a):
+        return {"mean_saturation": sat, "luminance_ssim_vs_0": ssim0, "ssim_to_a": to_a}
+
+    weights = {"0": at(0.4, 1.0, 0.3), "1": at(0.1, 0.8, 0.35), "0.5": at(0.2, 0.9, 0.31), "-1": at(0.8, 0.7, 0.2)}
+    r = CheckMetrics(settings={}, copy_check=None, targets={"grayscale": {"base": weights}}, grids=[])
+    rows = [line for line in side_by_side(r) if line.startswith("| grayscale")]
+    assert rows == [
+        "| grayscale | base | 1 | 0.25x | 0.800 | 0.350 (0.300) |",
+        "| grayscale | base | 0.5 | 0.50x | 0.900 | 0.310 (0.300) |",
+        "| grayscale | base | -1 | 2.00x | 0.700 | 0.200 (0.300) |",
+    ]
