@@ -69,7 +69,7 @@ setup: sd-scripts
 demo: setup
 	$(CML) demo -o "$(OUT)"
 
-## the method judged on other content: the world model (built once, ~10 min on 2 cores), every difference LoRA swept on it
+## the method judged on other content: the world model (built once, ~13 min on 2 cores), every difference LoRA swept on it
 demo-world: setup
 	$(CML) demo --world -o "$(OUT)"
 

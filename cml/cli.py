@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="base SD checkpoint")
     p.set_defaults(func=cmd_grayscale)
     p = sub.add_parser("demo", parents=[sets, sd, out, running], help="the whole method on the demo model at 64 px (CPU), with the copy check and weight sweep")
-    p.add_argument("--world", action="store_true", help="on the world model (the demo model taught six scenes): every difference LoRA judged on other content")
+    p.add_argument(
+        "--world", action="store_true", help="on the world model (the demo model taught three scenes): every difference LoRA judged on other content"
+    )
     p.set_defaults(func=cmd_demo)
     return ap
 

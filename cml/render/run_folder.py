@@ -28,6 +28,8 @@ def commands_sh(plan: Plan, sd_path: Path | None) -> str:
         "#!/usr/bin/env bash",
         "# The sd-scripts commands of this run, as cml runs them. Run from anywhere with sd-scripts' Python active.",
         "# cml writes each output under its stage's work/ folder, checks it, then moves it to its final name.",
+        "# cml also writes into each kept LoRA's metadata its provenance (cml_*) and a name that tells runs apart in",
+        "# A1111 (ss_output_name = <run>-<name>); these commands leave sd-scripts' own metadata as it is.",
         "set -euo pipefail",
         f"cd {shlex.quote(str(sd_path)) if sd_path is not None else SD_SCRIPTS_UNKNOWN}",
         'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # networks/*.py import library/',

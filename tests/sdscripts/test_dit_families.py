@@ -181,5 +181,7 @@ def test_the_other_merge_route(toys, tmp_path, name, merge):
     if name != "anima":  # Anima's LoRA loads in ComfyUI after sd-scripts' converter (the test above)
         lora = run / "diff-grayscale" / "grayscale.safetensors"
         assert not not_loaded(lora, t / f"{name}.safetensors")  # ComfyUI's key mapping
+    if name == "flux":
+        assert not diffusers_flux_modules_missing(run / "diff-grayscale" / "grayscale.safetensors")  # and diffusers' converter
     if name == "anima":
         assert "-m cml.sd_process.merge anima" in (run / "merge" / "log.txt").read_text().splitlines()[0]

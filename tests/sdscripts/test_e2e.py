@@ -171,3 +171,37 @@ def test_check_again_gives_the_same_images(demo_run):
     again = run_cml("check", str(demo_run["dir"]), "--quiet", timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert first and {p.relative_to(gen): Image.open(p).tobytes() for p in sorted(gen.rglob("im_*.png"))} == first
+
+
+def test_each_pair_averages_the_pairs_diff_loras_into_one(demo_assets, tmp_path):
+    """Two A images, one copy machine and one diff LoRA each (in memory), averaged by merge_lora.py --concat: the kept
+    LoRA's change to each module is the mean of the pairs' changes, at twice the rank, and its metadata says so."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from cml.safetensors_file import read_metadata
+
+    a2 = tmp_path / "a2.png"
+    ImageOps.mirror(Image.open(demo_assets["a"]).convert("RGB")).save(a2)
+    p = preset(tmp_path, demo_assets, merge="in_memory", source=[str(demo_assets["a"]), str(a2)], copy={"steps": 2}, diff={"steps": 2})
+    p.write_text(p.read_text().replace('transform = "grayscale"', 'transform = "grayscale"\neach_pair = true'))
+    run_ok(p)
+    run = tmp_path / "runs" / "e2e"
+    avg = run / "average-grayscale" / "grayscale.safetensors"
+    pairs = [run / f"diff-grayscale-p{i}" / "grayscale.safetensors" for i in (1, 2)]
+    meta = read_metadata(avg)
+    assert meta["ss_network_dim"] == "32" and "mean of 2 pairs" in meta["cml_average"]
+
+    def change(path, m):
+        with safe_open(str(path), "np") as f:
+            down, up = f.get_tensor(f"{m}.lora_down.weight").astype(np.float32), f.get_tensor(f"{m}.lora_up.weight").astype(np.float32)
+            alpha = float(f.get_tensor(f"{m}.alpha"))
+        down, up = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
+        return up @ down * alpha / down.shape[0]
+
+    with safe_open(str(avg), "np") as f:
+        modules = sorted({k.rsplit(".", 2)[0] for k in f.keys() if k.endswith("lora_down.weight")})
+    assert len(modules) > 100
+    for m in modules[:: len(modules) // 8]:
+        mean = (change(pairs[0], m) + change(pairs[1], m)) / 2
+        np.testing.assert_allclose(change(avg, m), mean, rtol=0, atol=2e-3 * float(np.abs(mean).max()) + 1e-7)  # saved fp16

@@ -48,6 +48,20 @@ def test_ratios_1_and_minus_1_with_concat_give_half_the_difference_at_twice_the_
         np.testing.assert_allclose(delta(got, m), (delta(ab, m) - delta(ba, m)) / 2, rtol=1e-5, atol=1e-5)
 
 
+def test_ratios_of_1_with_concat_give_the_mean_of_n_loras_at_n_times_the_rank(merge_lora, tmp_path):
+    """each_pair's average (cml/render/scripts.py): n LoRAs at ratio 1, ranks stacked under the first one's alpha."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    paths = [tmp_path / f"p{i}.safetensors" for i in range(3)]
+    loras = [lora(p, rng) for p in paths]
+    merged, _, _ = merge_lora.merge_lora_models([str(p) for p in paths], [1.0] * 3, torch.float, concat=True)
+    got = {k: v.numpy() for k, v in merged.items()}
+    for m in ("lora_unet_a_to_q", "lora_unet_b_proj_in"):
+        assert got[f"{m}.lora_down.weight"].shape[0] == 12
+        np.testing.assert_allclose(delta(got, m), sum(delta(x, m) for x in loras) / 3, rtol=1e-5, atol=1e-5)
+
+
 def test_a_ratio_acts_as_its_square_with_its_sign(merge_lora, tmp_path):
     """Why cml passes 1 and -1: 0.5 would weigh a LoRA by 0.25, not 0.5 (sd-scripts scales down by r, up by |r|)."""
     import torch

@@ -1,0 +1,45 @@
+"""cml/demo/world.py in-process: the scenes and the world's cache key (the build itself: tests/sdscripts/test_world.py)."""
+
+import itertools
+
+import pytest
+
+from cml.demo import world
+from cml.report.metrics import luminance_ssim
+
+
+def test_each_scene_is_its_own_picture():
+    for a, b in itertools.combinations(world.SCENES, 2):
+        assert luminance_ssim(world.scene(a), world.scene(b)) < 0.6, (a, b)
+    assert all(world.scene(w).size == (world.SIZE, world.SIZE) for w in world.SCENES)
+    assert set(world.WORDS) <= set(world.SCENES)
+    with pytest.raises(KeyError):
+        world.scene("castle")
+
+
+def test_the_world_is_rebuilt_when_its_recipe_scenes_or_demo_model_change(monkeypatch):
+    key = world.world_key("a" * 64)
+    assert world.world_key("a" * 64) == key and world.world_key("b" * 64) != key
+    monkeypatch.setattr(world, "RECIPE", {**world.RECIPE, "steps": world.RECIPE["steps"] + 1})
+    assert world.world_key("a" * 64) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(world, "WORDS", world.WORDS[:2])
+    assert world.world_key("a" * 64) != key
+
+
+def test_a_built_world_is_used_as_it_is(monkeypatch, tmp_path):
+    """The cached file is returned without running anything (no sd-scripts is given: a run would fail)."""
+    from cml import demo
+
+    monkeypatch.setattr(demo, "cache_dir", lambda: tmp_path)
+    import cml.model_files  # world_model imports file_sha256 from here when it runs
+
+    monkeypatch.setattr(cml.model_files, "file_sha256", lambda p: "c" * 64)
+    built = tmp_path / f"world-{world.world_key('c' * 64)}.safetensors"
+    built.write_bytes(b"x")
+    assert world.world_model(tmp_path / "no-sd-scripts", tmp_path / "demo.safetensors", tmp_path) == built
+
+
+def test_a_word_is_recognised_at_the_seeds_where_its_image_is_nearest_its_scene():
+    d = {"moon": {1: {"moon": 60.0, "tree": 80.0}, 2: {"moon": 130.0, "tree": 80.0}}, "tree": {1: {"moon": 90.0, "tree": 40.0}}}
+    assert world.recognised(d) == {"moon": [1], "tree": [1]}
