@@ -188,7 +188,7 @@ def test_each_pair_averages_the_pairs_diff_loras_into_one(demo_assets, tmp_path)
     run_ok(p)
     run = tmp_path / "runs" / "e2e"
     avg = run / "average-grayscale" / "grayscale.safetensors"
-    pairs = [run / f"diff-grayscale-p{i}" / "grayscale.safetensors" for i in (1, 2)]
+    pairs = [run / f"diff-grayscale-p{i}" / f"grayscale_p{i}.safetensors" for i in (1, 2)]
     meta = read_metadata(avg)
     assert meta["ss_network_dim"] == "32" and "mean of 2 pairs" in meta["cml_average"]
 
@@ -202,6 +202,6 @@ def test_each_pair_averages_the_pairs_diff_loras_into_one(demo_assets, tmp_path)
     with safe_open(str(avg), "np") as f:
         modules = sorted({k.rsplit(".", 2)[0] for k in f.keys() if k.endswith("lora_down.weight")})
     assert len(modules) > 100
-    for m in modules[:: len(modules) // 8]:
+    for m in modules:
         mean = (change(pairs[0], m) + change(pairs[1], m)) / 2
         np.testing.assert_allclose(change(avg, m), mean, rtol=0, atol=2e-3 * float(np.abs(mean).max()) + 1e-7)  # saved fp16
