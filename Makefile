@@ -77,15 +77,18 @@ test-deps: test-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"
 	@$(call install,--no-deps peft==0.14.0)  # diffusers' LoRA loading, for the loader test; its needs come with sd-scripts'
 
-## the fast tier: unit tests, and one demo run on the real sd-scripts shared by the tests that read it
+## the fast tier: unit and CLI tests against the fake sd-scripts, two at a time (no sd-scripts process among them),
+## then, one at a time, one small run on the real sd-scripts shared by the tests that read it
 test: test-deps
 	$(MAKE) lint PY=$(PY)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 tests/unit tests/cli
+	$(PY) -m pytest tests/sdscripts tests/gpu tests/test_zz_user_cache.py
 
 ## everything but SDXL (make test-slow, alone: ~23 GB RAM) and the GPU tests (make test-gpu)
 test-full: test-deps
 	$(MAKE) lint PY=$(PY)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 tests/unit tests/cli -m "not slow"
+	$(PY) -m pytest tests/sdscripts tests/gpu tests/test_zz_user_cache.py -m "not slow"
 
 ## ruff (lint and format) and mypy, configured in pyproject.toml
 lint: test-env

@@ -39,6 +39,17 @@ def pytest_configure(config):
     config.cml_user_cache_before = snapshot(USER_CACHE)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """With pytest-xdist (make test runs tests/cli and tests/unit two at a time) no test runs after all the others:
+    the controller checks what tests/test_zz_user_cache.py checks in a one-process session."""
+    controller = getattr(session.config, "workerinput", None) is None and getattr(session.config.option, "numprocesses", None)
+    if controller and snapshot(USER_CACHE) != session.config.cml_user_cache_before:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        tr.ensure_newline()
+        tr.write_line(f"FAILED: the suite changed {USER_CACHE} (the user's cache; every cml process of the suite must use {TEST_CACHE})", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/sdscripts/" in str(item.fspath).replace(os.sep, "/"):

@@ -14,8 +14,9 @@ from cml.sdscripts.lookup import ENTRY_SCRIPTS, SdScripts, candidates, git, is_c
 UPSTREAM = "https://github.com/kohya-ss/sd-scripts.git"
 # Files SD1/SD2/SDXL LoRA training needs: a source that lacks one of them is refused.
 NEEDED_PREFIXES = ("library/", "networks/", "requirements.txt", "setup.py") + ENTRY_SCRIPTS
-# Large files a snapshot may lack that SD1/SD2/SDXL LoRA training never reads.
-SPARSE_EXCLUDES = ("/bitsandbytes_windows/", "/configs/qwen3_06b/tokenizer.json")
+# Old bitsandbytes DLLs for Windows that no trainer reads (bitsandbytes comes from pip). Everything else the
+# source holds is checked out: a full clone keeps e.g. Anima's configs/qwen3_06b/tokenizer.json.
+SPARSE_EXCLUDES = ("/bitsandbytes_windows/",)
 
 
 def _missing_blobs(repo: Path, commit: str) -> list[str]:
@@ -52,7 +53,7 @@ def checkout_pinned(repo: Path, fetch_from: str | None = None) -> list[str]:
     info.mkdir(parents=True, exist_ok=True)
     (info / "sparse-checkout").write_text("\n".join(patterns) + "\n")
     git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", PINNED_SD_SCRIPTS_COMMIT], cwd=repo, timeout=300)
-    return sorted(set(missing) | {p.strip("/") for p in SPARSE_EXCLUDES})
+    return sorted(missing)
 
 
 def setup(source: str | None = None, log=print) -> SdScripts:
@@ -103,5 +104,6 @@ def setup(source: str | None = None, log=print) -> SdScripts:
     if dest.exists():
         shutil.rmtree(dest)
     part.rename(dest)
-    log(f"sd-scripts {PINNED_SD_SCRIPTS_COMMIT[:10]} checked out at {dest}; left out (not needed for SD1/SD2/SDXL LoRA): {', '.join(left_out)}")
+    lacks = f"; the source lacks (none of them read by cml's trainers): {', '.join(left_out)}" if left_out else ""
+    log(f"sd-scripts {PINNED_SD_SCRIPTS_COMMIT[:10]} checked out at {dest} (without bitsandbytes_windows/){lacks}")
     return SdScripts(dest.resolve(), read_commit(dest), "cml setup's data directory")
