@@ -36,7 +36,7 @@ install = PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PY) -m cml.insta
 unexport PYTHONDONTWRITEBYTECODE
 TORCH_STAMP := $(VENV)/.torch-$(subst /,_,$(subst :,_,$(subst $(eval) ,_,$(subst ==,-,$(TORCH) $(TORCH_INDEX)))))
 
-.PHONY: setup setup-env test-env sd-scripts demo demo-world test test-full test-deps lint test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
+.PHONY: setup setup-env test-env sd-scripts demo demo-world demo-world-article test test-full test-deps lint test-slow test-gpu grayscale bench bench-gpu gpu-proof gpu-bundle gpu-offline doctor clean
 
 ## the Python environment: venv, torch, cml (editable); quick when done
 setup-env: $(TORCH_STAMP) $(VENV)/.cml-installed
@@ -69,9 +69,13 @@ setup: sd-scripts
 demo: setup
 	$(CML) demo -o "$(OUT)"
 
-## the method judged on other content: the world model (built once, ~13 min on 2 cores), every difference LoRA swept on it
+## the method judged on other content: the world model (built once, 6-13 min on 2 cores), every difference LoRA swept on it
 demo-world: setup
 	$(CML) demo --world -o "$(OUT)"
+
+## the world demo at the article's steps (copy 500, diff 500; every difference LoRA; ~46 min on 2 cores)
+demo-world-article: setup
+	$(CML) demo --world --preset "$(CURDIR)/bench/world/article.toml" -o "$(OUT)"
 
 test-deps: test-env
 	@$(CML) setup $(SOURCE_ARG) --deps || echo "make test: sd-scripts is not available; the tests that need it will be skipped (see their reason below)"

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--world", action="store_true", help="on the world model (the demo model taught three scenes): every difference LoRA judged on other content"
     )
+    p.add_argument(
+        "--preset", type=Path, help="another preset on the demo's (or the world's) model, A and tokenizer, e.g. bench/world/article.toml (the article's steps)"
+    )
     p.set_defaults(func=cmd_demo)
     return ap
 
@@ -230,8 +233,10 @@ def cmd_grayscale(args) -> int:
 def cmd_demo(args) -> int:
     from cml.demo import prepare_demo
 
+    if args.preset is not None and not _full(args.preset).is_file():
+        raise InputError(f"{args.preset}: no such preset file", "--preset", "give a preset .toml, e.g. bench/world/article.toml in a cml checkout")
     preset, assets = prepare_demo(args.sd_scripts, world=args.world)
-    return _cmd_run(args, preset, assets | _overrides(args))
+    return _cmd_run(args, _full(args.preset) if args.preset is not None else preset, assets | _overrides(args))
 
 
 def main(argv: list[str] | None = None) -> int:

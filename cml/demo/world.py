@@ -23,7 +23,7 @@ from cml.files import atomic_path
 
 SIZE = 64
 WORLD_VERSION = "1"
-# The world LoRA's recipe (docs/measurements.md: about 13 minutes on a 2-core CPU): tree and boat drawn reliably,
+# The world LoRA's recipe (docs/measurements.md: 6-13 minutes on a 2-core CPU): tree and boat drawn reliably,
 # moon in some draws only; six scenes at this budget gave one blend whatever the word.
 RECIPE = {"dim": 32, "steps": 150, "batch": 3, "learning_rate": 3e-3}
 
@@ -168,7 +168,9 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
     return out
 
 
-def scene_distances(sd_scripts: Path, model: Path, tokenizers: Path, work: Path, seeds: tuple[int, ...] = (1, 2)) -> dict[str, dict[int, dict[str, float]]]:
+def scene_distances(
+    sd_scripts: Path, model: Path, tokenizers: Path, work: Path, seeds: tuple[int, ...] = (1, 2), sampler: str = "euler_a", steps: int = 8, batch: int = 4
+) -> dict[str, dict[int, dict[str, float]]]:
     """What the world base draws for each word: word -> seed -> scene -> pixel RMSE (0-255) of gen_img.py's image (the
     world demo check's sampler and steps) to the scene drawn in code. The scenes are flat colours on gradients and the
     world's images soft blobs, so colour and layout tell them apart, luminance structure does not (measured:
@@ -182,8 +184,8 @@ def scene_distances(sd_scripts: Path, model: Path, tokenizers: Path, work: Path,
     jobs = [(w, s) for w in WORDS for s in seeds]
     (work / "prompts.txt").write_text("".join(f"{w} --d {s}\n" for w, s in jobs))
     argv = [sys.executable, "-m", "cml.sd_process.gen", "gen_img", "--ckpt", str(model), "--outdir", str(out), "--from_file", str(work / "prompts.txt")]
-    argv += ["--W", str(SIZE), "--H", str(SIZE), "--steps", "8", "--sampler", "euler_a", "--scale", "1.0", "--images_per_prompt", "1"]
-    argv += ["--sequential_file_name", "--sdpa", "--tokenizer_cache_dir", str(tokenizers), "--batch_size", "4"]
+    argv += ["--W", str(SIZE), "--H", str(SIZE), "--steps", str(steps), "--sampler", sampler, "--scale", "1.0", "--images_per_prompt", "1"]
+    argv += ["--sequential_file_name", "--sdpa", "--tokenizer_cache_dir", str(tokenizers), "--batch_size", str(batch)]
     sd = SdScripts(sd_scripts, None, "world")
     res = run_logged(argv, sd_scripts, python_env(sd), work / "gen.log")
     files = sorted(out.glob("im_*.png"))

@@ -117,3 +117,9 @@ def test_offline_without_a_cached_tokenizer_is_one_line_before_anything_runs(wri
     assert "run once with network" in r.stderr and not (tmp_path / "runs").exists()
     d = run_cml("doctor", "--sd-scripts", fake_sd, env={**env, "CML_CACHE_DIR": str(tmp_path / "cache")})
     assert d.returncode == 1 and "!! tokenizer" in d.stdout
+
+
+def test_demo_with_a_preset_that_is_not_there_is_one_line_and_writes_nothing(tmp_path):
+    r = run_cml("demo", "--world", "--preset", str(tmp_path / "nosuch.toml"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.count("cml: error:") == 1 and "nosuch.toml: no such preset file" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

@@ -64,3 +64,23 @@ def test_grayscale_preset_is_the_articles_recipe(tmp_path, image_a):
         "",
     )
     assert preset.diff_settings("grayscale") == s and preset.merge == "checkpoint"
+
+
+BENCH = sorted((Path(__file__).resolve().parents[2] / "bench" / "world").glob("*.toml"))
+
+
+def test_there_are_world_bench_presets():
+    assert {p.name for p in BENCH} >= {"article.toml", "drawn-a.toml", "lowlr.toml", "pairs.toml"}
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: p.name)
+def test_world_bench_presets_load_and_plan_every_target(path, tmp_path, image_a):
+    """bench/world (docs/measurements.md, the world demo's variants): each plans a trained LoRA per target."""
+    raw = tomllib.loads(path.read_text())
+    model = make_checkpoint(tmp_path / "model.safetensors")
+    sources = [str(image_a)] * (len(raw["source"]) if isinstance(raw["source"], list) else 1)
+    sets = [f"base_model='{model}'", f"source={sources}", f"output_dir='{tmp_path / 'runs'}'", "device='cpu'"]
+    preset, _ = load_preset(path, sets)
+    plan = plan_for(path, sets)
+    trained = {s.target for s in plan.stages if s.name.startswith(("diff-", "direct-"))}
+    assert trained == set(preset.targets) and preset.check.enabled and preset.check.prompts == ["moon", "tree", "boat"]
