@@ -83,16 +83,19 @@ test-deps: test-env
 
 ## the fast tier: unit and CLI tests against the fake sd-scripts, two at a time (no sd-scripts process among them),
 ## then, one at a time, one small run on the real sd-scripts shared by the tests that read it
+FAKE_TESTS := tests/unit tests/cli
+REAL_TESTS := tests/sdscripts tests/gpu tests/test_zz_user_cache.py
+
 test: test-deps
 	$(MAKE) lint PY=$(PY)
-	$(PY) -m pytest -n 2 tests/unit tests/cli
-	$(PY) -m pytest tests/sdscripts tests/gpu tests/test_zz_user_cache.py
+	$(PY) -m pytest -n 2 $(FAKE_TESTS)
+	$(PY) -m pytest $(REAL_TESTS)
 
 ## everything but SDXL (make test-slow, alone: ~23 GB RAM) and the GPU tests (make test-gpu)
 test-full: test-deps
 	$(MAKE) lint PY=$(PY)
-	$(PY) -m pytest -n 2 tests/unit tests/cli -m "not slow"
-	$(PY) -m pytest tests/sdscripts tests/gpu tests/test_zz_user_cache.py -m "not slow"
+	$(PY) -m pytest -n 2 $(FAKE_TESTS) -m "not slow"
+	$(PY) -m pytest $(REAL_TESTS) -m "not slow"
 
 ## ruff (lint and format) and mypy, configured in pyproject.toml
 lint: test-env

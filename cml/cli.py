@@ -233,10 +233,11 @@ def cmd_grayscale(args) -> int:
 def cmd_demo(args) -> int:
     from cml.demo import prepare_demo
 
-    if args.preset is not None and not _full(args.preset).is_file():
+    chosen = _full(args.preset) if args.preset is not None else None
+    if chosen is not None and not chosen.is_file():
         raise InputError(f"{args.preset}: no such preset file", "--preset", "give a preset .toml, e.g. bench/world/article.toml in a cml checkout")
     preset, assets = prepare_demo(args.sd_scripts, world=args.world)
-    return _cmd_run(args, _full(args.preset) if args.preset is not None else preset, assets | _overrides(args))
+    return _cmd_run(args, chosen or preset, assets | _overrides(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,10 +191,11 @@ def scene_distances(
     files = sorted(out.glob("im_*.png"))
     if res.returncode != 0 or len(files) != len(jobs):
         raise StageFailed(f"drawing the world's scenes failed (exit code {res.returncode})\n{indented(res.tail)}")
+    refs = {v: np.asarray(scene(v), np.float32) for v in WORDS}
     found: dict[str, dict[int, dict[str, float]]] = {w: {} for w in WORDS}
     for (w, seed), f in zip(jobs, files):
         img = np.asarray(Image.open(f).convert("RGB"), np.float32)
-        found[w][seed] = {v: float(np.sqrt(((img - np.asarray(scene(v), np.float32)) ** 2).mean())) for v in WORDS}
+        found[w][seed] = {v: float(np.sqrt(((img - ref) ** 2).mean())) for v, ref in refs.items()}
     return found
 
 
