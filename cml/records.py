@@ -111,7 +111,9 @@ class CheckMetrics(Record):
 
     settings: dict[str, Any]
     copy_check: dict[str, Any] | None
-    targets: dict[str, dict[str, dict[str, dict[str, float]]]]
+    targets: dict[str, dict[str, dict[str, dict[str, float]]]]  # target -> sweep model -> weight -> measure
+    # several As: target -> sweep model -> weight -> the mean SSIM to each A (``ssim_to_a`` is to the nearest)
+    leakage_to_each_a: dict[str, dict[str, dict[str, list[float]]]] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)  # sweep label -> the model file (and LoRAs) it names
     grids: list[str]
     loss_plot: str | None = None

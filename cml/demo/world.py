@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tomli_w
@@ -23,9 +24,22 @@ from cml.files import atomic_path
 
 SIZE = 64
 WORLD_VERSION = "1"
-# The world LoRA's recipe (docs/measurements.md: 6-13 minutes on a 2-core CPU): tree and boat drawn reliably,
-# moon in some draws only; six scenes at this budget gave one blend whatever the word.
+# The world LoRA's recipe (docs/measurements.md: 6-13 minutes on a 2-core CPU): each scene drawn for its word at
+# seeds 1-6 when looked at with guidance (LOOK); six scenes at this budget gave one blend whatever the word.
 RECIPE = {"dim": 32, "steps": 150, "batch": 3, "learning_rate": 3e-3}
+
+
+# How the world is looked at: the world demo check's sampler, steps and guidance (presets/demo-world.toml; a unit test
+# holds them equal). With guidance 1 (no unconditional pass) the world's images drift to the blend of its scenes,
+# and moon, the one dark scene, was nearest its own scene at some seeds only; with guidance 3 and euler_a each word at
+# every one of seeds 1-6 (docs/measurements.md, "The world demo"); at 6 the colours clip.
+class Look(NamedTuple):
+    sampler: str
+    steps: int
+    scale: float
+
+
+LOOK = Look(sampler="euler_a", steps=8, scale=3.0)
 
 
 def _gradient(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
@@ -160,7 +174,13 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
     distances = scene_distances(sd_scripts, work / "world-base.safetensors", tokenizers, work)
     seen = recognised(distances)
     log("the world base draws each word nearest its own scene at seeds: " + ", ".join(f"{w} {seen[w] or 'none'}" for w in WORDS))
-    facts = {"recipe": RECIPE, "pixel_rmse_to_scene": distances, "recognised_at_seeds": seen, "build_seconds": round(time.monotonic() - started)}
+    facts = {
+        "recipe": RECIPE,
+        "looked_at": LOOK._asdict(),
+        "pixel_rmse_to_scene": distances,
+        "recognised_at_seeds": seen,
+        "build_seconds": round(time.monotonic() - started),
+    }
     out.with_suffix(".json").write_text(json.dumps(facts, indent=1))
     with atomic_path(out) as tmp:
         (work / "world-base.safetensors").replace(tmp)
@@ -169,10 +189,18 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
 
 
 def scene_distances(
-    sd_scripts: Path, model: Path, tokenizers: Path, work: Path, seeds: tuple[int, ...] = (1, 2), sampler: str = "euler_a", steps: int = 8, batch: int = 4
+    sd_scripts: Path,
+    model: Path,
+    tokenizers: Path,
+    work: Path,
+    seeds: tuple[int, ...] = (1, 2),
+    sampler: str = LOOK.sampler,
+    steps: int = LOOK.steps,
+    batch: int = 4,
+    scale: float = LOOK.scale,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """What the world base draws for each word: word -> seed -> scene -> pixel RMSE (0-255) of gen_img.py's image (the
-    world demo check's sampler and steps) to the scene drawn in code. The scenes are flat colours on gradients and the
+    world demo check's sampler, steps and guidance: LOOK) to the scene drawn in code. The scenes are flat colours on gradients and the
     world's images soft blobs, so colour and layout tell them apart, luminance structure does not (measured:
     docs/measurements.md). Recognisable at a seed: the image is nearest its own word's scene."""
     from cml.errors import StageFailed
@@ -184,7 +212,7 @@ def scene_distances(
     jobs = [(w, s) for w in WORDS for s in seeds]
     (work / "prompts.txt").write_text("".join(f"{w} --d {s}\n" for w, s in jobs))
     argv = [sys.executable, "-m", "cml.sd_process.gen", "gen_img", "--ckpt", str(model), "--outdir", str(out), "--from_file", str(work / "prompts.txt")]
-    argv += ["--W", str(SIZE), "--H", str(SIZE), "--steps", str(steps), "--sampler", sampler, "--scale", "1.0", "--images_per_prompt", "1"]
+    argv += ["--W", str(SIZE), "--H", str(SIZE), "--steps", str(steps), "--sampler", sampler, "--scale", str(scale), "--images_per_prompt", "1"]
     argv += ["--sequential_file_name", "--sdpa", "--tokenizer_cache_dir", str(tokenizers), "--batch_size", str(batch)]
     sd = SdScripts(sd_scripts, None, "world")
     res = run_logged(argv, sd_scripts, python_env(sd), work / "gen.log")

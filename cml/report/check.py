@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
+from typing import Any
 
 from PIL import Image
 
@@ -23,7 +25,7 @@ from cml.families import family
 from cml.plan import Plan, Role, Stage
 from cml.records import CheckMetrics, StageRecord, read
 from cml.report.figures import grid, loss_plot
-from cml.report.generate import Job, generate, vae_roundtrip
+from cml.report.generate import Job, a_names, generate, vae_roundtrip
 from cml.report.markdown import write_report
 from cml.report.metrics import EFFECTS, luminance_ssim, rgb_ssim
 from cml.sdscripts import SdScripts
@@ -152,27 +154,36 @@ def copy_check(plan: Plan, sd: SdScripts, images: dict[Job, Image.Image], loras:
     copy = copy_st.output
     copy_imgs = [images[Job("", s, muls(loras, {copy: 1.0}))] for s in seeds]
     base_imgs = [images[Job("", s, muls(loras, {copy: 0.0}))] if with_base else None for s in seeds]
-    ref_path = reference_of_a(plan, sd, copy_imgs[0].width, mode)
-    ref = Image.open(ref_path).convert("RGB")
-    a = plan.inputs.source[0].image
+    ref_paths = references_of_a(plan, sd, copy_imgs[0].width, mode)
+    refs = [Image.open(p).convert("RGB") for p in ref_paths]
     rows, scores = [], []
     for s, base_img, copy_img in zip(seeds, base_imgs, copy_imgs):
-        scores.append({"seed": s, "ssim_copy_lora": rgb_ssim(copy_img, ref), "ssim_base": rgb_ssim(base_img, ref) if base_img else None})
-        rows.append([a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), ref, *([base_img] if base_img else []), copy_img])
+        # several As: the copy LoRA is judged against the A it draws nearest (its SSIM to each A is kept too)
+        to_each = [rgb_ssim(copy_img, ref) for ref in refs]
+        i = max(range(len(refs)), key=to_each.__getitem__)
+        score: dict[str, Any] = {"seed": s, "ssim_copy_lora": to_each[i], "ssim_base": rgb_ssim(base_img, refs[i]) if base_img else None}
+        if len(refs) > 1:
+            score |= {"nearest_a": i, "ssim_copy_lora_to_each_a": to_each}
+        scores.append(score)
+        a = plan.inputs.source[i].image
+        rows.append([a.convert("RGB").resize(copy_img.size, Image.Resampling.LANCZOS), refs[i], *([base_img] if base_img else []), copy_img])
     base_label = lambda v: f"\nbase {v:.3f}" if v is not None else ""  # noqa: E731
     labels = [f"seed {s['seed']}\nSSIM to A (VAE){base_label(s['ssim_base'])}\ncopy {s['ssim_copy_lora']:.3f}" for s in scores]
     path = plan.run_dir / "check" / "copy_check.png"
     columns = ["A", "A (VAE)", "base", "+ copy LoRA"] if with_base else ["A", "A (VAE)", "+ copy LoRA"]
     grid(rows, labels, columns, "copy check").save(path)
-    return {"image": str(path), "reference": str(ref_path), "seeds": scores}
+    return {"image": str(path), "reference": str(ref_paths[0]), "references": [str(p) for p in ref_paths], "seeds": scores}
 
 
-def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path], a_ref: Image.Image) -> tuple[Path, dict]:
+def sweep(
+    plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, Image.Image], loras: list[Path], a_refs: list[Image.Image]
+) -> tuple[Path, dict[str, dict[str, float]], dict[str, list[float]]]:
     """One LoRA's weight sweep on one model: its grid, and per weight the three measures of a difference LoRA, each
     the mean over the check's prompts and seeds:
     - effect: the transform's own measure (grayscale: mean saturation, shown as a multiple of weight 0's);
     - interference: luminance SSIM against weight 0 (the content's structure kept);
-    - leakage: SSIM of the image to A (did it draw A instead of the prompt's content?)."""
+    - leakage: SSIM of the image to A (did it draw A instead of the prompt's content?); with several As, to the A
+      each image is nearest; the mean SSIM to each A is returned beside (weight -> one per A; empty for one A)."""
     c = plan.preset.check
     target = lora.target
     assert target is not None
@@ -184,21 +195,27 @@ def sweep(plan: Plan, key: str, lora: Stage, on: SweepModel, images: dict[Job, I
     grid(cells, labels, [f"w={w:+g}" for w in c.weights], f"on {on.label.replace('_', ' ')}").save(path)
     effect_name, effect = EFFECTS[getattr(plan.preset.targets[target], "transform", None)]  # the target's transform names the measure
     zero = c.weights.index(0.0)
-    per_weight = {}
+    per_weight: dict[str, dict[str, float]] = {}
+    each_a: dict[str, list[float]] = {}
     for col, w in enumerate(c.weights):
         eff = [effect(row[col], row[zero]) for row in cells]
         ssim = [luminance_ssim(row[col], row[zero]) for row in cells]
-        leak = [rgb_ssim(row[col], a_ref) for row in cells]
-        per_weight[f"{w:g}"] = {effect_name: sum(eff) / len(eff), "luminance_ssim_vs_0": sum(ssim) / len(ssim), "ssim_to_a": sum(leak) / len(leak)}
-    return path, per_weight
+        to_each = [[rgb_ssim(row[col], ref) for ref in a_refs] for row in cells]
+        leak = [max(t) for t in to_each]
+        per_weight[f"{w:g}"] = {effect_name: mean(eff), "luminance_ssim_vs_0": mean(ssim), "ssim_to_a": mean(leak)}
+        if len(a_refs) > 1:
+            each_a[f"{w:g}"] = [mean([t[i] for t in to_each]) for i in range(len(a_refs))]
+    return path, per_weight, each_a
 
 
-def reference_of_a(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
-    """A as the model can give it back: through the base's VAE (SD families), else A itself at the check's size."""
+def references_of_a(plan: Plan, sd: SdScripts, size: int, mode: str) -> list[Path]:
+    """Each A as the model can give it back: through the base's VAE (SD families), else A itself at the check's size."""
     if family(plan.inputs.family).generator == "trainer":  # a DiT family: no VAE round trip through sd-scripts' SD loader
-        path = plan.run_dir / "check" / "a.png"
-        plan.inputs.source[0].image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(path)
-        return path
+        paths = []
+        for name, src in zip(a_names(len(plan.inputs.source)), plan.inputs.source):
+            paths.append(plan.run_dir / "check" / f"{name}.png")
+            src.image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(paths[-1])
+        return paths
     return vae_roundtrip(plan, sd, size, mode)
 
 
@@ -216,14 +233,16 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> CheckMetrics:
     copy = copy_check(plan, sd, images[base], sampling.runs[base], mode) if copy_stage(plan) is not None else None
     swept = swept_loras(plan)
     targets: dict[str, dict] = {key: {} for key in swept}
+    each_a: dict[str, dict] = {}
     grids = []
     size = plan.preset.check.resolution or plan.preset.train.resolution
-    a_ref = Image.open(reference_of_a(plan, sd, size, mode)).convert("RGB") if swept else None
+    a_refs = [Image.open(p).convert("RGB") for p in references_of_a(plan, sd, size, mode)] if swept else []
     for key, lora in swept.items():
         for m in models:
-            assert a_ref is not None
-            path, per_weight = sweep(plan, key, lora, m, images[m.model], sampling.runs[m.model], a_ref)
+            path, per_weight, to_each = sweep(plan, key, lora, m, images[m.model], sampling.runs[m.model], a_refs)
             targets[key][m.label] = per_weight
+            if to_each:
+                each_a.setdefault(key, {})[m.label] = to_each
             grids.append(str(path))
     curves = {}
     for st in plan.stages:
@@ -235,6 +254,7 @@ def run_check(plan: Plan, sd: SdScripts, mode: str = "normal") -> CheckMetrics:
         settings=plan.preset.check.model_dump(mode="json"),
         copy_check=copy,
         targets=targets,
+        leakage_to_each_a=each_a,
         models={m.label: m.describe() for m in models},
         grids=grids,
         loss_plot=str(out / "losses.png"),

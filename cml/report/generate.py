@@ -182,22 +182,36 @@ def roundtrip_key(model_identity: str, a: Image.Image, size: int) -> str:
     return VAE_ROUNDTRIP.key(model_identity, pixel_sha256(a.convert("RGB")), size)
 
 
-def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> Path:
-    """Image A as the base model's VAE gives it back (cml/sd_process/vae_roundtrip.py): the copy check's reference.
-    Kept in cml's cache: a re-check, or a run on the same model and A, reads it back."""
+def a_names(n: int) -> list[str]:
+    """The check's file stem for each A: a, then a-2, a-3, ... for a multi-image source."""
+    return ["a" if i == 0 else f"a-{i + 1}" for i in range(n)]
+
+
+def vae_roundtrip(plan: Plan, sd: SdScripts, size: int, mode: str) -> list[Path]:
+    """Each A as the base model's VAE gives it back (cml/sd_process/vae_roundtrip.py): the copy check's and the
+    leakage measure's references, one per source image. Kept in cml's cache: a re-check, or a run on the same model
+    and A, reads them back; the ones not cached are made in one process."""
     out = plan.run_dir / "check"
-    a = plan.inputs.source[0].image
-    a_path, rt_path = out / "a.png", out / "a_vae_roundtrip.png"
-    a.convert("RGB").save(a_path)
-    key = roundtrip_key(model_identity(plan.inputs.model), a, size)
-    cached = VAE_ROUNDTRIP.path(key)
-    if cached.is_file():
-        shutil.copyfile(cached, rt_path)
-        return rt_path
-    argv = [sys.executable, "-m", "cml.sd_process.vae_roundtrip", str(plan.preset.base_model), str(a_path), str(size), str(rt_path)]
-    res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", stream=mode == "verbose")
-    if res.returncode != 0 or not rt_path.is_file():
-        tail = indented(res.tail)
-        raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
-    VAE_ROUNDTRIP.store(key, rt_path)
-    return rt_path
+    made: list[Path] = []
+    todo: list[tuple[str, Path, Path]] = []
+    for name, src in zip(a_names(len(plan.inputs.source)), plan.inputs.source):
+        a_path, rt_path = out / f"{name}.png", out / f"{name}_vae_roundtrip.png"
+        src.image.convert("RGB").save(a_path)
+        key = roundtrip_key(model_identity(plan.inputs.model), src.image, size)
+        cached = VAE_ROUNDTRIP.path(key)
+        if cached.is_file():
+            shutil.copyfile(cached, rt_path)
+        else:
+            rt_path.unlink(missing_ok=True)  # a round trip left by an earlier check is not this one's
+            todo.append((key, a_path, rt_path))
+        made.append(rt_path)
+    if todo:
+        argv = [sys.executable, "-m", "cml.sd_process.vae_roundtrip", str(plan.preset.base_model), str(todo[0][1]), str(size), str(todo[0][2])]
+        argv += [str(p) for _, a_path, rt_path in todo[1:] for p in (a_path, rt_path)]
+        res = run_logged(argv, sd.path, python_env(sd), out / "vae_roundtrip.log", stream=mode == "verbose")
+        if res.returncode != 0 or not all(rt.is_file() for _, _, rt in todo):
+            tail = indented(res.tail)
+            raise StageFailed(f"check: A's VAE round trip failed (exit code {res.returncode})\n{tail}\n  full log: {out / 'vae_roundtrip.log'}")
+        for key, _, rt_path in todo:
+            VAE_ROUNDTRIP.store(key, rt_path)
+    return made

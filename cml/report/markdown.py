@@ -18,7 +18,8 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
             "## Copy check",
             "",
             "Base model + copy LoRA at weight 1, empty prompt: it should give back image A whatever the seed. "
-            "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better.",
+            "SSIM is measured against A as the base model's VAE returns it (encoded, then decoded): no model can draw A better; "
+            "with several As, against the one each image is nearest.",
             "",
             f"![copy check]({rel(copy['image'])})",
             "",
@@ -27,7 +28,8 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
         ]
         for s in copy["seeds"]:
             base = f"{s['ssim_base']:.3f}" if s["ssim_base"] is not None else "not drawn (check.copy_check_base = false)"
-            lines.append(f"| {s['seed']} | {base} | {s['ssim_copy_lora']:.3f} |")
+            nearest = f" (A {s['nearest_a'] + 1}, the nearest)" if "nearest_a" in s else ""
+            lines.append(f"| {s['seed']} | {base} | {s['ssim_copy_lora']:.3f}{nearest} |")
     lines += [
         "",
         "## Weight sweeps",
@@ -39,6 +41,7 @@ def write_report(plan: Plan, r: CheckMetrics) -> Path:
     for g in r.grids:
         lines += [f"![{Path(g).stem}]({rel(g)})", ""]
     lines += side_by_side(r)
+    lines += leakage_to_each_a(r)
     lines += ["## Metrics", ""]
     for t, per_model in r.targets.items():
         for m, per_weight in per_model.items():
@@ -85,10 +88,24 @@ def print_table(result: CheckMetrics) -> None:
             console.print(table)
 
 
+def leakage_to_each_a(r: CheckMetrics) -> list[str]:
+    """Several As: each swept LoRA's mean SSIM to each A, per model and weight (the side-by-side table's leakage is
+    to the nearest A)."""
+    if not r.leakage_to_each_a:
+        return []
+    n = len(next(iter(next(iter(next(iter(r.leakage_to_each_a.values())).values())).values())))
+    lines = ["## Leakage to each A", "", "| LoRA | on | weight | " + " | ".join(f"SSIM to A {i + 1}" for i in range(n)) + " |", "|---" * (n + 3) + "|"]
+    for lora, per_model in r.leakage_to_each_a.items():
+        for model, per_weight in per_model.items():
+            for w, each in per_weight.items():
+                lines.append(f"| {lora} | {model.replace('_', ' ')} | {w} | " + " | ".join(f"{x:.3f}" for x in each) + " |")
+    return [*lines, ""]
+
+
 def side_by_side(r: CheckMetrics) -> list[str]:
     """Every swept LoRA beside the others, per model, at every swept weight but 0: effect (saturation as a multiple of
     weight 0's, for grayscale; else the mean pixel change), interference (luminance SSIM against weight 0) and leakage
-    (SSIM to A, with weight 0's beside it)."""
+    (SSIM to A, the nearest A with several, with weight 0's beside it)."""
     rows = []
     for lora, per_model in r.targets.items():
         for model, per_weight in per_model.items():
@@ -110,7 +127,8 @@ def side_by_side(r: CheckMetrics) -> list[str]:
         "",
         "Mean over the check's prompts and seeds. Effect: saturation at the weight as a multiple of weight 0's (grayscale), "
         "else the mean pixel change; interference: luminance SSIM against weight 0 (1: the content's structure kept); "
-        "leakage: SSIM to A (weight 0's in brackets): higher than weight 0's means it draws A instead of the prompt.",
+        "leakage: SSIM to A (to the nearest A, with several; weight 0's in brackets): higher than weight 0's means it "
+        "draws A instead of the prompt.",
         "",
         "| LoRA | on | weight | effect | interference | leakage (weight 0) |",
         "|---|---|---|---|---|---|",

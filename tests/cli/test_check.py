@@ -124,3 +124,32 @@ def test_as_vae_round_trip_is_made_once_per_model_a_and_size(write_preset, fake_
     again = run_cml("check", str(run), "--sd-scripts", fake_sd, "--quiet", env=cache)
     assert again.returncode == 0 and not log.exists()  # read back from the cache
     assert (run / "check" / "a_vae_roundtrip.png").read_bytes() == made
+
+
+def test_several_as_each_get_their_round_trip_in_one_process_and_the_leakage_names_each(write_preset, fake_sd, tmp_path):
+    from tests.conftest import colourful
+
+    colourful((80, 80)).transpose(Image.Transpose.ROTATE_90).resize((96, 96)).save(tmp_path / "a2.png")
+    cache = {"CML_CACHE_DIR": str(tmp_path / "cache")}
+    p = write_preset(
+        source=[str(tmp_path / "a.png"), str(tmp_path / "a2.png")], check={"weights": [0.0, 1.0], "seeds": [1], "prompts": [""], "sampling_steps": 1}
+    )
+    assert run_cml("run", str(p), "--sd-scripts", fake_sd, "--quiet", env=cache).returncode == 0
+    r = run_cml("check", str(tmp_path / "runs" / "t"), "--sd-scripts", fake_sd, "--quiet", env=cache)
+    assert r.returncode == 0, r.stderr
+    check = tmp_path / "runs" / "t" / "check"
+    assert (check / "a_vae_roundtrip.png").is_file() and (check / "a-2_vae_roundtrip.png").is_file()
+    assert (check / "vae_roundtrip.log").read_text().count("fake load_vae") == 1  # both As through one load of the VAE
+    assert (check / "a_vae_roundtrip.png").read_bytes() != (check / "a-2_vae_roundtrip.png").read_bytes()
+    m = json.loads((check / "metrics.json").read_text())
+    assert len(m["copy_check"]["references"]) == 2
+    seed = m["copy_check"]["seeds"][0]
+    assert len(seed["ssim_copy_lora_to_each_a"]) == 2 and seed["ssim_copy_lora"] == max(seed["ssim_copy_lora_to_each_a"])
+    assert set(m["leakage_to_each_a"]) == set(m["targets"])
+    for lora, per_model in m["targets"].items():
+        for model, per_weight in per_model.items():
+            for w, v in per_weight.items():
+                each = m["leakage_to_each_a"][lora][model][w]
+                assert len(each) == 2 and v["ssim_to_a"] >= max(each) - 1e-9
+    report = (tmp_path / "runs" / "t" / "report.md").read_text()
+    assert "the nearest" in report and "## Leakage to each A" in report

@@ -57,3 +57,26 @@ def test_identity_path_unet_predicts_eps_equal_to_its_input(torch_sd):
             out = unet(x, torch.tensor([t, t]), torch.randn(2, 77, 768)).sample
             rel = float((out - x).norm() / x.norm())
             assert rel < 0.1, f"t={t}: |eps - x_t| / |x_t| = {rel:.3f}"
+
+
+def test_several_as_round_trip_through_one_load_of_the_vae_as_each_would_alone(sd_scripts, demo_assets, tmp_path):
+    """cml/sd_process/vae_roundtrip.py with two (image, out) pairs, on the demo model in sd-scripts' Python: each
+    output is the one a call for that image alone makes (the leakage measure's reference for each A)."""
+    import subprocess
+
+    from PIL import Image, ImageOps
+
+    from cml.sdscripts import python_env
+
+    a2 = tmp_path / "a2.png"
+    ImageOps.mirror(Image.open(demo_assets["a"]).convert("RGB")).save(a2)
+    mod = [sys.executable, "-m", "cml.sd_process.vae_roundtrip", str(demo_assets["model"])]
+    run = lambda *args: subprocess.run([*mod, *args], cwd=sd_scripts.path, env=python_env(sd_scripts), capture_output=True, text=True)  # noqa: E731
+    both = run(str(demo_assets["a"]), "64", str(tmp_path / "1.png"), str(a2), str(tmp_path / "2.png"))
+    assert both.returncode == 0, both.stderr[-2000:]
+    alone = run(str(a2), "64", str(tmp_path / "2-alone.png"))
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    pix = lambda name: np.asarray(Image.open(tmp_path / name).convert("RGB"))  # noqa: E731
+    assert np.array_equal(pix("2.png"), pix("2-alone.png")) and not np.array_equal(pix("1.png"), pix("2.png"))
+    odd = run(str(demo_assets["a"]), "64", str(tmp_path / "x.png"), str(a2))
+    assert odd.returncode == 2 and "needs its output path" in odd.stderr

@@ -22,20 +22,17 @@ def world_run(sd_scripts, demo_assets, tmp_path_factory):
     return {"dir": tmp / "demo-world", "result": r}
 
 
-@pytest.mark.xfail(
-    reason="issue 29, open: the three-scene world (6-13 min build) has not learnt moon: with ddim (noise independent of "
-    "the batch) moon is nearest its own scene at none of seeds 1-4, tree and boat at all; with euler_a, the check's "
-    "sampler, at seeds 3 and 4 only (docs/measurements.md, the world demo)"
-)
 def test_the_world_base_draws_each_scene_for_its_word_at_the_checks_seeds(world_run, sd_scripts, demo_assets, tmp_path):
     """The content the check judges the LoRAs on is the scene of its word: at the check's seeds, the world base's image
-    for each word (gen_img.py, the check's sampler) is nearer its own scene than any other."""
+    for each word (gen_img.py, the check's sampler, steps and guidance) is nearer its own scene than any other."""
     from cml.demo.world import WORDS, recognised, scene_distances
     from cml.preset import load_preset
 
     preset, _ = load_preset(world_run["dir"] / "preset.toml", [])
     seeds = tuple(preset.check.seeds)
-    seen = recognised(scene_distances(sd_scripts.path, preset.base_model, demo_assets["tokenizer"], tmp_path, seeds))
+    c = preset.check
+    look = {"sampler": c.sampler, "steps": c.sampling_steps, "scale": c.guidance_scale}
+    seen = recognised(scene_distances(sd_scripts.path, preset.base_model, demo_assets["tokenizer"], tmp_path, seeds, **look))
     assert seen == {w: list(seeds) for w in WORDS}
 
 
@@ -64,6 +61,7 @@ def test_the_naive_lora_draws_a_where_the_diff_lora_does_not(world_run):
     m = read(CheckMetrics, world_run["dir"] / "check" / "metrics.json")
     assert m is not None
     naive, diff = m.targets["grayscale_naive"]["base"], m.targets["grayscale"]["base"]
-    # measured on machine E (docs/measurements.md): naive 0.313, weight 0 0.273, diff 0.265
-    assert naive["1"]["ssim_to_a"] > naive["0"]["ssim_to_a"] + 0.02
-    assert naive["1"]["ssim_to_a"] > diff["1"]["ssim_to_a"] + 0.02
+    # measured on machine X with guidance 3 (docs/measurements.md, "The world looked at with guidance 3"): naive 0.241,
+    # weight 0 0.177, diff 0.223 at the demo's 30 steps; at the article's 500 the gap is 0.337 against 0.237
+    assert naive["1"]["ssim_to_a"] > naive["0"]["ssim_to_a"] + 0.03
+    assert naive["1"]["ssim_to_a"] > diff["1"]["ssim_to_a"]

@@ -123,3 +123,27 @@ def test_the_side_by_side_table_has_every_swept_weight_and_its_ratios():
         "| grayscale | base | 0.5 | 0.50x | 0.900 | 0.310 (0.300) |",
         "| grayscale | base | -1 | 2.00x | 0.700 | 0.200 (0.300) |",
     ]
+
+
+def test_leakage_with_several_as_is_measured_against_each_a(write_preset, tmp_path):
+    """A LoRA that draws the second A instead of the prompt's content leaks, though its image is nothing like the
+    first A: leakage is the SSIM to the nearest A, and the SSIM to each A is kept beside it."""
+    from cml.report.check import SweepModel, muls, sweep, swept_loras
+    from tests.conftest import plan_for
+
+    rng = np.random.default_rng(0)
+    a2 = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")  # nothing like colourful()
+    scene = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    a2.save(tmp_path / "a2.png")
+    p = write_preset(source=[str(tmp_path / "a.png"), str(tmp_path / "a2.png")], check={"weights": [0.0, 1.0], "seeds": [1], "prompts": ["moon"]})
+    plan = plan_for(p)
+    (plan.run_dir / "check").mkdir(parents=True)
+    key, lora = next(iter(swept_loras(plan).items()))
+    loras = [lora.output]
+    images = {Job("moon", 1, muls(loras, {lora.output: 0.0})): scene, Job("moon", 1, muls(loras, {lora.output: 1.0})): a2}
+    a1 = plan.inputs.source[0].image.convert("RGB").resize((64, 64))
+    _, per_weight, each_a = sweep(plan, key, lora, SweepModel("base", plan.preset.base_model), images, loras, [a1, a2])
+    assert per_weight["1"]["ssim_to_a"] == pytest.approx(1.0)  # it drew A 2
+    assert per_weight["0"]["ssim_to_a"] < 0.1
+    to_first, to_second = each_a["1"]
+    assert to_first < 0.1 and to_second == pytest.approx(1.0)

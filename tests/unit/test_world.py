@@ -43,3 +43,14 @@ def test_a_built_world_is_used_as_it_is(monkeypatch, tmp_path):
 def test_a_word_is_recognised_at_the_seeds_where_its_image_is_nearest_its_scene():
     d = {"moon": {1: {"moon": 60.0, "tree": 80.0}, 2: {"moon": 130.0, "tree": 80.0}}, "tree": {1: {"moon": 90.0, "tree": 40.0}}}
     assert world.recognised(d) == {"moon": [1], "tree": [1]}
+
+
+def test_the_world_is_looked_at_as_the_world_demo_check_draws_it():
+    """The world's recognisability (its build's record, the full tier's test) is measured with the check's own
+    sampler, steps and guidance: at guidance 1 the world's moon is not its own scene at most seeds."""
+    from cml.preset import shipped_presets
+    from cml.preset.load import load_preset
+
+    check = load_preset(shipped_presets()["demo-world"], ["base_model='m.safetensors'", "source='a.png'"])[0].check
+    assert (check.sampler, check.sampling_steps, check.guidance_scale) == tuple(world.LOOK)
+    assert world.LOOK.scale > 1.0
