@@ -102,21 +102,9 @@ def world_key(demo_sha256: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print) -> Path:
-    """The world base (cached): the demo model with the world LoRA merged in."""
-    from cml.demo import cache_dir
-    from cml.errors import StageFailed
-    from cml.model_files import file_sha256
-    from cml.runner import indented, run_logged
-    from cml.sdscripts import SdScripts, python_env
-
-    key = world_key(file_sha256(demo_model))
-    out = cache_dir() / f"world-{key}.safetensors"
-    if out.is_file():
-        return out
-    started = time.monotonic()
-    work = cache_dir() / f"world-{key}.part"
-    shutil.rmtree(work, ignore_errors=True)
+def write_world_training(work: Path, demo_model: Path, tokenizers: Path, steps: int | None = None) -> Path:
+    """The world LoRA's training, written into ``work``: the scenes with their words as captions, dataset.toml and
+    train.toml (RECIPE; ``steps`` instead of RECIPE's for a shorter run). Returns train.toml's path."""
     (work / "images").mkdir(parents=True)
     for w in WORDS:
         scene(w).save(work / "images" / f"{w}.png")
@@ -151,7 +139,7 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
         "optimizer_type": "AdamW",
         "learning_rate": RECIPE["learning_rate"],
         "lr_scheduler": "cosine",
-        "max_train_steps": RECIPE["steps"],
+        "max_train_steps": steps or RECIPE["steps"],
         "seed": 42,
         "mixed_precision": "no",
         "cache_latents": True,
@@ -160,6 +148,25 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
         "tokenizer_cache_dir": str(tokenizers),
     }
     (work / "train.toml").write_text(tomli_w.dumps(train))
+    return work / "train.toml"
+
+
+def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print) -> Path:
+    """The world base (cached): the demo model with the world LoRA merged in."""
+    from cml.demo import cache_dir
+    from cml.errors import StageFailed
+    from cml.model_files import file_sha256
+    from cml.runner import indented, run_logged
+    from cml.sdscripts import SdScripts, python_env
+
+    key = world_key(file_sha256(demo_model))
+    out = cache_dir() / f"world-{key}.safetensors"
+    if out.is_file():
+        return out
+    started = time.monotonic()
+    work = cache_dir() / f"world-{key}.part"
+    shutil.rmtree(work, ignore_errors=True)
+    write_world_training(work, demo_model, tokenizers)
     sd = SdScripts(sd_scripts, None, "world")
     log(f"building the world model (once): a LoRA of {len(WORDS)} scenes on the demo model, {RECIPE['steps']} steps, merged into it")
     steps = [
@@ -167,11 +174,16 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
         [sys.executable, "networks/merge_lora.py", "--sd_model", str(demo_model), "--models", str(work / "world.safetensors")]
         + ["--ratios", "1.0", "--save_to", str(work / "world-base.safetensors"), "--precision", "float", "--save_precision", "fp16"],
     ]
-    for argv in steps:
+    phases: dict[str, float] = {}
+    for name, argv in zip(("train", "merge"), steps):
+        t0 = time.monotonic()
         res = run_logged(argv, sd_scripts, python_env(sd), work / "log.txt")
         if res.returncode != 0:
             raise StageFailed(f"building the world model failed (exit code {res.returncode})\n{indented(res.tail)}\n  full log: {work / 'log.txt'}")
+        phases[name] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
     distances = scene_distances(sd_scripts, work / "world-base.safetensors", tokenizers, work)
+    phases["look"] = round(time.monotonic() - t0, 1)
     seen = recognised(distances)
     log("the world base draws each word nearest its own scene at seeds: " + ", ".join(f"{w} {seen[w] or 'none'}" for w in WORDS))
     facts = {
@@ -180,6 +192,7 @@ def world_model(sd_scripts: Path, demo_model: Path, tokenizers: Path, log=print)
         "pixel_rmse_to_scene": distances,
         "recognised_at_seeds": seen,
         "build_seconds": round(time.monotonic() - started),
+        "phase_seconds": phases,
     }
     out.with_suffix(".json").write_text(json.dumps(facts, indent=1))
     with atomic_path(out) as tmp:

@@ -92,7 +92,7 @@ PATCHES = (
     Patch(
         "text-encoding-once",
         "library.strategy_base:TextEncodingStrategy.encode_tokens",
-        "the text encoder's output for a fixed caption computed once (hook: the trainer's get_text_encoding_strategy)",
+        "the text encoder's output for each distinct batch of captions computed once (hook: the trainer's get_text_encoding_strategy)",
         "(self, tokenize_strategy: library.strategy_base.TokenizeStrategy, models: List[Any], tokens: List[torch.Tensor]) -> List[torch.Tensor]",
         kind="hook",
     ),

@@ -2,7 +2,7 @@
 ...) with one piece per concern mixed in, each overriding only sd-scripts' own hooks (their signatures are checked
 by cml/sd_process/patches.py):
 
-- ``ExactSpeedups``: the text encoder's output computed once for a fixed caption, and the LoRA's metadata saying it
+- ``ExactSpeedups``: the text encoder's output computed once per distinct batch of captions, and the LoRA's metadata saying it
   is a plain networks.lora file (the same LoRA, bit for bit: tests/sdscripts/test_speedups.py);
 - ``DirectMethod``: the direct method's step (cml/sd_process/direct.py) and its LoRA saved scaled by w;
 - ``Profiling``: the step profiler of make bench-gpu (cml/sd_process/dev/profiler.py).
@@ -12,6 +12,7 @@ by cml/sd_process/patches.py):
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from cml.sd_process import CML_NETWORK_MODULE
@@ -29,33 +30,41 @@ TRAINER_CLASSES = {
 
 
 class FixedTextEncoding:
-    """A text encoding strategy that computes each distinct set of tokens once, while no gradient is asked for."""
+    """A text encoding strategy that computes each distinct set of tokens once, while no gradient is asked for.
+
+    A fixed caption is one set; a few captions in a shuffled batch are a few sets (three one-word captions at batch 3:
+    six orders), each encoded the first time it comes and then kept. At most KEEP sets are kept (a dataset of many
+    captions then encodes as sd-scripts does, with the memory bounded)."""
+
+    KEEP = 16
 
     def __init__(self, inner: Any):
         self._inner = inner
-        self._tokens: list | None = None
-        self._out: Any = None
+        self._kept: dict[tuple, Any] = {}
         self.reused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    @staticmethod
+    def _key(tokens) -> tuple:
+        return tuple((str(t.dtype), tuple(t.shape), t.detach().cpu().numpy().tobytes()) for t in tokens)
 
     def encode_tokens(self, tokenize_strategy, models, tokens):
         import torch
 
         if torch.is_grad_enabled():  # a text encoder that trains: nothing may be kept
             return self._inner.encode_tokens(tokenize_strategy, models, tokens)
-        same = (
-            self._tokens is not None
-            and len(self._tokens) == len(tokens)
-            and all(a.shape == b.shape and torch.equal(a, b.to(a.device)) for a, b in zip(self._tokens, tokens))
-        )
-        if same:
+        key = self._key(tokens)
+        if key in self._kept:
             self.reused += 1
-            return self._out
-        self._out = self._inner.encode_tokens(tokenize_strategy, models, tokens)
-        self._tokens = [t.detach().clone() for t in tokens]
-        return self._out
+            if self.reused == 1:
+                print("cml: text encoding: each distinct batch of captions encoded once, then kept", file=sys.stderr, flush=True)
+            return self._kept[key]
+        out = self._inner.encode_tokens(tokenize_strategy, models, tokens)
+        if len(self._kept) < self.KEEP:
+            self._kept[key] = out
+        return out
 
 
 def plain_lora_metadata(metadata: dict) -> None:
@@ -67,7 +76,7 @@ def plain_lora_metadata(metadata: dict) -> None:
 
 
 class ExactSpeedups:
-    """The text encoder's output computed once (U-Net-only training with a fixed caption), and plain metadata."""
+    """The text encoder's output computed once per distinct batch of captions (U-Net-only training), and plain metadata."""
 
     def get_text_encoding_strategy(self, args):
         from cml.sd_process import patches

@@ -82,7 +82,9 @@ def test_the_lora_forward_without_multiplies_by_one_is_the_same(sd_path):
             assert torch.equal(ours, theirs), f"multiplier {m}"
 
 
-def test_the_text_encoder_output_is_kept_only_while_the_tokens_are_the_same(sd_path):
+def test_the_text_encoder_output_is_kept_for_each_distinct_batch_of_tokens(sd_path):
+    """A few captions in shuffled batches (the world's three words at batch 3): each order encoded once, then kept;
+    never while the text encoder trains, and no more than KEEP batches kept."""
     import torch
 
     from cml.sd_process.trainer import FixedTextEncoding
@@ -100,8 +102,16 @@ def test_the_text_encoder_output_is_kept_only_while_the_tokens_are_the_same(sd_p
         first = enc.encode_tokens(None, None, [a])
         assert enc.encode_tokens(None, None, [a.clone()]) is first and len(calls) == 1  # the same tokens: kept
         assert torch.equal(enc.encode_tokens(None, None, [b])[0], b.float() * 2) and len(calls) == 2  # others: encoded
+        assert enc.encode_tokens(None, None, [a.clone()]) is first and len(calls) == 2  # a again, after b: still kept
+        assert torch.equal(enc.encode_tokens(None, None, [a.long().flip(1)])[0], a.flip(1).float() * 2)  # another order
+        assert len(calls) == 3 and enc.reused == 2
+        for i in range(FixedTextEncoding.KEEP + 4):  # many batches: the first KEEP kept, the rest encoded every time
+            enc.encode_tokens(None, None, [torch.tensor([[100 + i]])])
+        kept = len(calls)
+        enc.encode_tokens(None, None, [torch.tensor([[100 + FixedTextEncoding.KEEP + 3]])])
+        assert len(calls) == kept + 1
     enc.encode_tokens(None, None, [b])  # with gradients on (a text encoder that trains): always encoded
-    assert len(calls) == 3
+    assert len(calls) == kept + 2
 
 
 def test_an_8bit_step_without_a_sync_per_parameter_is_the_same(sd_path):
@@ -198,3 +208,30 @@ def test_the_check_generator_draws_gen_imgs_own_images(sd_scripts, demo_assets, 
     assert len(images["cml"]) == len(images["sd-scripts"]) == 2
     assert all(np.array_equal(a, b) for a, b in zip(images["cml"], images["sd-scripts"]))
     assert not np.array_equal(*images["cml"])  # two seeds, two images: the comparison can tell images apart
+
+
+@pytest.mark.full
+def test_several_captions_in_shuffled_batches_train_the_same_lora_bit_for_bit(sd_scripts, demo_assets, tmp_path):
+    """The world's training (three scenes, a word each, batch 3, shuffled): cml's trainer keeps each batch's text
+    encoding and reuses it; train_network.py itself encodes every step. The same LoRA (MKL's reproducible mode)."""
+    from cml.demo.world import write_world_training
+    from cml.runner import run_logged
+    from cml.sdscripts import python_env
+
+    out = {}
+    for speedups in (True, False):
+        work = tmp_path / str(speedups)
+        toml = write_world_training(work, demo_assets["model"], demo_assets["tokenizer"], steps=8)
+        if speedups:
+            argv = [sys.executable, "-m", "cml.sd_process.train", "train_network", "--config_file", str(toml)]
+        else:
+            toml.write_text(toml.read_text().replace('"cml.sd_process.lora"', '"networks.lora"'))
+            argv = [sys.executable, "train_network.py", "--config_file", str(toml)]
+        res = run_logged(argv, sd_scripts.path, {**python_env(sd_scripts), **REPRODUCIBLE_MKL}, work / "log.txt")
+        assert res.returncode == 0, "\n".join(res.tail)
+        log = (work / "log.txt").read_text()
+        assert ("cml: text encoding: each distinct batch of captions encoded once, then kept" in log) == speedups
+        out[speedups] = load_file(str(work / "world.safetensors"))
+    fast, slow = out[True], out[False]
+    assert fast.keys() == slow.keys() and len(fast) > 0
+    assert all(np.array_equal(fast[k], slow[k]) for k in fast), "the speed-ups changed the world's LoRA"

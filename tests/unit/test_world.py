@@ -54,3 +54,19 @@ def test_the_world_is_looked_at_as_the_world_demo_check_draws_it():
     check = load_preset(shipped_presets()["demo-world"], ["base_model='m.safetensors'", "source='a.png'"])[0].check
     assert (check.sampler, check.sampling_steps, check.guidance_scale) == tuple(world.LOOK)
     assert world.LOOK.scale > 1.0
+
+
+def test_the_world_training_is_its_scenes_captioned_by_their_words_with_the_recipe(tmp_path):
+    import tomllib
+
+    toml = world.write_world_training(tmp_path / "w", tmp_path / "demo.safetensors", tmp_path / "tok", steps=8)
+    train = tomllib.loads(toml.read_text())
+    dataset = tomllib.loads((tmp_path / "w" / "dataset.toml").read_text())
+    images = tmp_path / "w" / "images"
+    assert sorted(p.stem for p in images.glob("*.png")) == sorted(world.WORDS)
+    assert all((images / f"{w}.txt").read_text() == w for w in world.WORDS)
+    assert dataset["general"]["batch_size"] == world.RECIPE["batch"] and dataset["datasets"][0]["subsets"][0]["image_dir"] == str(images)
+    assert (train["network_dim"], train["learning_rate"], train["max_train_steps"]) == (world.RECIPE["dim"], world.RECIPE["learning_rate"], 8)
+    assert train["network_train_unet_only"] and train["pretrained_model_name_or_path"] == str(tmp_path / "demo.safetensors")
+    full = world.write_world_training(tmp_path / "full", tmp_path / "demo.safetensors", tmp_path / "tok")
+    assert tomllib.loads(full.read_text())["max_train_steps"] == world.RECIPE["steps"]
