@@ -214,6 +214,10 @@ def test_the_check_generator_draws_gen_imgs_own_images(sd_scripts, demo_assets, 
 def test_several_captions_in_shuffled_batches_train_the_same_lora_bit_for_bit(sd_scripts, demo_assets, tmp_path):
     """The world's training (three scenes, a word each, batch 3, shuffled): cml's trainer keeps each batch's text
     encoding and reuses it; train_network.py itself encodes every step. The same LoRA (MKL's reproducible mode)."""
+    import tomllib
+
+    import tomli_w
+
     from cml.demo.world import write_world_training
     from cml.runner import run_logged
     from cml.sdscripts import python_env
@@ -225,7 +229,7 @@ def test_several_captions_in_shuffled_batches_train_the_same_lora_bit_for_bit(sd
         if speedups:
             argv = [sys.executable, "-m", "cml.sd_process.train", "train_network", "--config_file", str(toml)]
         else:
-            toml.write_text(toml.read_text().replace('"cml.sd_process.lora"', '"networks.lora"'))
+            toml.write_text(tomli_w.dumps({**tomllib.loads(toml.read_text()), "network_module": "networks.lora"}))
             argv = [sys.executable, "train_network.py", "--config_file", str(toml)]
         res = run_logged(argv, sd_scripts.path, {**python_env(sd_scripts), **REPRODUCIBLE_MKL}, work / "log.txt")
         assert res.returncode == 0, "\n".join(res.tail)
